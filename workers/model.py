@@ -1,0 +1,35 @@
+"""The model, loaded once per worker *child* process, on first use.
+
+Never at import time: the prefork parent imports the task modules, and torch state (threads,
+CUDA contexts) must not be created before the fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from service.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_model = None
+
+
+def get_model():
+    global _model
+    if _model is None:
+        with _lock:
+            if _model is None:
+                import namm
+
+                path = get_settings().model.path
+                logger.info("loading model %s", path or "(default)")
+                _model = namm.load_model(path) if path else namm.load_model()
+                logger.info("model %s loaded on %s", _model.name, _model.device)
+    return _model
+
+
+def model_loaded() -> bool:
+    return _model is not None
