@@ -1,0 +1,105 @@
+"""NAMM token features: attention spectrogram (STFT over the query axis) + EMA + recency embedding.
+
+Shapes: `attn` is [N, W, S] (N = batch x KV heads, W window query rows, S cache slots).
+Everything is computed per cache slot, so memory is linear in the cache length.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+N_FFT = 32
+HOP = 16
+N_BINS = N_FFT // 2 + 1  # 17 one-sided magnitudes
+EMA_COEFF = 0.99
+RECENCY_DIM = 8
+FEATURE_DIM = N_BINS + RECENCY_DIM  # 25
+
+
+def _dft_basis(device, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Periodic-Hann-windowed real DFT as two [N_FFT, N_BINS] matrices (cos, -sin)."""
+    n = torch.arange(N_FFT, dtype=torch.float64)
+    k = torch.arange(N_BINS, dtype=torch.float64)
+    window = torch.hann_window(N_FFT, periodic=True, dtype=torch.float64)
+    angle = 2 * math.pi * n[:, None] * k[None, :] / N_FFT
+    cos = (window[:, None] * torch.cos(angle)).to(device=device, dtype=dtype)
+    sin = (-window[:, None] * torch.sin(angle)).to(device=device, dtype=dtype)
+    return cos, sin
+
+
+def stft_magnitudes(rows: torch.Tensor) -> torch.Tensor:
+    """|STFT| of each column of `rows` [N, L, S] along L: n_fft 32, hop 16, no centering -> [N, F, S, 17].
+
+    Same numbers as torch.stft(center=False, window=hann(32, periodic)) but as one batched matmul
+    over all slots, without materialising complex tensors.
+    """
+    frames = rows.unfold(1, N_FFT, HOP)  # [N, F, S, N_FFT]
+    cos, sin = _dft_basis(rows.device, rows.dtype)
+    re = frames @ cos
+    im = frames @ sin
+    return torch.sqrt(re * re + im * im)
+
+
+def frame_end_positions(first_new_pos: int, n_frames: int, lead_pad: int) -> torch.Tensor:
+    """Query position of the last row of each frame (frames run over [pad | 16 previous rows | new rows])."""
+    # row r of the padded sequence holds new query index r - lead_pad - HOP
+    last_rows = torch.arange(n_frames) * HOP + N_FFT - 1
+    return first_new_pos + last_rows - lead_pad - HOP
+
+
+def ema_reduce(mags: torch.Tensor, prev: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """EMA over frames with per-token coefficient 0.99, continuing the previous state.
+
+    mags [N, F, S, B], prev [N, S, B], frame_mask [N, F, S] (frame counts for the token: it existed).
+    Each frame spans HOP tokens, so one frame step decays by 0.99**HOP.
+    """
+    n_frames = mags.shape[1]
+    step = EMA_COEFF**HOP
+    exps = torch.arange(n_frames - 1, -1, -1, device=mags.device, dtype=mags.dtype)
+    weights = (step**exps) * (1 - step)  # newest frame weighs most
+    reduced = torch.einsum("f,nfsb->nsb", weights, mags * frame_mask[..., None])
+    return prev * (step**n_frames) + reduced
+
+
+def recency_embedding(age: torch.Tensor) -> torch.Tensor:
+    """8-dim sinusoidal embedding of token age (0 = newest), [..] -> [.., 8]."""
+    half = RECENCY_DIM // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=age.device, dtype=torch.float32) / half)
+    angles = age.float()[..., None] * freqs
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+class RunningNorm:
+    """Per-bin z-normalisation whose statistics accumulate until frozen (then they are constants)."""
+
+    def __init__(self, mean: torch.Tensor | None = None, var: torch.Tensor | None = None, count: float = 0.0,
+                 frozen: bool = False):
+        self.mean = mean if mean is not None else torch.zeros(N_BINS)
+        self.var = var if var is not None else torch.ones(N_BINS)
+        self.count = float(count)
+        self.frozen = frozen
+
+    def update(self, x: torch.Tensor) -> None:
+        if self.frozen or x.numel() == 0:
+            return
+        x = x.reshape(-1, N_BINS).double()
+        n = x.shape[0]
+        b_mean, b_var = x.mean(0), x.var(0, unbiased=False)
+        total = self.count + n
+        delta = b_mean - self.mean.double()
+        mean = self.mean.double() + delta * n / total
+        m2 = self.var.double() * self.count + b_var * n + delta**2 * self.count * n / total
+        self.mean, self.var, self.count = mean.float(), (m2 / total).float(), total
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.count == 0:
+            return x
+        return (x - self.mean.to(x.device)) / torch.sqrt(self.var.to(x.device) + 1e-6)
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean.clone(), "var": self.var.clone(), "count": self.count, "frozen": self.frozen}
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> "RunningNorm":
+        return cls(d["mean"].float(), d["var"].float(), d.get("count", 1.0), d.get("frozen", True))

@@ -1,0 +1,201 @@
+"""Chunked prefill and greedy decoding with a forgetting KV cache; returns text and memory statistics.
+
+The document is read in chunks aligned to the update interval, so the memory evicts while it
+reads; once it is read, one more update compresses the tail. The compressed context is then
+reused for every question (restored from a snapshot, never re-prefilled).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from .errors import ContextTooLongError, EmptyInputError
+from .memory import NammCache
+from .models import LoadedModel
+from .policies import Policy, make_policy
+from .prompts import split_prompt
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class GenerationStats:
+    tokens_in: int = 0
+    tokens_out: int = 0
+    kv_kept_per_layer: list[float] = field(default_factory=list)
+    kv_kept_fraction: float = 1.0
+    kv_bytes_peak: int = 0
+    kv_bytes_full_peak: int = 0
+    seconds_prefill: float = 0.0
+    seconds_decode: float = 0.0
+    seconds_policy: float = 0.0
+    seconds: float = 0.0
+    truncated: bool = False
+    policy_updates: int = 0
+
+
+@dataclass
+class GenerationResult:
+    answers: list[str]
+    policy: str
+    budget: float | int | None
+    stats: GenerationStats
+
+    @property
+    def text(self) -> str:
+        return self.answers[0] if len(self.answers) == 1 else "\n\n".join(self.answers)
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "answers": self.answers, "policy": self.policy, "budget": self.budget,
+                **asdict(self.stats)}
+
+
+def _stop_ids(tokenizer) -> set[int]:
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for tok in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>"):
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(tid, int) and tid != getattr(tokenizer, "unk_token_id", None) and tid >= 0:
+            ids.add(tid)
+    return ids
+
+
+@torch.inference_mode()
+def prefill(lm: LoadedModel, cache: NammCache, input_ids: torch.Tensor, progress: Progress | None = None,
+            total: int | None = None, done: int = 0) -> torch.Tensor:
+    """Feed `input_ids` [B, T] in chunks that end on update boundaries; return the last logits [B, V]."""
+    ids = input_ids.to(lm.device)
+    n = ids.shape[1]
+    pos, logits = 0, None
+    while pos < n:
+        seen = cache.get_seq_length()
+        step = cache.n_up - (seen % cache.n_up)  # stop exactly where the next update is due
+        chunk = ids[:, pos: pos + step]
+        out = lm.model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1]
+        pos += chunk.shape[1]
+        if progress is not None:
+            progress(done + pos, total if total is not None else n)
+    return logits
+
+
+@torch.inference_mode()
+def greedy_decode(lm: LoadedModel, cache: NammCache, first_logits: torch.Tensor, max_new_tokens: int,
+                  stop_ids: set[int]) -> list[int]:
+    out: list[int] = []
+    logits = first_logits
+    for _ in range(max_new_tokens):
+        token = int(logits[0].argmax())
+        if token in stop_ids:
+            break
+        out.append(token)
+        if len(out) == max_new_tokens:
+            break
+        step = torch.tensor([[token]], device=lm.device)
+        logits = lm.model(input_ids=step, past_key_values=cache, use_cache=True).logits[:, -1]
+    return out
+
+
+def _encode(tokenizer, text: str) -> torch.Tensor:
+    return torch.tensor([tokenizer.encode(text, add_special_tokens=False)], dtype=torch.long)
+
+
+def generate(lm: LoadedModel, context: str, questions: str | Sequence[str] | None = None, *,
+             policy: str | Policy = "namm", budget: float | int | None = None, instruction: str | None = None,
+             max_new_tokens: int = 128, n_up: int = 512, query_aware: bool = False, truncate: bool = False,
+             progress: Progress | None = None) -> GenerationResult:
+    """Read `context` with a forgetting memory, then answer each question from the compressed cache."""
+    if context is None or not str(context).strip():
+        raise EmptyInputError("the document is empty")
+    if isinstance(questions, str):
+        questions = [questions]
+    questions = [q for q in (questions or []) if q is not None]
+    if any(not str(q).strip() for q in questions):
+        raise EmptyInputError("a question is empty")
+    if not questions:
+        questions = [instruction or "Summarize the document above."]
+        instruction = None
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    pol = make_policy(policy, budget, model_name=lm.name)
+    started = time.perf_counter()
+    stats = GenerationStats()
+    tok = lm.tokenizer
+
+    parts = [split_prompt(tok, context, q, instruction, query_aware=query_aware) for q in questions]
+    shared = not query_aware  # query-aware prompts start with the question: nothing to share
+    ctx_ids = _encode(tok, parts[0].context) if shared else None
+    longest = max((ctx_ids.shape[1] if shared else _encode(tok, p.context).shape[1]) + _encode(tok, p.question).shape[1]
+                  for p in parts) + max_new_tokens
+    if longest > lm.max_context and not pol.evicts:
+        if not truncate:
+            raise ContextTooLongError(
+                f"input needs {longest} tokens but {lm.name} has a {lm.max_context}-token context and the "
+                f"'{pol.name}' policy does not bound the cache; use a memory policy (e.g. namm) or truncate=True"
+            )
+        if shared:
+            keep = max(1, ctx_ids.shape[1] - (longest - lm.max_context))
+            ctx_ids = ctx_ids[:, :keep]  # keeps the start: the chat header and the document's beginning
+            stats.truncated = True
+
+    cache = NammCache(lm.model.config, pol, n_up=n_up)
+    stop = _stop_ids(tok)
+    answers: list[str] = []
+    snap = None
+    if shared:
+        t0 = time.perf_counter()
+        prefill(lm, cache, ctx_ids, progress)
+        cache.flush()  # the document is read: compress its tail before any question arrives
+        stats.seconds_prefill += time.perf_counter() - t0
+        stats.tokens_in = ctx_ids.shape[1]
+        snap = cache.snapshot() if len(parts) > 1 else None
+    for i, part in enumerate(parts):
+        if shared and i > 0:
+            cache.restore(snap)
+        if not shared:
+            cache = NammCache(lm.model.config, pol, n_up=n_up) if i > 0 else cache
+            t0 = time.perf_counter()
+            prefill(lm, cache, _encode(tok, part.context), progress)
+            cache.flush()
+            stats.seconds_prefill += time.perf_counter() - t0
+        q_ids = _encode(tok, part.question)
+        t0 = time.perf_counter()
+        logits = prefill(lm, cache, q_ids)
+        stats.seconds_prefill += time.perf_counter() - t0
+        stats.tokens_in = max(stats.tokens_in, cache.get_seq_length()) if not shared else stats.tokens_in + q_ids.shape[1]
+        if i == 0 or not shared:
+            stats.kv_kept_per_layer = cache.kept_per_layer()
+            stats.kv_kept_fraction = cache.kept_fraction()
+        t0 = time.perf_counter()
+        out_ids = greedy_decode(lm, cache, logits, max_new_tokens, stop)
+        stats.seconds_decode += time.perf_counter() - t0
+        stats.tokens_out += len(out_ids)
+        answers.append(tok.decode(out_ids, skip_special_tokens=True).strip())
+        stats.kv_bytes_peak = max(stats.kv_bytes_peak, cache.peak_bytes)
+        stats.kv_bytes_full_peak = max(stats.kv_bytes_full_peak, cache.full_cache_bytes())
+        stats.seconds_policy += cache.policy_seconds
+        stats.policy_updates += cache.n_updates
+        cache.policy_seconds, cache.n_updates = 0.0, 0
+    stats.seconds = time.perf_counter() - started
+    return GenerationResult(answers=answers, policy=pol.name, budget=pol.budget, stats=stats)
+
+
+@torch.inference_mode()
+def continuation_logits(lm: LoadedModel, context_ids: torch.Tensor, continuation_ids: torch.Tensor,
+                        policy: str | Policy = "full", budget: float | int | None = None,
+                        n_up: int = 512) -> torch.Tensor:
+    """Next-token logits [len(continuation), V] for each continuation token, after reading the
+    context with `policy`. Position i predicts continuation token i (teacher forcing)."""
+    pol = make_policy(policy, budget, model_name=lm.name)
+    cache = NammCache(lm.model.config, pol, n_up=n_up)
+    ctx = context_ids.reshape(1, -1)
+    cont = continuation_ids.reshape(1, -1).to(lm.device)
+    first = prefill(lm, cache, ctx)
+    cache.flush()
+    rows = [first]
+    if cont.shape[1] > 1:
+        out = lm.model(input_ids=cont[:, :-1], past_key_values=cache, use_cache=True)
+        rows.append(out.logits[0])
+    return torch.cat([r.reshape(-1, r.shape[-1]) for r in rows], dim=0).float()

@@ -1,0 +1,363 @@
+"""The eviction-capable KV cache (transformers 5.x `Cache`) and the attention function paired with it.
+
+Layout per layer: keys/values [B, H_kv, capacity, D]; slots [0, length) are in use, each with a
+validity flag and its original RoPE position. Slots of one KV head are kept in position order, so
+the newest `q` slots are always the tokens of the current forward. Heads evict independently, so
+after eviction the layer is padded to the longest head and padding slots are masked out.
+
+`get_seq_length()` is the logical length (tokens read): the model derives the RoPE positions of
+new tokens from it, so positions stay right however many tokens were evicted.
+
+The attention implementation `namm_sdpa` runs SDPA with a mask built from those flags, records
+the window's post-RoPE queries, and every `n_up` tokens hands the layer to its policy right after
+the layer's attention, so prefill and decoding evict on the same schedule.
+"""
+from __future__ import annotations
+
+import time
+from contextvars import ContextVar
+
+import torch
+import torch.nn.functional as F
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from .policies.base import Policy, UpdateContext
+
+ATTN_IMPLEMENTATION = "namm_sdpa"
+# Cache.update and the attention call happen back to back in one attention module's forward;
+# the layer that was just updated announces itself here so the attention function can find it.
+_just_updated: ContextVar["NammLayer | None"] = ContextVar("namm_just_updated", default=None)
+_ROW_BLOCK = 128  # window queries scored per block: bounds the recomputation's memory
+
+
+def _causal_block_mask(q_len: int, kv_len: int, device) -> torch.Tensor:
+    """[q, kv] bool: the last q slots are the queries themselves, everything before is visible."""
+    mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=device)
+    mask[:, kv_len - q_len:] = torch.ones(q_len, q_len, dtype=torch.bool, device=device).tril()
+    return mask
+
+
+def window_attention(queries: torch.Tensor, keys: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor,
+                     query_positions: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention of the window's queries over every cached key, averaged per KV group.
+
+    queries [B, Hq, R, D], keys [B, Hkv, S, D] -> [B, Hkv, R, S] float32 probabilities. Rows are
+    computed in blocks (R_blk x S at a time), never as a T x T matrix.
+    """
+    b, hq, r, d = queries.shape
+    hkv, s = keys.shape[1], keys.shape[2]
+    groups = hq // hkv
+    q = queries.float().reshape(b, hkv, groups, r, d)
+    k = keys.float()
+    out = torch.empty(b, hkv, r, s, dtype=torch.float32, device=keys.device)
+    for start in range(0, r, _ROW_BLOCK):
+        stop = min(r, start + _ROW_BLOCK)
+        logits = torch.einsum("bhgrd,bhsd->bhgrs", q[:, :, :, start:stop], k) * scale
+        allowed = valid[:, :, None, :] & (positions[:, :, None, :] <= query_positions[None, None, start:stop, None])
+        logits.masked_fill_(~allowed[:, :, None], float("-inf"))
+        out[:, :, start:stop] = logits.softmax(dim=-1).mean(dim=2)
+    return out
+
+
+class NammLayer(CacheLayerMixin):
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, cache: "NammCache", layer_idx: int):
+        super().__init__()
+        self.cache = cache
+        self.layer_idx = layer_idx
+        self.length = 0          # physical slots in use
+        self.seen = 0            # logical tokens read
+        self.since_update = 0    # tokens since the last policy update
+        self.n_invalid = 0       # padding slots among [0, length)
+        self.valid: torch.Tensor | None = None
+        self.positions: torch.Tensor | None = None
+        self.pending_queries: list[torch.Tensor] = []
+        self.state: dict[str, torch.Tensor] = {}
+        self.scale: float | None = None
+
+    # ---- transformers CacheLayerMixin interface -----------------------------------------------
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        b, h, _, d = key_states.shape
+        self.keys = key_states.new_empty((b, h, 0, d))
+        self.values = value_states.new_empty((b, h, 0, value_states.shape[-1]))
+        self.valid = torch.zeros((b, h, 0), dtype=torch.bool, device=self.device)
+        self.positions = torch.zeros((b, h, 0), dtype=torch.long, device=self.device)
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        q = key_states.shape[2]
+        self._reserve(self.length + q)
+        new = slice(self.length, self.length + q)
+        self.keys[:, :, new] = key_states
+        self.values[:, :, new] = value_states
+        self.valid[:, :, new] = True
+        self.positions[:, :, new] = torch.arange(self.seen, self.seen + q, device=self.device)
+        self.length += q
+        self.seen += q
+        self.since_update += q
+        _just_updated.set(self)
+        return self.keys[:, :, : self.length], self.values[:, :, : self.length]
+
+    def get_seq_length(self) -> int:
+        return self.seen
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.cache._account(-self.nbytes())
+        self.__init__(self.cache, self.layer_idx)
+
+    # ---- storage ------------------------------------------------------------------------------
+    def nbytes(self) -> int:
+        if self.keys is None:
+            return 0
+        return self.keys.nbytes + self.values.nbytes
+
+    def _replace_storage(self, keys, values, valid, positions) -> None:
+        before = self.nbytes()
+        self.keys, self.values, self.valid, self.positions = keys, values, valid, positions
+        self.cache._account(self.nbytes() - before)
+
+    def _headroom(self, seen_after: int) -> int:
+        """Slots to allocate beyond what is needed now: up to the next update for evicting
+        policies (the buffer then never grows between updates), a small step for the full cache."""
+        if self.cache.policy.evicts:
+            return (-seen_after) % self.cache.n_up
+        return 64
+
+    def _reserve(self, needed: int) -> None:
+        """Grow to `needed` slots plus headroom, so decoding does not reallocate every token."""
+        if needed <= self.keys.shape[2]:
+            return
+        cap = needed + self._headroom(self.seen + needed - self.length)
+        b, h, _, d = self.keys.shape
+        keys = self.keys.new_empty((b, h, cap, d))
+        values = self.values.new_empty((b, h, cap, self.values.shape[-1]))
+        valid = torch.zeros((b, h, cap), dtype=torch.bool, device=self.device)
+        positions = torch.zeros((b, h, cap), dtype=torch.long, device=self.device)
+        n = self.length
+        keys[:, :, :n], values[:, :, :n] = self.keys[:, :, :n], self.values[:, :, :n]
+        valid[:, :, :n], positions[:, :, :n] = self.valid[:, :, :n], self.positions[:, :, :n]
+        self._replace_storage(keys, values, valid, positions)
+
+    # ---- attention ----------------------------------------------------------------------------
+    def attention_mask(self, q_len: int, groups: int) -> tuple[torch.Tensor | None, bool]:
+        """(mask, is_causal) for SDPA over slots [0, length) with the last q_len slots as queries."""
+        s = self.length
+        if self.n_invalid == 0:
+            if q_len == 1:
+                return None, False
+            if q_len == s:
+                return None, True
+            return _causal_block_mask(q_len, s, self.device)[None, None], False
+        valid = self.valid[:, :, :s].repeat_interleave(groups, dim=1)[:, :, None, :]  # [B, Hq, 1, S]
+        if q_len == 1:
+            return valid, False
+        return valid & _causal_block_mask(q_len, s, self.device)[None, None], False
+
+    def after_attention(self, query: torch.Tensor, scale: float) -> None:
+        policy = self.cache.policy
+        if not policy.evicts:
+            return
+        self.scale = scale
+        if policy.needs_attention:
+            self.pending_queries.append(query.detach())
+            keep_rows = policy.attention_rows or (self.cache.n_up + query.shape[2])
+            self._trim_pending(keep_rows)
+        if self.since_update >= self.cache.n_up:
+            self.run_update()
+
+    def _trim_pending(self, rows: int) -> None:
+        total = sum(q.shape[2] for q in self.pending_queries)
+        while total > rows and len(self.pending_queries) > 1 and total - self.pending_queries[0].shape[2] >= rows:
+            total -= self.pending_queries.pop(0).shape[2]
+
+    # ---- eviction -----------------------------------------------------------------------------
+    def run_update(self) -> None:
+        """Let the policy score this layer's slots and keep the selected ones."""
+        if self.since_update == 0 or self.keys is None:
+            return
+        started = time.perf_counter()
+        policy = self.cache.policy
+        s = self.length
+        ctx = UpdateContext(
+            layer_idx=self.layer_idx, keys=self.keys[:, :, :s], values=self.values[:, :, :s],
+            positions=self.positions[:, :, :s], valid=self.valid[:, :, :s], seen=self.seen,
+            n_new=self.since_update, state=self.state,
+        )
+        if policy.needs_attention:
+            ctx.attn = self._window_attention(policy, ctx)
+        keep = policy.select(ctx) & ctx.valid
+        self.state = ctx.state
+        if bool((keep == ctx.valid).all()):
+            pass  # nothing evicted: no copy
+        else:
+            self._compact(keep)
+        self.since_update = 0
+        self.pending_queries = []
+        self.cache.policy_seconds += time.perf_counter() - started
+        self.cache.n_updates += 1
+
+    def _window_attention(self, policy: Policy, ctx: UpdateContext) -> torch.Tensor:
+        queries = torch.cat(self.pending_queries, dim=2)
+        rows = min(self.since_update, queries.shape[2])
+        if policy.attention_rows is not None:
+            rows = min(rows, policy.attention_rows)
+        queries = queries[:, :, -rows:]
+        q_pos = torch.arange(self.seen - rows, self.seen, device=self.device)
+        scale = self.scale if self.scale is not None else queries.shape[-1] ** -0.5
+        return window_attention(queries, ctx.keys, ctx.valid, ctx.positions, q_pos, scale)
+
+    def _compact(self, keep: torch.Tensor) -> None:
+        """Gather kept slots (order preserved) into new, smaller tensors; pad heads to the longest."""
+        s = self.length
+        counts = keep.sum(dim=-1)
+        kept = int(counts.max())
+        order = torch.sort((~keep).to(torch.uint8), dim=-1, stable=True).indices[..., :kept]
+        b, h, _, d = self.keys.shape
+        cap = kept + self._headroom(self.seen)
+
+        def gather(t: torch.Tensor) -> torch.Tensor:
+            idx = order.reshape(*order.shape, *([1] * (t.dim() - 3))).expand(b, h, kept, *t.shape[3:])
+            return t[:, :, :s].gather(2, idx)
+
+        keys = self.keys.new_empty((b, h, cap, d))
+        values = self.values.new_empty((b, h, cap, self.values.shape[-1]))
+        valid = torch.zeros((b, h, cap), dtype=torch.bool, device=self.device)
+        positions = torch.zeros((b, h, cap), dtype=torch.long, device=self.device)
+        keys[:, :, :kept], values[:, :, :kept] = gather(self.keys), gather(self.values)
+        valid[:, :, :kept] = torch.arange(kept, device=self.device) < counts[..., None]
+        positions[:, :, :kept] = gather(self.positions)
+        self.state = {name: gather(t) for name, t in self.state.items()}
+        self._replace_storage(keys, values, valid, positions)
+        self.length = kept
+        self.n_invalid = int((~valid[:, :, :kept]).sum())
+
+    # ---- statistics / snapshots ---------------------------------------------------------------
+    def kept_entries(self) -> float:
+        """Valid slots per KV head (averaged over batch and heads)."""
+        if self.valid is None:
+            return 0.0
+        b, h, _ = self.valid.shape
+        return float(self.valid[:, :, : self.length].sum()) / (b * h)
+
+    def export(self) -> dict:
+        clone = lambda t: None if t is None else t.clone()  # noqa: E731
+        return {
+            "keys": clone(self.keys), "values": clone(self.values), "valid": clone(self.valid),
+            "positions": clone(self.positions), "length": self.length, "seen": self.seen,
+            "since_update": self.since_update, "n_invalid": self.n_invalid, "scale": self.scale,
+            "pending": [q.clone() for q in self.pending_queries],
+            "state": {k: v.clone() for k, v in self.state.items()},
+            "is_initialized": self.is_initialized,
+        }
+
+    def load(self, snap: dict) -> None:
+        before = self.nbytes()
+        s = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in snap.items()}
+        self.keys, self.values, self.valid, self.positions = s["keys"], s["values"], s["valid"], s["positions"]
+        self.length, self.seen, self.since_update = s["length"], s["seen"], s["since_update"]
+        self.n_invalid, self.scale, self.is_initialized = s["n_invalid"], s["scale"], s["is_initialized"]
+        self.pending_queries = [q.clone() for q in s["pending"]]
+        self.state = {k: v.clone() for k, v in s["state"].items()}
+        self.cache._account(self.nbytes() - before)
+
+
+class NammCache(Cache):
+    """A KV cache that forgets: one `NammLayer` per decoder layer, all driven by one policy."""
+
+    def __init__(self, config, policy: Policy, n_up: int = 512):
+        if n_up <= 0 or n_up % 16:
+            raise ValueError(f"n_up must be a positive multiple of 16 (the STFT hop), got {n_up}")
+        text_config = config.get_text_config(decoder=True)
+        self.policy = policy
+        self.n_up = n_up
+        self.current_bytes = 0
+        self.peak_bytes = 0
+        self.policy_seconds = 0.0
+        self.n_updates = 0
+        n_layers = text_config.num_hidden_layers
+        self.kv_heads = text_config.num_key_value_heads
+        self.head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+        super().__init__(layers=[NammLayer(self, i) for i in range(n_layers)])
+
+    def _account(self, delta: int) -> None:
+        self.current_bytes += delta
+        self.peak_bytes = max(self.peak_bytes, self.current_bytes)
+
+    def flush(self) -> None:
+        """Run a policy update now on every layer (e.g. once a whole document has been read)."""
+        if self.policy.evicts:
+            for layer in self.layers:
+                layer.run_update()
+
+    def full_cache_bytes(self, tokens: int | None = None) -> int:
+        """Bytes a plain full cache would hold for `tokens` tokens (default: tokens read so far)."""
+        first = self.layers[0]
+        if first.keys is None:
+            return 0
+        tokens = first.seen if tokens is None else tokens
+        b = first.keys.shape[0]
+        return 2 * len(self.layers) * b * self.kv_heads * self.head_dim * tokens * first.keys.element_size()
+
+    def kept_per_layer(self) -> list[float]:
+        return [layer.kept_entries() for layer in self.layers]
+
+    def kept_fraction(self) -> float:
+        seen = self.layers[0].seen
+        if seen == 0:
+            return 1.0
+        kept = self.kept_per_layer()
+        return sum(kept) / (len(kept) * seen)
+
+    def snapshot(self) -> list[dict]:
+        return [layer.export() for layer in self.layers]
+
+    def restore(self, snap: list[dict]) -> None:
+        for layer, s in zip(self.layers, snap):
+            layer.load(s)
+
+
+def _plain_sdpa(module, query, key, value, attention_mask, scaling):
+    """SDPA for caches that are not NammCache (or no cache): plain causal attention."""
+    q_len, kv_len = query.shape[2], key.shape[2]
+    groups = getattr(module, "num_key_value_groups", 1)
+    mask, is_causal = None, False
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 4:
+        mask = attention_mask
+    elif q_len == kv_len and q_len > 1:
+        is_causal = True
+    elif q_len > 1:
+        mask = _causal_block_mask(q_len, kv_len, query.device)[None, None]
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=is_causal,
+                                          scale=scaling, enable_gqa=groups > 1)
+
+
+def namm_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    layer = _just_updated.get()
+    if layer is None or layer.keys is None or key.data_ptr() != layer.keys.data_ptr():
+        out = _plain_sdpa(module, query, key, value, attention_mask, scaling)
+        return out.transpose(1, 2).contiguous(), None
+    _just_updated.set(None)
+    groups = getattr(module, "num_key_value_groups", query.shape[1] // key.shape[1])
+    mask, is_causal = layer.attention_mask(query.shape[2], groups)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=is_causal,
+                                         scale=scaling, enable_gqa=groups > 1)
+    layer.after_attention(query, scaling if scaling is not None else query.shape[-1] ** -0.5)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, namm_sdpa_attention)

@@ -1,0 +1,98 @@
+"""One interface for every memory policy: score the cached tokens, keep the best within a budget.
+
+A policy sees one layer at a time through an `UpdateContext`; tensors are [B, H_kv, S] over the
+layer's cache slots (S), with padding slots marked invalid. Decisions are per (layer, KV head).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class UpdateContext:
+    layer_idx: int
+    keys: torch.Tensor        # [B, H, S, D]
+    values: torch.Tensor      # [B, H, S, D]
+    positions: torch.Tensor   # [B, H, S] original RoPE position of each slot
+    valid: torch.Tensor       # [B, H, S] False for padding / evicted slots
+    seen: int                 # logical length: tokens read so far, the new ones included
+    n_new: int                # tokens since the previous update
+    attn: torch.Tensor | None = None  # [B, H, R, S] attention of the last R window queries, GQA-averaged
+    state: dict[str, torch.Tensor] = field(default_factory=dict)  # per-slot policy state, slot axis 2
+
+    def slot_state(self, name: str, trailing: tuple[int, ...] = (), fill: float = 0.0) -> torch.Tensor:
+        """State tensor `name` grown to the current slot count (new slots get `fill`)."""
+        b, h, s = self.valid.shape
+        old = self.state.get(name)
+        if old is not None and old.shape[2] == s:
+            return old
+        new = torch.full((b, h, s, *trailing), fill, dtype=torch.float32, device=self.valid.device)
+        if old is not None:
+            new[:, :, : old.shape[2]] = old
+        return new
+
+
+def budget_capacity(budget: float | int | None, seen: int) -> int | None:
+    """Max slots per (layer, KV head): a float is a fraction of tokens read, an int a token count."""
+    if budget is None:
+        return None
+    if isinstance(budget, float) and budget <= 1.0:
+        return max(1, math.ceil(budget * seen))
+    return int(budget)
+
+
+def validate_budget(budget) -> float | int | None:
+    if budget is None:
+        return None
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+        raise ValueError(f"budget must be a fraction in (0, 1] or a token count >= 1, got {budget!r}")
+    if isinstance(budget, float) and budget.is_integer() and budget > 1:
+        budget = int(budget)
+    if isinstance(budget, float) and not 0.0 < budget <= 1.0:
+        raise ValueError(f"budget fraction must be in (0, 1], got {budget}")
+    if isinstance(budget, int) and budget < 1:
+        raise ValueError(f"budget in tokens must be >= 1, got {budget}")
+    return budget
+
+
+class Policy:
+    """Base class. Subclasses implement `scores` (higher = more worth keeping)."""
+
+    name = "base"
+    needs_attention = False          # whether the window's attention must be recomputed
+    attention_rows: int | None = None  # how many of the newest window queries it needs (None = all)
+    evicts = True                    # False for the full cache: no updates at all
+
+    def __init__(self, budget: float | int | None = None):
+        self.budget = validate_budget(budget)
+
+    def scores(self, ctx: UpdateContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def threshold(self, ctx: UpdateContext, scores: torch.Tensor) -> torch.Tensor | None:
+        """Optional keep-mask from the scores alone (NAMM keeps score >= 0); None = no threshold."""
+        return None
+
+    def select(self, ctx: UpdateContext) -> torch.Tensor:
+        """Keep-mask [B, H, S]: threshold, then the budget cap by score, newest token always kept."""
+        valid = ctx.valid
+        scores = self.scores(ctx).float().masked_fill(~valid, float("-inf"))
+        keep = valid.clone()
+        thr = self.threshold(ctx, scores)
+        if thr is not None:
+            keep &= thr
+        newest = valid & (ctx.positions == ctx.positions.masked_fill(~valid, -1).amax(-1, keepdim=True))
+        keep |= newest
+        cap = budget_capacity(self.budget, ctx.seen)
+        if cap is not None and int(keep.sum(-1).max()) > cap:
+            ranked = scores.masked_fill(~keep, float("-inf")).masked_fill(newest, float("inf"))
+            top = ranked.topk(min(cap, ranked.shape[-1]), dim=-1).indices
+            capped = torch.zeros_like(keep).scatter_(-1, top, True)
+            keep &= capped
+        return keep
+
+    def describe(self) -> dict:
+        return {"policy": self.name, "budget": self.budget}

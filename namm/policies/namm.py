@@ -1,0 +1,84 @@
+"""NAMM: an evolved scorer over attention-spectrogram features decides what each head forgets."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import scorer
+from ..features import HOP, RunningNorm, ema_reduce, frame_end_positions, recency_embedding, stft_magnitudes
+from .base import Policy, UpdateContext
+
+
+class NammPolicy(Policy):
+    name = "namm"
+    needs_attention = True
+
+    def __init__(self, params=None, budget=None, norm: RunningNorm | None = None):
+        super().__init__(budget)
+        if params is None:
+            params = np.zeros(scorer.num_params(), dtype=np.float32)  # keeps everything
+        self.set_params(params)
+        self.norm = norm if norm is not None else RunningNorm()
+
+    @staticmethod
+    def num_params() -> int:
+        return scorer.num_params()
+
+    def set_params(self, params) -> None:
+        flat = torch.as_tensor(np.asarray(params, dtype=np.float32)).flatten()
+        self.params = flat
+        self.weights = scorer.unflatten(flat)
+
+    # ---- features -------------------------------------------------------------------------
+    def token_features(self, ctx: UpdateContext) -> torch.Tensor:
+        """[B, H, S, 25]: normalised EMA spectrogram of each slot's attention column + recency."""
+        attn = ctx.attn.float()
+        b, h, w, s = attn.shape
+        prev_rows = ctx.slot_state("namm_prev_rows", (HOP,))           # [B, H, S, 16]
+        prev_ema = ctx.slot_state("namm_ema", (scorer.FEATURE_DIM - 8,))  # [B, H, S, 17]
+        rows = torch.cat([prev_rows.transpose(2, 3), attn], dim=2)       # [B, H, 16 + W, S]
+        lead = (-w) % HOP  # a window that is not a multiple of the hop is zero-padded in front
+        rows = F.pad(rows, (0, 0, lead, 0))
+        mags = stft_magnitudes(rows.reshape(b * h, -1, s))              # [N, F, S, 17]
+        frame_end = frame_end_positions(ctx.seen - w, mags.shape[1], lead).to(attn.device)
+        pos = ctx.positions.reshape(b * h, 1, s)
+        frame_mask = (pos <= frame_end[None, :, None]).to(mags.dtype)  # a frame counts once the token exists
+        ema = ema_reduce(mags, prev_ema.reshape(b * h, s, -1), frame_mask).reshape(b, h, s, -1)
+        ctx.state["namm_ema"] = ema
+        ctx.state["namm_prev_rows"] = rows[:, :, -HOP:].transpose(2, 3).contiguous()
+        self.norm.update(ema[ctx.valid])
+        age = (ctx.seen - 1 - ctx.positions).clamp(min=0)
+        return torch.cat([self.norm(ema), recency_embedding(age)], dim=-1)
+
+    # ---- scoring --------------------------------------------------------------------------
+    def scores(self, ctx: UpdateContext) -> torch.Tensor:
+        x = self.token_features(ctx)
+        b, h, s, d = x.shape
+        # order slots oldest -> newest with invalid slots first (see scorer.score_tokens)
+        key = ctx.positions.masked_fill(~ctx.valid, -1).reshape(b * h, s)
+        order = key.argsort(dim=-1, stable=True)
+        xs = x.reshape(b * h, s, d).gather(1, order[..., None].expand(-1, -1, d))
+        sc = scorer.score_tokens(xs, self.weights)
+        out = torch.empty_like(sc).scatter_(1, order, sc)
+        return out.reshape(b, h, s)
+
+    def threshold(self, ctx, scores):
+        return scores >= 0
+
+    # ---- persistence ----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"params": self.params.clone(), "norm": self.norm.state_dict(), "budget": self.budget}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, budget="checkpoint") -> "NammPolicy":
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        norm = RunningNorm.from_state_dict(ckpt["norm"])
+        norm.frozen = True
+        b = ckpt.get("budget") if budget == "checkpoint" else budget
+        return cls(params=ckpt["params"].numpy(), budget=b, norm=norm)
+
+    def save(self, path: str | Path, **extra) -> None:
+        torch.save({**self.state_dict(), **extra}, path)

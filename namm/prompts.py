@@ -1,0 +1,33 @@
+"""The one prompt template: a single user turn holding the document, then the question.
+
+On small models the single-turn format matters (0.81 vs 0.35 on held-out retrieval with the
+question in a separate turn). The rendered chat text is split into the part that only depends on
+the document (read and compressed first) and the part with the question (appended later).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_SLOT = "\x00NAMM_CONTENT\x00"
+
+
+@dataclass
+class PromptParts:
+    context: str   # chat header + document: read (and compressed) before the question is seen
+    question: str  # question + end of turn + assistant header
+
+
+def _render(tokenizer, content: str) -> str:
+    messages = [{"role": "user", "content": content}]
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return f"{content}\nAnswer:"  # base models without a chat template
+
+
+def split_prompt(tokenizer, document: str, question: str, instruction: str | None = None,
+                 query_aware: bool = False) -> PromptParts:
+    rendered = _render(tokenizer, _SLOT)
+    head, tail = rendered.split(_SLOT)
+    ask = f"{instruction}\n{question}" if instruction else question
+    lead = f"Question: {question}\n\n" if query_aware else ""
+    return PromptParts(context=f"{head}{lead}{document.strip()}\n\n", question=f"{ask}{tail}")
