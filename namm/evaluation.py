@@ -404,12 +404,22 @@ def _group_records(records: list[EvalRecord]) -> dict[str, list[EvalRecord]]:
 # --------------------------------------------------------------------------- command line
 
 
-def _budgets(spec: str) -> list[float | int]:
-    out = []
-    for part in spec.split(","):
-        part = part.strip()
-        if part:
-            out.append(float(part) if any(c in part for c in ".e") else int(part))
+def parse_budgets(spec: str) -> list[float | int]:
+    """'0.25,0.5,512' -> [0.25, 0.5, 512]: up to 1 a kept fraction, above 1 a token cap (as in
+    ``namm generate --budget``)."""
+    out: list[float | int] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"bad budget {part!r}: use a fraction in (0, 1] or a token count") from None
+        if value <= 0 or (value > 1 and not value.is_integer()):
+            raise ValueError(f"bad budget {part!r}: use a fraction in (0, 1] or a whole token count")
+        out.append(int(value) if value > 1 else value)
+    if not out:
+        raise ValueError("no budgets given")
     return out
 
 
@@ -460,23 +470,32 @@ def select_samples(args) -> list[Sample]:
 
 
 def run_eval(args) -> int:
+    """``namm eval``: returns the exit status; bad input is one clear line on stderr, status 2."""
+    try:
+        return _run(args)
+    except ValueError as exc:  # a bad tasks-file line, length, budget or task name
+        print(f"namm eval: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     from tqdm import tqdm
 
     samples = select_samples(args)
+    budgets = parse_budgets(args.budgets)
     if args.export_jsonl:
         qa = [s for s in samples if s.metric != "lm"]
         write_jsonl(qa, args.export_jsonl)
         print(f"wrote {len(qa)} samples to {args.export_jsonl}", file=sys.stderr)
         return 0
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    budgets = _budgets(args.budgets)
     runs = [("full", None)] + [(p, b) for p in policies if p != "full" for b in budgets]
 
     import namm
 
-    unknown = [p for p, _ in runs if p.replace("-", "_") not in namm.available_policies()]
+    unknown = [p for p, _ in runs if p.lower().replace("-", "_") not in namm.available_policies()]
     if unknown:
-        raise SystemExit(f"unknown policies: {', '.join(unknown)}; available: {', '.join(namm.available_policies())}")
+        raise ValueError(f"unknown policies: {', '.join(unknown)}; available: {', '.join(namm.available_policies())}")
     lm = namm.load_model(args.model) if args.model else namm.load_model()
     refs = ReferenceCache(args.reference_cache)
     records = []
@@ -515,12 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m namm.evaluation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_eval_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run_eval(args)
-    except ValueError as exc:  # bad tasks file, bad length, bad budget: one clear line
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_eval(p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def _stop_ids(tokenizer) -> set[int]:
     return ids
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def prefill(lm: LoadedModel, cache: NammCache, input_ids: torch.Tensor, progress: Progress | None = None,
             total: int | None = None, done: int = 0) -> torch.Tensor:
     """Feed `input_ids` [B, T] in chunks that end on update boundaries; return the last logits [B, V]."""
@@ -81,7 +81,7 @@ def prefill(lm: LoadedModel, cache: NammCache, input_ids: torch.Tensor, progress
     return logits
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def greedy_decode(lm: LoadedModel, cache: NammCache, first_logits: torch.Tensor, max_new_tokens: int,
                   stop_ids: set[int]) -> list[int]:
     out: list[int] = []
@@ -182,7 +182,7 @@ def generate(lm: LoadedModel, context: str, questions: str | Sequence[str] | Non
     return GenerationResult(answers=answers, policy=pol.name, budget=pol.budget, stats=stats)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def continuation_logits(lm: LoadedModel, context_ids: torch.Tensor, continuation_ids: torch.Tensor,
                         policy: str | Policy = "full", budget: float | int | None = None,
                         n_up: int = 512) -> torch.Tensor:

@@ -225,7 +225,7 @@ class NammLayer(CacheLayerMixin):
         kept = int(counts.max())
         order = torch.sort((~keep).to(torch.uint8), dim=-1, stable=True).indices[..., :kept]
         b, h, _, d = self.keys.shape
-        cap = kept + self._headroom(self.seen)
+        cap = kept + self.cache.n_up - self.seen % self.cache.n_up  # room for the next window
 
         def gather(t: torch.Tensor) -> torch.Tensor:
             idx = order.reshape(*order.shape, *([1] * (t.dim() - 3))).expand(b, h, kept, *t.shape[3:])

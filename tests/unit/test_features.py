@@ -1,0 +1,62 @@
+"""NAMM features against direct reference computations."""
+import math
+
+import torch
+
+from namm.features import (HOP, N_BINS, N_FFT, RunningNorm, ema_reduce, frame_end_positions, recency_embedding,
+                           stft_magnitudes)
+
+
+def test_stft_magnitudes_match_torch_stft():
+    torch.manual_seed(0)
+    rows = torch.rand(3, 16 + 128, 7)  # [N, L, S]: 16 carried rows + a 128-query window, 7 tokens
+    ours = stft_magnitudes(rows)  # [N, F, S, 17]
+    flat = rows.permute(0, 2, 1).reshape(-1, rows.shape[1])
+    ref = torch.stft(flat, n_fft=N_FFT, hop_length=HOP, window=torch.hann_window(N_FFT, periodic=True),
+                     center=False, onesided=True, return_complex=True).abs()  # [N*S, 17, F]
+    ref = ref.reshape(3, 7, N_BINS, -1).permute(0, 3, 1, 2)
+    assert ours.shape == ref.shape == (3, 128 // HOP, 7, N_BINS)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_ema_matches_sequential_recurrence():
+    torch.manual_seed(1)
+    mags = torch.rand(2, 5, 4, N_BINS)
+    prev = torch.rand(2, 4, N_BINS)
+    mask = torch.ones(2, 5, 4)
+    mask[:, :2, 3] = 0  # token 3 did not exist during the first two frames
+    step = 0.99**HOP
+    state = prev.clone()
+    for f in range(5):
+        state = step * state + (1 - step) * mags[:, f] * mask[:, f, :, None]
+    torch.testing.assert_close(ema_reduce(mags, prev, mask), state, atol=1e-6, rtol=1e-5)
+
+
+def test_frame_end_positions_cover_the_window():
+    # window of 64 new queries at positions 100..163, 16 carried rows in front, no padding
+    ends = frame_end_positions(first_new_pos=100, n_frames=4, lead_pad=0)
+    assert ends.tolist() == [115, 131, 147, 163]  # the last frame ends at the newest query
+
+
+def test_recency_embedding_is_sinusoidal():
+    emb = recency_embedding(torch.tensor([0, 1, 1000]))
+    assert emb.shape == (3, 8)
+    assert torch.allclose(emb[0], torch.tensor([0.0] * 4 + [1.0] * 4))
+    assert math.isclose(float(emb[1, 0]), math.sin(1.0), rel_tol=1e-6)
+
+
+def test_running_norm_matches_batch_statistics_and_freezes():
+    torch.manual_seed(2)
+    a, b = torch.randn(100, N_BINS) * 3 + 1, torch.randn(50, N_BINS)
+    norm = RunningNorm()
+    norm.update(a)
+    norm.update(b)
+    both = torch.cat([a, b])
+    torch.testing.assert_close(norm.mean, both.mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(norm.var, both.var(0, unbiased=False), atol=1e-4, rtol=1e-4)
+    z = norm(both)
+    assert z.mean(0).abs().max() < 1e-4
+    norm.frozen = True
+    before = norm.mean.clone()
+    norm.update(torch.randn(10, N_BINS) + 100)
+    assert torch.equal(norm.mean, before)

@@ -1,0 +1,114 @@
+"""The forgetting cache on a small random Llama 3 (GQA 4:1, llama3 RoPE scaling): exactness,
+positions, GQA grouping, bytes that really shrink, and an end-to-end generate."""
+import pytest
+import torch
+
+import namm
+from namm.memory import NammCache, window_attention
+from namm.policies import make_policy
+
+from exactness import (MaskOnlyCache, PositionHashPolicy, RecordingPolicy, chunked_logits,
+                       masked_reference_logits)
+from tiny_llama import tiny_llama3
+
+N_UP = 32
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_llama3(layers=3)
+
+
+def _ids(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, 250, (1, n), generator=g)
+
+
+def test_uniform_eviction_equals_a_masked_full_forward(tiny):
+    ids = _ids(5 * N_UP + 11)
+    rec = RecordingPolicy(make_policy("recency", 40))
+    cache = NammCache(tiny.model.config, rec, n_up=N_UP)
+    ours = chunked_logits(tiny.model, cache, ids, N_UP)
+    assert len(rec.kept_positions) == 5 and cache.get_seq_length() == ids.shape[1]
+    ref = masked_reference_logits(tiny, ids, rec.kept_positions, N_UP)
+    torch.testing.assert_close(ours, ref, atol=2e-4, rtol=1e-4)
+
+
+def test_ragged_per_head_eviction_equals_masking(tiny):
+    ids = _ids(4 * N_UP + 5, seed=1)
+    physical = NammCache(tiny.model.config, PositionHashPolicy(), n_up=N_UP)
+    masked = MaskOnlyCache(tiny.model.config, PositionHashPolicy(), n_up=N_UP)
+    a = chunked_logits(tiny.model, physical, ids, N_UP)
+    b = chunked_logits(tiny.model, masked, ids, N_UP)
+    torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
+    layer = physical.layers[0]
+    counts = layer.valid[0, :, : layer.length].sum(-1)
+    assert counts.unique().numel() > 1, "heads should keep different numbers of tokens"
+    assert layer.length < masked.layers[0].length  # physically smaller
+
+
+def test_positions_continue_from_the_logical_length(tiny):
+    cache = NammCache(tiny.model.config, make_policy("recency", 10), n_up=N_UP)
+    chunked_logits(tiny.model, cache, _ids(2 * N_UP), N_UP)
+    layer = cache.layers[0]
+    assert layer.length == 10 and cache.get_seq_length() == 2 * N_UP
+    assert layer.positions[0, 0, :10].tolist() == list(range(2 * N_UP - 10, 2 * N_UP))
+    with torch.no_grad():
+        tiny.model(input_ids=_ids(1), past_key_values=cache, use_cache=True)
+    assert layer.positions[0, 0, 10].item() == 2 * N_UP
+
+
+def test_bytes_really_shrink(tiny):
+    full = NammCache(tiny.model.config, make_policy("full"), n_up=N_UP)
+    kept = NammCache(tiny.model.config, make_policy("h2o", 0.25), n_up=N_UP)
+    ids = _ids(16 * N_UP)
+    chunked_logits(tiny.model, full, ids, N_UP)
+    chunked_logits(tiny.model, kept, ids, N_UP)
+    held = sum(l.keys.nbytes + l.values.nbytes for l in kept.layers)
+    assert held == kept.current_bytes
+    assert kept.current_bytes < 0.35 * full.current_bytes
+    assert kept.peak_bytes < 0.35 * full.full_cache_bytes()
+
+
+def test_window_attention_averages_softmax_over_each_kv_group():
+    torch.manual_seed(0)
+    q = torch.randn(1, 8, 5, 16)
+    k = torch.randn(1, 2, 12, 16)
+    pos = torch.arange(12).expand(1, 2, 12)
+    valid = torch.ones(1, 2, 12, dtype=torch.bool)
+    valid[0, 1, 3] = False
+    qpos = torch.arange(7, 12)
+    ours = window_attention(q, k, valid, pos, qpos, 0.25)
+    ref = torch.zeros(1, 2, 5, 12)
+    for head in range(8):
+        g = head // 4  # GQA 4:1 -> query heads 0-3 share KV head 0
+        logits = (q[0, head] @ k[0, g].T) * 0.25
+        allowed = valid[0, g][None] & (pos[0, g][None] <= qpos[:, None])
+        ref[0, g] += logits.masked_fill(~allowed, float("-inf")).softmax(-1) / 4
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    assert float(ours[0, 1, :, 3].abs().max()) == 0.0  # padding gets no attention
+
+
+def test_generate_end_to_end_on_tiny_llama3(tiny):
+    for policy in namm.available_policies():
+        res = namm.generate(tiny, "lorem ipsum " * 60, ["q1?", "q2?"], policy=policy, budget=0.3,
+                            max_new_tokens=4, n_up=N_UP)
+        assert len(res.answers) == 2 and res.stats.tokens_out <= 8
+        if policy == "full":
+            assert res.stats.kv_kept_fraction == 1.0
+        elif policy != "namm":
+            assert res.stats.kv_kept_fraction < 0.5, policy
+
+
+def test_generate_rejects_bad_input(tiny):
+    with pytest.raises(namm.EmptyInputError):
+        namm.generate(tiny, "   ", "q?")
+    with pytest.raises(namm.UnknownPolicyError):
+        namm.generate(tiny, "text", "q?", policy="nope")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        namm.generate(tiny, "text", "q?", n_up=100)
+    long_doc = "x" * 5000  # 5000 byte tokens > 4096 context
+    with pytest.raises(namm.ContextTooLongError, match="context"):
+        namm.generate(tiny, long_doc, "q?", policy="full", max_new_tokens=2)
+    res = namm.generate(tiny, long_doc, "q?", policy="full", truncate=True, max_new_tokens=2, n_up=512)
+    assert res.stats.truncated and res.stats.tokens_in <= 4096

@@ -1,0 +1,129 @@
+"""Every policy's selection rule on small hand-made inputs."""
+import numpy as np
+import pytest
+import torch
+
+from namm import scorer
+from namm.errors import UnknownPolicyError
+from namm.policies import available_policies, make_policy
+from namm.policies.base import UpdateContext, budget_capacity, validate_budget
+from namm.policies.namm import NammPolicy
+
+
+def ctx_for(s=8, h=1, keys=None, attn=None, valid=None, d=4):
+    positions = torch.arange(s).expand(1, h, s).clone()
+    return UpdateContext(
+        layer_idx=0,
+        keys=keys if keys is not None else torch.randn(1, h, s, d),
+        values=torch.randn(1, h, s, d),
+        positions=positions,
+        valid=valid if valid is not None else torch.ones(1, h, s, dtype=torch.bool),
+        seen=s, n_new=s, attn=attn,
+    )
+
+
+def kept(mask):
+    return mask[0, 0].nonzero().flatten().tolist()
+
+
+def test_registry_lists_every_policy_and_rejects_unknown():
+    assert set(available_policies()) == {"full", "namm", "recency", "streaming_llm", "h2o", "l2norm", "snapkv",
+                                         "tova", "random"}
+    with pytest.raises(UnknownPolicyError, match="expected one of"):
+        make_policy("lru")
+
+
+def test_budget_rules():
+    assert budget_capacity(0.25, 100) == 25
+    assert budget_capacity(0.25, 3) == 1
+    assert budget_capacity(40, 100) == 40
+    assert budget_capacity(None, 100) is None
+    for bad in (0.0, -1, 1.5, "x", True):
+        with pytest.raises(ValueError):
+            validate_budget(bad)
+
+
+def test_full_cache_never_evicts():
+    assert make_policy("full", 0.1).evicts is False
+
+
+def test_recency_keeps_the_newest():
+    assert kept(make_policy("recency", 3).select(ctx_for())) == [5, 6, 7]
+
+
+def test_streaming_llm_keeps_sinks_and_recent_window():
+    p = make_policy("streaming_llm", 6)
+    assert kept(p.select(ctx_for(s=12))) == [0, 1, 2, 3, 10, 11]
+
+
+def test_h2o_keeps_heavy_hitters_and_accumulates():
+    attn = torch.zeros(1, 1, 2, 8)
+    attn[..., 1] = 0.5
+    attn[..., 4] = 0.3
+    attn[..., 2] = 0.1
+    c = ctx_for(attn=attn)
+    keep = make_policy("h2o", 3).select(c)
+    assert kept(keep) == [1, 4, 7]  # two heavy hitters + the newest token
+    assert torch.allclose(c.state["h2o_acc"][0, 0, [1, 4]], torch.tensor([1.0, 0.6]))
+
+
+def test_l2norm_keeps_low_norm_keys():
+    keys = torch.ones(1, 1, 8, 4)
+    keys[0, 0, [2, 5]] = 0.01
+    assert kept(make_policy("l2norm", 3).select(ctx_for(keys=keys))) == [2, 5, 7]
+
+
+def test_snapkv_pools_votes_of_the_observation_window():
+    attn = torch.zeros(1, 1, 4, 16)
+    attn[0, 0, :, 3] = 1.0  # a spike at 3: pooling keeps its neighbours too
+    p = make_policy("snapkv", 8)
+    assert p.attention_rows == 32
+    assert kept(p.select(ctx_for(s=16, attn=attn))) == [0, 1, 2, 3, 4, 5, 6, 15]
+
+
+def test_tova_uses_the_newest_query_only():
+    attn = torch.zeros(1, 1, 3, 8)
+    attn[0, 0, 0, 1] = 1.0  # an older query liked token 1
+    attn[0, 0, -1, 4] = 0.9
+    attn[0, 0, -1, 2] = 0.5
+    assert kept(make_policy("tova", 3).select(ctx_for(attn=attn))) == [2, 4, 7]
+
+
+def test_random_keeps_exactly_the_budget_and_is_seeded():
+    a = make_policy("random", 4, seed=3).select(ctx_for(s=20))
+    b = make_policy("random", 4, seed=3).select(ctx_for(s=20))
+    assert int(a.sum()) == 4 and torch.equal(a, b) and bool(a[0, 0, -1])
+
+
+def test_heads_decide_independently_and_padding_is_never_kept():
+    keys = torch.ones(1, 2, 6, 4)
+    keys[0, 0, 1] = 0.01
+    keys[0, 1, 3] = 0.01
+    valid = torch.ones(1, 2, 6, dtype=torch.bool)
+    valid[0, 1, 0] = False
+    keys[0, 1, 0] = 0.0  # lowest norm of all, but a padding slot
+    keep = make_policy("l2norm", 2).select(ctx_for(s=6, h=2, keys=keys, valid=valid))
+    assert keep[0, 0].nonzero().flatten().tolist() == [1, 5]
+    assert keep[0, 1].nonzero().flatten().tolist() == [3, 5]
+
+
+def test_namm_zero_parameters_keep_everything():
+    p = NammPolicy()
+    c = ctx_for(s=40, h=3, attn=torch.softmax(torch.randn(1, 3, 32, 40), -1))
+    assert bool(p.select(c).all())
+    assert c.state["namm_ema"].shape == (1, 3, 40, 17)
+    assert c.state["namm_prev_rows"].shape == (1, 3, 40, 16)
+
+
+def test_namm_threshold_evicts_negative_scores_but_keeps_the_newest():
+    params = np.zeros(scorer.num_params(), dtype=np.float32)
+    params[-1] = -1.0  # output bias: every score is -1
+    c = ctx_for(s=40, h=3, attn=torch.softmax(torch.randn(1, 3, 32, 40), -1))
+    keep = NammPolicy(params=params).select(c)
+    assert keep.sum().item() == 3 and bool(keep[..., -1].all())
+
+
+def test_namm_budget_caps_a_keep_everything_scorer():
+    c = ctx_for(s=40, h=3, attn=torch.softmax(torch.randn(1, 3, 32, 40), -1))
+    keep = NammPolicy(budget=0.25).select(c)
+    assert keep.sum(-1).tolist() == [[10, 10, 10]]
