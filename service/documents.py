@@ -65,7 +65,8 @@ def decode_text(data: bytes) -> str:
         text = data.decode(encoding)
     except UnicodeDecodeError as exc:
         raise DocumentError(
-            422, f"the document is not valid UTF-8 text (bad byte at offset {exc.start})"
+            422, f"the document is not valid {'UTF-16' if encoding == 'utf-16' else 'UTF-8'} text "
+            f"(bad byte at offset {exc.start})"
         ) from None
     if "\x00" in text:
         raise DocumentError(422, "the document contains NUL bytes: it looks binary, not text")

@@ -49,6 +49,9 @@ class BrokerSettings(BaseModel):
     # Redis re-delivers an unacked message after this many seconds: it must exceed the
     # longest job (worker.time_limit_s), or a running job would be handed to a second worker.
     visibility_timeout_s: int = 4 * 3600
+    # Redis only: prefix for every broker key, so several deployments (or test runs) can share
+    # one Redis without seeing each other's queues
+    key_prefix: str = ""
 
 
 class ModelSettings(BaseModel):

@@ -20,7 +20,10 @@ def broker_transport_options(settings: Settings) -> dict:
     url = settings.broker.url.get_secret_value()
     if url.startswith(("redis://", "rediss://", "sentinel://")):
         # Redis hands an unacked message to another worker after this long: longer than any job.
-        return {"visibility_timeout": settings.broker.visibility_timeout_s}
+        options: dict = {"visibility_timeout": settings.broker.visibility_timeout_s}
+        if settings.broker.key_prefix:
+            options["global_keyprefix"] = settings.broker.key_prefix
+        return options
     if url.startswith(("sqla+", "sqlalchemy+")):
         # these options go to sqlalchemy.create_engine: wait for SQLite's lock instead of failing
         return {"connect_args": {"timeout": 30}} if "sqlite" in url else {}

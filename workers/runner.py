@@ -105,17 +105,13 @@ def run_job(job_id: str, *, load_model: Callable | None = None,
         logger.info("job %s not run: %s", job_id, outcome.value)
         return outcome.value
     assert job is not None
-    if load_model is None or generate is None:
-        from workers.model import get_model
-
-        import namm
-
-        load_model, generate = get_model, namm.generate
-
     from celery.exceptions import SoftTimeLimitExceeded
 
     try:
         with Heartbeat(job.id, settings.worker.heartbeat_interval_s):
+            if load_model is None or generate is None:
+                from namm import generate
+                from workers.model import get_model as load_model
             lm = load_model()
             result = generate(
                 lm,
