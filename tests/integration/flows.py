@@ -1,0 +1,91 @@
+"""The end-to-end flow both stacks must pass: submit over HTTP, the worker runs the real default
+model, the result and usage record are stored and served."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+from sqlalchemy import func, select
+
+SHORT_DOCUMENT = (
+    "Meeting notes. The team met on Tuesday to plan the product launch. "
+    "The launch date is the 14th of March. The vault code is 4711. "
+    "Marketing will prepare the announcement and sales will brief the partners."
+)
+QUESTION = "What is the vault code?"
+
+
+def wait_for(client: httpx.Client, job_id: str, timeout_s: float = 420.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    seen_progress = set()
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        seen_progress.add(job["progress"])
+        if job["status"] in ("done", "failed", "cancelled"):
+            job["_seen_progress"] = sorted(seen_progress)
+            return job
+        time.sleep(0.5)
+    raise TimeoutError(f"job {job_id} not finished after {timeout_s} s: {job}")
+
+
+def submit_and_read_answer(stack) -> dict:
+    with httpx.Client(base_url=stack.url, headers={"X-API-Key": stack.keys[0]}, timeout=30) as c:
+        r = c.post("/v1/jobs", json={"document": SHORT_DOCUMENT, "questions": [QUESTION],
+                                     "policy": "namm", "budget": 0.5, "max_new_tokens": 8})
+        assert r.status_code == 202, r.text
+        job = wait_for(c, r.json()["id"])
+    assert job["status"] == "done", (job, stack.procs.log_tail("worker"))
+    assert job["attempts"] == 1 and job["progress"] == 1.0
+    assert job["result"]["text"].strip()
+    assert "4711" in job["result"]["text"]  # the default model finds this in a short document
+    usage = job["usage"]
+    assert usage["model"].startswith("SmolLM2")
+    assert usage["tokens_in"] > 40 and 1 <= usage["tokens_out"] <= 8
+    assert 0 < usage["kv_kept_fraction"] <= 1 and usage["kv_bytes_peak"] > 0
+    assert usage["kv_bytes_full_peak"] > 0 and usage["seconds"] > 0
+    assert usage["cost_micro_usd"] > 0
+    assert usage["cost_micro_usd"] <= usage["full_cache_cost_micro_usd"]
+    return job
+
+
+def check_stored_once(job_id: str) -> None:
+    from service.db import session_scope
+    from service.models import Result, UsageRecord
+
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(Result).where(Result.job_id == job_id)) == 1
+        assert s.scalar(select(func.count()).select_from(UsageRecord)
+                        .where(UsageRecord.job_id == job_id)) == 1
+
+
+def check_tenant_isolation(stack, job_id: str) -> None:
+    r = httpx.get(f"{stack.url}/v1/jobs/{job_id}", headers={"X-API-Key": stack.keys[1]})
+    assert r.status_code == 404
+
+
+def check_rerun_is_noop(stack, job: dict) -> None:
+    """Deliver the task again for the finished job: nothing changes."""
+    from service.enqueue import enqueue_job
+
+    assert enqueue_job(job["id"])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if f"job {job['id']} not run: finished" in stack.procs.log_tail("worker", 400):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the worker did not report the re-delivery:\n"
+                             + stack.procs.log_tail("worker"))
+    again = httpx.get(f"{stack.url}/v1/jobs/{job['id']}",
+                      headers={"X-API-Key": stack.keys[0]}).json()
+    assert again["attempts"] == job["attempts"] and again["finished_at"] == job["finished_at"]
+    assert again["result"] == job["result"]
+    check_stored_once(job["id"])
+
+
+def check_metrics(stack) -> None:
+    text = httpx.get(f"{stack.url}/metrics").text
+    assert 'namm_jobs{status="done"}' in text
+    assert 'namm_tokens_processed_total{direction="in"}' in text
+    assert "namm_kv_kept_fraction_count 0.0" not in text

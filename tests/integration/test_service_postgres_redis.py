@@ -1,0 +1,53 @@
+"""The production configuration: real PostgreSQL and Redis, a real Celery worker process and
+the LitServe API as subprocesses, the real default model."""
+
+import time
+
+import httpx
+import pytest
+
+from flows import (
+    check_metrics,
+    check_rerun_is_noop,
+    check_stored_once,
+    check_tenant_isolation,
+    submit_and_read_answer,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.services, pytest.mark.model, pytest.mark.timeout(900)]
+
+
+def test_submit_run_store_serve(pg_redis_stack):
+    job = submit_and_read_answer(pg_redis_stack)
+    check_stored_once(job["id"])
+    check_tenant_isolation(pg_redis_stack, job["id"])
+    check_rerun_is_noop(pg_redis_stack, job)
+    check_metrics(pg_redis_stack)
+
+
+def test_document_longer_than_context_fails_clearly(pg_redis_stack):
+    # ~12k tokens with the full cache: more than SmolLM2's 8k context, and no truncation asked
+    long_document = " ".join(f"Line {i}: the shipment left the depot on time." for i in range(1400))
+    with httpx.Client(base_url=pg_redis_stack.url,
+                      headers={"X-API-Key": pg_redis_stack.keys[0]}, timeout=30) as c:
+        r = c.post("/v1/jobs", json={"document": long_document, "questions": ["When?"],
+                                     "policy": "full", "max_new_tokens": 4})
+        assert r.status_code == 202, r.text
+        job = wait_for(c, r.json()["id"])
+    assert job["status"] == "failed"
+    assert "context" in job["error"] and "truncate" in job["error"]
+
+
+def test_cancel_a_queued_job(pg_redis_stack):
+    with httpx.Client(base_url=pg_redis_stack.url,
+                      headers={"X-API-Key": pg_redis_stack.keys[0]}, timeout=30) as c:
+        ids = [c.post("/v1/jobs", json={"document": "Short text number %d." % i,
+                                        "max_new_tokens": 4}).json()["id"] for i in range(2)]
+        cancelled = c.post(f"/v1/jobs/{ids[1]}/cancel").json()
+        assert cancelled["status"] == "cancelled"
+        first = wait_for(c, ids[0])
+        assert first["status"] == "done"
+        time.sleep(2)  # the cancelled job's message is consumed as a no-op
+        second = c.get(f"/v1/jobs/{ids[1]}").json()
+    assert second["status"] == "cancelled" and second["result"] is None
