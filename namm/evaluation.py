@@ -498,7 +498,27 @@ def _run(args) -> int:
         raise ValueError(f"unknown policies: {', '.join(unknown)}; available: {', '.join(namm.available_policies())}")
     lm = namm.load_model(args.model) if args.model else namm.load_model()
     refs = ReferenceCache(args.reference_cache)
-    records = []
+    records: list[EvalRecord] = []
+    config = {"model": lm.name, "split": None if args.tasks_file else args.split,
+              "tasks_file": args.tasks_file, "lengths": None if args.tasks_file else args.lengths,
+              "n_per_task": args.n_per_task, "query_aware": args.query_aware, "n_up": args.n_up,
+              "policies": policies, "budgets": budgets, "command": " ".join(sys.argv)}
+
+    def save(records):
+        """Write what is done so far (after every policy, so a long run that is stopped keeps it)."""
+        csv_out, plot_out = args.csv_out, args.plot_out
+        if args.json_out:
+            out = Path(args.json_out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"config": config, "records": [r.to_dict() for r in records]}, indent=1))
+            csv_out, plot_out = csv_out or out.with_suffix(".csv"), plot_out or out.with_suffix(".png")
+        if csv_out:
+            write_csv(records, csv_out)
+        if plot_out:
+            plot_records(records, plot_out, title=f"{lm.name}, {config['lengths'] or args.tasks_file}, "
+                                                  f"{'query-aware' if args.query_aware else 'query-agnostic'}")
+        return args.json_out, csv_out, plot_out
+
     with tqdm(total=len(runs) * len(samples), desc="eval", unit="prompt", file=sys.stderr,
               disable=args.no_progress, dynamic_ncols=True) as bar:
         for policy, budget in runs:
@@ -506,25 +526,9 @@ def _run(args) -> int:
             records.append(evaluate(lm, samples, policy, budget, query_aware=args.query_aware, n_up=args.n_up,
                                     max_new_tokens=args.max_new_tokens, truncate=args.truncate,
                                     reference_cache=refs, progress=bar.update))
+            save(records)
     print(format_tables(records))
-    config = {"model": lm.name, "split": None if args.tasks_file else args.split,
-              "tasks_file": args.tasks_file, "lengths": None if args.tasks_file else args.lengths,
-              "n_per_task": args.n_per_task, "query_aware": args.query_aware, "n_up": args.n_up,
-              "policies": policies, "budgets": budgets, "command": " ".join(sys.argv)}
-    if args.json_out:
-        out = Path(args.json_out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"config": config, "records": [r.to_dict() for r in records]}, indent=1))
-        csv_out = args.csv_out or out.with_suffix(".csv")
-        plot_out = args.plot_out or out.with_suffix(".png")
-    else:
-        csv_out, plot_out = args.csv_out, args.plot_out
-    if csv_out:
-        write_csv(records, csv_out)
-    if plot_out:
-        plot_records(records, plot_out, title=f"{lm.name}, {config['lengths'] or args.tasks_file}, "
-                                              f"{'query-aware' if args.query_aware else 'query-agnostic'}")
-    written = [str(p) for p in (args.json_out, csv_out, plot_out) if p]
+    written = [str(p) for p in save(records) if p]
     if written:
         print(f"wrote {', '.join(written)}", file=sys.stderr)
     return 0
