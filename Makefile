@@ -21,6 +21,11 @@ install: $(VENV)/.installed
 test: install
 	$(VENV)/bin/pytest -q
 
+# The service on its embedded default (SQLite + a serverless broker, a real Celery worker and
+# beat, the default model); prints the URL and an API key, then runs a sample job.
+run: install
+	$(PY) -m service.local
+
 test-fast: install
 	$(VENV)/bin/pytest -q -m "not model and not services and not e2e"
 

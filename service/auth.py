@@ -86,7 +86,7 @@ def require_tenant(request: Request, x_api_key: str | None = Security(api_key_he
 def require_operator(x_api_key: str | None = Security(api_key_header)) -> None:
     """For /metrics: the operator key when one is configured; open otherwise (local use)."""
     expected = get_settings().api.metrics_key
-    if expected is None:
+    if expected is None or not expected.get_secret_value():
         return
     if not x_api_key:
         raise _MISSING
