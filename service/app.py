@@ -26,9 +26,21 @@ logger = logging.getLogger(__name__)
 JOBS_PATH = "/v1/jobs"
 
 
+class Refusal(dict):
+    """A submission refused in decode_request. Returned, not raised: in a batch, an exception
+    would fail every request of the batch. SubmissionHandler turns it into the HTTP error."""
+
+    @classmethod
+    def of(cls, exc: HTTPException) -> Refusal:
+        return cls(error={"status_code": exc.status_code, "detail": exc.detail})
+
+
 class SubmitJobAPI(ls.LitAPI):
-    def __init__(self):
-        super().__init__(api_path=JOBS_PATH)
+    def __init__(self, max_batch_size: int = 32):
+        from service.batching import GreedyBatchLoop
+
+        super().__init__(api_path=JOBS_PATH, max_batch_size=max_batch_size, batch_timeout=0.0,
+                         loop=GreedyBatchLoop())
 
     def setup(self, device) -> None:
         from service.db import get_engine
@@ -45,27 +57,36 @@ class SubmitJobAPI(ls.LitAPI):
     def decode_request(self, request, **kwargs):
         from service.submission import parse_submission
 
-        return parse_submission(request, self.settings)
+        try:
+            return parse_submission(request, self.settings)
+        except HTTPException as exc:
+            return Refusal.of(exc)
 
-    def predict(self, spec, **kwargs) -> dict:
+    def predict(self, specs, **kwargs) -> list[dict]:
+        """Store a batch of submissions in one transaction, then enqueue each job."""
         from sqlalchemy.exc import SQLAlchemyError
 
         from service.db import session_scope
-        from service.enqueue import enqueue_job
-        from service.jobs import create_job
+        from service.enqueue import enqueue_jobs
+        from service.jobs import insert_jobs
         from service.metrics import ENQUEUE_FAILURES, JOBS_SUBMITTED
 
+        accepted = [spec for spec in specs if not isinstance(spec, Refusal)]
         try:
             with session_scope() as session:
-                job_id = create_job(session, spec).id
+                job_ids = insert_jobs(session, accepted)
         except SQLAlchemyError as exc:
-            logger.error("could not store a job: %s", type(exc).__name__)
+            logger.error("could not store jobs: %s", type(exc).__name__)
             raise HTTPException(503, "the database is unavailable; retry shortly") from None
         # only after the commit: a worker must find the row when the message arrives
-        JOBS_SUBMITTED.inc()
-        if not enqueue_job(job_id):
-            ENQUEUE_FAILURES.inc()
-        return {"id": job_id, "status": "queued", "url": f"{JOBS_PATH}/{job_id}"}
+        JOBS_SUBMITTED.inc(len(job_ids))
+        failed = len(job_ids) - enqueue_jobs(job_ids)
+        if failed:
+            ENQUEUE_FAILURES.inc(failed)
+        ids = iter(job_ids)
+        return [spec if isinstance(spec, Refusal) else
+                {"id": (job_id := next(ids)), "status": "queued", "url": f"{JOBS_PATH}/{job_id}"}
+                for spec in specs]
 
     def encode_response(self, output, **kwargs):
         return output
@@ -78,6 +99,12 @@ class SubmissionHandler(RegularRequestHandler):
         from service.submission import read_body
 
         return await read_body(request, get_settings())
+
+    async def handle_request(self, request, request_type):
+        response = await super().handle_request(request, request_type)
+        if isinstance(response, dict) and "error" in response:
+            raise HTTPException(**response["error"])
+        return response
 
 
 def _submit_openapi() -> dict:
@@ -140,7 +167,7 @@ def build_server() -> JobServer:
 
     settings = get_settings()
     server = JobServer(
-        SubmitJobAPI(),
+        SubmitJobAPI(max_batch_size=settings.api.max_batch_size),
         accelerator="cpu",
         workers_per_device=settings.api.inference_workers,
         timeout=30,

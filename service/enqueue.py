@@ -30,15 +30,26 @@ def reset_celery_app() -> None:
 def enqueue_job(job_id: str) -> bool:
     """Queue the job for a GPU worker. False when the broker is unreachable: the job row is
     already committed, and the beat sweeper enqueues it once the broker is back."""
+    return enqueue_jobs([job_id]) == 1
+
+
+def enqueue_jobs(job_ids: list[str]) -> int:
+    """Queue several jobs over one producer connection; returns how many were sent."""
     from workers.celery_app import GPU_QUEUE, RUN_JOB
 
+    if not job_ids:
+        return 0
+    sent = 0
     try:
-        celery_app().send_task(RUN_JOB, args=[job_id], queue=GPU_QUEUE)
-        return True
-    except Exception as exc:  # broker down: never fail the accepted submission
-        logger.warning("enqueue of job %s failed (%s); the sweeper will retry", job_id,
-                       type(exc).__name__)
-        return False
+        app = celery_app()
+        with app.producer_or_acquire() as producer:
+            for job_id in job_ids:
+                app.send_task(RUN_JOB, args=[job_id], queue=GPU_QUEUE, producer=producer)
+                sent += 1
+    except Exception as exc:  # broker down: the rows are committed; the sweeper enqueues them
+        logger.warning("enqueue of %d job(s) failed (%s); the sweeper will retry",
+                       len(job_ids) - sent, type(exc).__name__)
+    return sent
 
 
 def queue_depths(queues: tuple[str, ...] = ("gpu", "cpu")) -> dict[str, int]:

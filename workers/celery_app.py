@@ -24,10 +24,23 @@ def broker_transport_options(settings: Settings) -> dict:
         if settings.broker.key_prefix:
             options["global_keyprefix"] = settings.broker.key_prefix
         return options
-    if url.startswith(("sqla+", "sqlalchemy+")):
-        # these options go to sqlalchemy.create_engine: wait for SQLite's lock instead of failing
-        return {"connect_args": {"timeout": 30}} if "sqlite" in url else {}
+    if url.startswith(("sqla+", "sqlalchemy+")) and "sqlite" in url:
+        # these options go to sqlalchemy.create_engine: WAL so producers and the worker's
+        # polling do not block each other, and a wait for the lock instead of an error
+        return {"creator": _sqlite_broker_connection(url.split("sqlite:///", 1)[-1])}
     return {}
+
+
+def _sqlite_broker_connection(path: str):
+    def connect():
+        import sqlite3
+
+        connection = sqlite3.connect(path, timeout=30, check_same_thread=False)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        return connection
+
+    return connect
 
 
 def make_celery(settings: Settings | None = None) -> Celery:

@@ -28,7 +28,7 @@ def db(tmp_path, monkeypatch):
 
 def make_job(**overrides) -> str:
     from service.db import session_scope
-    from service.jobs import JobSpec, create_job
+    from service.jobs import JobSpec, insert_jobs
     from service.keys import get_or_create_tenant
 
     with session_scope() as s:
@@ -37,7 +37,7 @@ def make_job(**overrides) -> str:
                        size_bytes=23, filename=None, kind="answer", instruction=None,
                        questions=["What is the code?"], policy="namm", budget=0.5,
                        max_new_tokens=8, **overrides)
-        return create_job(s, spec).id
+        return insert_jobs(s, [spec])[0]
 
 
 def job_row(job_id):
@@ -237,3 +237,4 @@ def test_celery_configuration():
     assert conf.task_soft_time_limit < conf.task_time_limit
     sqlite = Settings(_env_file=None, broker={"url": "sqla+sqlite:///x.db"})
     assert "visibility_timeout" not in broker_transport_options(sqlite)
+    assert callable(broker_transport_options(sqlite)["creator"])
