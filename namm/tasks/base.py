@@ -89,8 +89,8 @@ def available_tasks() -> list[str]:
 
 
 def _load_all() -> None:
-    # importing the family modules runs their @register decorators
-    from namm.tasks import code, common_words, doc_qa, lm_fidelity, retrieval, variable_tracking  # noqa: F401
+    # importing the family modules runs their @register decorators (in this display order)
+    from namm.tasks import retrieval, variable_tracking, common_words, doc_qa, code, lm_fidelity  # noqa: F401,I001
 
 
 def make_sample(task: str, length: int, split: str, index: int) -> Sample:
