@@ -17,28 +17,16 @@ RECENCY_DIM = 8
 FEATURE_DIM = N_BINS + RECENCY_DIM  # 25
 
 
-def _dft_basis(device, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Periodic-Hann-windowed real DFT as two [N_FFT, N_BINS] matrices (cos, -sin)."""
-    n = torch.arange(N_FFT, dtype=torch.float64)
-    k = torch.arange(N_BINS, dtype=torch.float64)
-    window = torch.hann_window(N_FFT, periodic=True, dtype=torch.float64)
-    angle = 2 * math.pi * n[:, None] * k[None, :] / N_FFT
-    cos = (window[:, None] * torch.cos(angle)).to(device=device, dtype=dtype)
-    sin = (-window[:, None] * torch.sin(angle)).to(device=device, dtype=dtype)
-    return cos, sin
+def stft_magnitudes(columns: torch.Tensor) -> torch.Tensor:
+    """|STFT| of each slot's attention column: [N, S, L] (query axis last) -> [N, S, 17, F].
 
-
-def stft_magnitudes(rows: torch.Tensor) -> torch.Tensor:
-    """|STFT| of each column of `rows` [N, L, S] along L: n_fft 32, hop 16, no centering -> [N, F, S, 17].
-
-    Same numbers as torch.stft(center=False, window=hann(32, periodic)) but as one batched matmul
-    over all slots, without materialising complex tensors.
+    n_fft 32, hop 16, periodic Hann window, no centering, one-sided magnitudes.
     """
-    frames = rows.unfold(1, N_FFT, HOP)  # [N, F, S, N_FFT]
-    cos, sin = _dft_basis(rows.device, rows.dtype)
-    re = frames @ cos
-    im = frames @ sin
-    return torch.sqrt(re * re + im * im)
+    n, s, length = columns.shape
+    window = torch.hann_window(N_FFT, periodic=True, device=columns.device, dtype=columns.dtype)
+    spec = torch.stft(columns.reshape(n * s, length), n_fft=N_FFT, hop_length=HOP, window=window,
+                      center=False, onesided=True, return_complex=True)
+    return spec.abs().reshape(n, s, N_BINS, -1)
 
 
 def frame_end_positions(first_new_pos: int, n_frames: int, lead_pad: int) -> torch.Tensor:
@@ -51,14 +39,14 @@ def frame_end_positions(first_new_pos: int, n_frames: int, lead_pad: int) -> tor
 def ema_reduce(mags: torch.Tensor, prev: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
     """EMA over frames with per-token coefficient 0.99, continuing the previous state.
 
-    mags [N, F, S, B], prev [N, S, B], frame_mask [N, F, S] (frame counts for the token: it existed).
+    mags [N, S, B, F], prev [N, S, B], frame_mask [N, S, F] (the frame counts once the token exists).
     Each frame spans HOP tokens, so one frame step decays by 0.99**HOP.
     """
-    n_frames = mags.shape[1]
+    n_frames = mags.shape[-1]
     step = EMA_COEFF**HOP
     exps = torch.arange(n_frames - 1, -1, -1, device=mags.device, dtype=mags.dtype)
     weights = (step**exps) * (1 - step)  # newest frame weighs most
-    reduced = torch.einsum("f,nfsb->nsb", weights, mags * frame_mask[..., None])
+    reduced = torch.einsum("nsbf,nsf->nsb", mags, frame_mask * weights)
     return prev * (step**n_frames) + reduced
 
 

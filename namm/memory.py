@@ -37,24 +37,30 @@ def _causal_block_mask(q_len: int, kv_len: int, device) -> torch.Tensor:
     return mask
 
 
-def window_attention(queries: torch.Tensor, keys: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor,
-                     query_positions: torch.Tensor, scale: float) -> torch.Tensor:
+def window_attention(queries: torch.Tensor, keys: torch.Tensor, valid: torch.Tensor, scale: float) -> torch.Tensor:
     """Attention of the window's queries over every cached key, averaged per KV group.
 
-    queries [B, Hq, R, D], keys [B, Hkv, S, D] -> [B, Hkv, R, S] float32 probabilities. Rows are
-    computed in blocks (R_blk x S at a time), never as a T x T matrix.
+    queries [B, Hq, R, D] are the R newest tokens, which are also the last R slots of `keys`
+    [B, Hkv, S, D] (nothing is evicted between updates), so causality only concerns that corner.
+    Returns [B, Hkv, R, S] float32 probabilities. Rows are computed in blocks (R_blk x S at a
+    time), never as a T x T matrix.
     """
     b, hq, r, d = queries.shape
     hkv, s = keys.shape[1], keys.shape[2]
     groups = hq // hkv
     q = queries.float().reshape(b, hkv, groups, r, d)
-    k = keys.float()
+    k_t = (keys.float() * scale).transpose(-1, -2)[:, :, None]  # [B, Hkv, 1, D, S]
+    padding = None
+    if not bool(valid.all()):
+        padding = torch.zeros(b, hkv, 1, 1, s, device=keys.device).masked_fill_(~valid[:, :, None, None], float("-inf"))
+    future = torch.ones(r, r, dtype=torch.bool, device=keys.device).triu(1)  # query i cannot see window token j > i
     out = torch.empty(b, hkv, r, s, dtype=torch.float32, device=keys.device)
     for start in range(0, r, _ROW_BLOCK):
         stop = min(r, start + _ROW_BLOCK)
-        logits = torch.einsum("bhgrd,bhsd->bhgrs", q[:, :, :, start:stop], k) * scale
-        allowed = valid[:, :, None, :] & (positions[:, :, None, :] <= query_positions[None, None, start:stop, None])
-        logits.masked_fill_(~allowed[:, :, None], float("-inf"))
+        logits = torch.matmul(q[:, :, :, start:stop], k_t)  # [B, Hkv, G, r_blk, S]
+        if padding is not None:
+            logits.add_(padding)
+        logits[..., s - r:].masked_fill_(future[start:stop], float("-inf"))
         out[:, :, start:stop] = logits.softmax(dim=-1).mean(dim=2)
     return out
 
@@ -129,10 +135,10 @@ class NammLayer(CacheLayerMixin):
         self.cache._account(self.nbytes() - before)
 
     def _headroom(self, seen_after: int) -> int:
-        """Slots to allocate beyond what is needed now: up to the next update for evicting
-        policies (the buffer then never grows between updates), a small step for the full cache."""
+        """Slots to allocate beyond what is needed now: a small step so decoding does not
+        reallocate every token, never past the next update (which compacts anyway)."""
         if self.cache.policy.evicts:
-            return (-seen_after) % self.cache.n_up
+            return min((-seen_after) % self.cache.n_up, 64)
         return 64
 
     def _reserve(self, needed: int) -> None:
@@ -214,9 +220,8 @@ class NammLayer(CacheLayerMixin):
         if policy.attention_rows is not None:
             rows = min(rows, policy.attention_rows)
         queries = queries[:, :, -rows:]
-        q_pos = torch.arange(self.seen - rows, self.seen, device=self.device)
         scale = self.scale if self.scale is not None else queries.shape[-1] ** -0.5
-        return window_attention(queries, ctx.keys, ctx.valid, ctx.positions, q_pos, scale)
+        return window_attention(queries, ctx.keys, ctx.valid, scale)
 
     def _compact(self, keep: torch.Tensor) -> None:
         """Gather kept slots (order preserved) into new, smaller tensors; pad heads to the longest."""
@@ -225,7 +230,7 @@ class NammLayer(CacheLayerMixin):
         kept = int(counts.max())
         order = torch.sort((~keep).to(torch.uint8), dim=-1, stable=True).indices[..., :kept]
         b, h, _, d = self.keys.shape
-        cap = kept + self.cache.n_up - self.seen % self.cache.n_up  # room for the next window
+        cap = kept + min(self.cache.n_up - self.seen % self.cache.n_up, 64)  # room for decoding
 
         def gather(t: torch.Tensor) -> torch.Tensor:
             idx = order.reshape(*order.shape, *([1] * (t.dim() - 3))).expand(b, h, kept, *t.shape[3:])

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import scorer
-from ..features import HOP, RunningNorm, ema_reduce, frame_end_positions, recency_embedding, stft_magnitudes
+from ..features import HOP, N_BINS, RunningNorm, ema_reduce, frame_end_positions, recency_embedding, stft_magnitudes
 from .base import Policy, UpdateContext
 
 
@@ -38,17 +38,19 @@ class NammPolicy(Policy):
         attn = ctx.attn.float()
         b, h, w, s = attn.shape
         prev_rows = ctx.slot_state("namm_prev_rows", (HOP,))           # [B, H, S, 16]
-        prev_ema = ctx.slot_state("namm_ema", (scorer.FEATURE_DIM - 8,))  # [B, H, S, 17]
-        rows = torch.cat([prev_rows.transpose(2, 3), attn], dim=2)       # [B, H, 16 + W, S]
+        prev_ema = ctx.slot_state("namm_ema", (N_BINS,))                # [B, H, S, 17]
+        # each slot's attention column along the query axis, the previous window's last 16 rows first
+        columns = torch.cat([prev_rows, attn.transpose(2, 3)], dim=-1)  # [B, H, S, 16 + W]
         lead = (-w) % HOP  # a window that is not a multiple of the hop is zero-padded in front
-        rows = F.pad(rows, (0, 0, lead, 0))
-        mags = stft_magnitudes(rows.reshape(b * h, -1, s))              # [N, F, S, 17]
-        frame_end = frame_end_positions(ctx.seen - w, mags.shape[1], lead).to(attn.device)
-        pos = ctx.positions.reshape(b * h, 1, s)
-        frame_mask = (pos <= frame_end[None, :, None]).to(mags.dtype)  # a frame counts once the token exists
+        if lead:
+            columns = F.pad(columns, (lead, 0))
+        mags = stft_magnitudes(columns.reshape(b * h, s, -1))          # [N, S, 17, F]
+        frame_end = frame_end_positions(ctx.seen - w, mags.shape[-1], lead).to(attn.device)
+        pos = ctx.positions.reshape(b * h, s, 1)
+        frame_mask = (pos <= frame_end[None, None, :]).to(mags.dtype)  # a frame counts once the token exists
         ema = ema_reduce(mags, prev_ema.reshape(b * h, s, -1), frame_mask).reshape(b, h, s, -1)
         ctx.state["namm_ema"] = ema
-        ctx.state["namm_prev_rows"] = rows[:, :, -HOP:].transpose(2, 3).contiguous()
+        ctx.state["namm_prev_rows"] = columns[..., -HOP:].contiguous()
         self.norm.update(ema[ctx.valid])
         age = (ctx.seen - 1 - ctx.positions).clamp(min=0)
         return torch.cat([self.norm(ema), recency_embedding(age)], dim=-1)

@@ -72,13 +72,13 @@ def test_bytes_really_shrink(tiny):
 
 def test_window_attention_averages_softmax_over_each_kv_group():
     torch.manual_seed(0)
-    q = torch.randn(1, 8, 5, 16)
+    q = torch.randn(1, 8, 5, 16)  # the 5 newest tokens: the last 5 of 12 slots
     k = torch.randn(1, 2, 12, 16)
     pos = torch.arange(12).expand(1, 2, 12)
     valid = torch.ones(1, 2, 12, dtype=torch.bool)
     valid[0, 1, 3] = False
     qpos = torch.arange(7, 12)
-    ours = window_attention(q, k, valid, pos, qpos, 0.25)
+    ours = window_attention(q, k, valid, 0.25)
     ref = torch.zeros(1, 2, 5, 12)
     for head in range(8):
         g = head // 4  # GQA 4:1 -> query heads 0-3 share KV head 0
