@@ -112,3 +112,18 @@ def test_generate_rejects_bad_input(tiny):
         namm.generate(tiny, long_doc, "q?", policy="full", max_new_tokens=2)
     res = namm.generate(tiny, long_doc, "q?", policy="full", truncate=True, max_new_tokens=2, n_up=512)
     assert res.stats.truncated and res.stats.tokens_in <= 4096
+
+
+def test_decoding_evicts_on_the_same_schedule(tiny):
+    from namm.generate import greedy_decode, prefill
+
+    cache = NammCache(tiny.model.config, make_policy("streaming_llm", 20), n_up=N_UP)
+    logits = prefill(tiny, cache, _ids(2 * N_UP))
+    updates_after_prefill = cache.n_updates
+    out = greedy_decode(tiny, cache, logits, 3 * N_UP, stop_ids=set())
+    assert len(out) == 3 * N_UP
+    per_layer = len(cache.layers)
+    assert cache.n_updates - updates_after_prefill == 2 * per_layer  # 95 fed tokens -> two more updates
+    layer = cache.layers[0]
+    assert layer.kept_entries() <= 20 + N_UP  # bounded while writing
+    assert cache.get_seq_length() == 5 * N_UP - 1
