@@ -89,7 +89,10 @@ class Policy:
         cap = budget_capacity(self.budget, ctx.seen)
         if cap is not None and int(keep.sum(-1).max()) > cap:
             ranked = scores.masked_fill(~keep, float("-inf")).masked_fill(newest, float("inf"))
-            top = ranked.topk(min(cap, ranked.shape[-1]), dim=-1).indices
+            # ties go to the newer token: order slots newest first, then sort stably by score
+            newest_first = ctx.positions.masked_fill(~valid, -1).argsort(dim=-1, descending=True, stable=True)
+            order = ranked.gather(-1, newest_first).argsort(dim=-1, descending=True, stable=True)
+            top = newest_first.gather(-1, order[..., : min(cap, ranked.shape[-1])])
             capped = torch.zeros_like(keep).scatter_(-1, top, True)
             keep &= capped
         return keep

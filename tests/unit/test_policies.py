@@ -123,7 +123,8 @@ def test_namm_threshold_evicts_negative_scores_but_keeps_the_newest():
     assert keep.sum().item() == 3 and bool(keep[..., -1].all())
 
 
-def test_namm_budget_caps_a_keep_everything_scorer():
+def test_namm_budget_caps_a_keep_everything_scorer_and_ties_go_to_recent_tokens():
     c = ctx_for(s=40, h=3, attn=torch.softmax(torch.randn(1, 3, 32, 40), -1))
     keep = NammPolicy(budget=0.25).select(c)
     assert keep.sum(-1).tolist() == [[10, 10, 10]]
+    assert keep[0, 0].nonzero().flatten().tolist() == list(range(30, 40))
