@@ -26,7 +26,8 @@ def stft_magnitudes(columns: torch.Tensor) -> torch.Tensor:
     window = torch.hann_window(N_FFT, periodic=True, device=columns.device, dtype=columns.dtype)
     spec = torch.stft(columns.reshape(n * s, length), n_fft=N_FFT, hop_length=HOP, window=window,
                       center=False, onesided=True, return_complex=True)
-    return spec.abs().reshape(n, s, N_BINS, -1)
+    # |z| as a norm over (re, im): several times faster than complex abs on CPU
+    return torch.linalg.vector_norm(torch.view_as_real(spec), dim=-1).reshape(n, s, N_BINS, -1)
 
 
 def frame_end_positions(first_new_pos: int, n_frames: int, lead_pad: int) -> torch.Tensor:
