@@ -102,6 +102,15 @@ def _encode(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor([tokenizer.encode(text, add_special_tokens=False)], dtype=torch.long)
 
 
+def _fit_context(ctx_ids: torch.Tensor, q_len: int, max_new_tokens: int, max_context: int) -> torch.Tensor | None:
+    """The context cut so the whole exchange fits the model's context, or None if it already fits."""
+    excess = ctx_ids.shape[1] + q_len + max_new_tokens - max_context
+    if excess <= 0:
+        return None
+    # keeps the start: the chat header and the beginning of the document
+    return ctx_ids[:, : max(1, ctx_ids.shape[1] - excess)]
+
+
 def generate(lm: LoadedModel, context: str, questions: str | Sequence[str] | None = None, *,
              policy: str | Policy = "namm", budget: float | int | None = None, instruction: str | None = None,
              max_new_tokens: int = 128, n_up: int = 512, query_aware: bool = False, truncate: bool = False,
@@ -121,51 +130,56 @@ def generate(lm: LoadedModel, context: str, questions: str | Sequence[str] | Non
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     pol = make_policy(policy, budget, model_name=lm.name)
     started = time.perf_counter()
-    stats = GenerationStats()
     tok = lm.tokenizer
+    stats = GenerationStats()
 
     parts = [split_prompt(tok, context, q, instruction, query_aware=query_aware) for q in questions]
-    shared = not query_aware  # query-aware prompts start with the question: nothing to share
-    ctx_ids = _encode(tok, parts[0].context) if shared else None
-    longest = max((ctx_ids.shape[1] if shared else _encode(tok, p.context).shape[1]) + _encode(tok, p.question).shape[1]
-                  for p in parts) + max_new_tokens
-    if longest > lm.max_context and not pol.evicts:
-        if not truncate:
-            raise ContextTooLongError(
-                f"input needs {longest} tokens but {lm.name} has a {lm.max_context}-token context and the "
-                f"'{pol.name}' policy does not bound the cache; use a memory policy (e.g. namm) or truncate=True"
-            )
-        if shared:
-            keep = max(1, ctx_ids.shape[1] - (longest - lm.max_context))
-            ctx_ids = ctx_ids[:, :keep]  # keeps the start: the chat header and the document's beginning
+    # query-agnostic: one context for every question, read and compressed once;
+    # query-aware: each question comes before its own copy of the document
+    shared = not query_aware
+    runs = []
+    shared_ctx = _encode(tok, parts[0].context) if shared else None
+    for part in parts:
+        ctx_ids = shared_ctx if shared else _encode(tok, part.context)
+        runs.append([ctx_ids, _encode(tok, part.question)])
+    if not pol.evicts:  # only a memory that forgets can read past the model's context
+        for run in runs:
+            cut = _fit_context(run[0], run[1].shape[1], max_new_tokens, lm.max_context)
+            if cut is None:
+                continue
+            if not truncate:
+                need = run[0].shape[1] + run[1].shape[1] + max_new_tokens
+                raise ContextTooLongError(
+                    f"input needs {need} tokens but {lm.name} has a {lm.max_context}-token context and the "
+                    f"'{pol.name}' policy does not bound the cache; use a memory policy (e.g. namm) or truncate=True"
+                )
+            run[0] = cut
             stats.truncated = True
+        if shared:  # every question sees the same (shortest) cut
+            shortest = min(runs, key=lambda r: r[0].shape[1])[0]
+            for run in runs:
+                run[0] = shortest
 
-    cache = NammCache(lm.model.config, pol, n_up=n_up)
     stop = _stop_ids(tok)
     answers: list[str] = []
-    snap = None
-    if shared:
-        t0 = time.perf_counter()
-        prefill(lm, cache, ctx_ids, progress)
-        cache.flush()  # the document is read: compress its tail before any question arrives
-        stats.seconds_prefill += time.perf_counter() - t0
-        stats.tokens_in = ctx_ids.shape[1]
-        snap = cache.snapshot() if len(parts) > 1 else None
-    for i, part in enumerate(parts):
+    cache, snap = None, None
+    for i, (ctx_ids, q_ids) in enumerate(runs):
         if shared and i > 0:
-            cache.restore(snap)
-        if not shared:
-            cache = NammCache(lm.model.config, pol, n_up=n_up) if i > 0 else cache
+            cache.restore(snap)  # the compressed document, as it was before the first question
+        else:
+            cache = NammCache(lm.model.config, pol, n_up=n_up)
             t0 = time.perf_counter()
-            prefill(lm, cache, _encode(tok, part.context), progress)
-            cache.flush()
+            prefill(lm, cache, ctx_ids, progress)
+            cache.flush()  # the document is read: compress its tail before any question arrives
             stats.seconds_prefill += time.perf_counter() - t0
-        q_ids = _encode(tok, part.question)
+            stats.tokens_in += ctx_ids.shape[1]
+            if shared and len(runs) > 1:
+                snap = cache.snapshot()
         t0 = time.perf_counter()
         logits = prefill(lm, cache, q_ids)
         stats.seconds_prefill += time.perf_counter() - t0
-        stats.tokens_in = max(stats.tokens_in, cache.get_seq_length()) if not shared else stats.tokens_in + q_ids.shape[1]
-        if i == 0 or not shared:
+        stats.tokens_in += q_ids.shape[1]
+        if i == 0:  # memory at answer time, for the first question
             stats.kv_kept_per_layer = cache.kept_per_layer()
             stats.kv_kept_fraction = cache.kept_fraction()
         t0 = time.perf_counter()
