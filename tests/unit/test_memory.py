@@ -127,3 +127,16 @@ def test_decoding_evicts_on_the_same_schedule(tiny):
     layer = cache.layers[0]
     assert layer.kept_entries() <= 20 + N_UP  # bounded while writing
     assert cache.get_seq_length() == 5 * N_UP - 1
+
+
+def test_memory_attention_is_plain_sdpa_for_ordinary_caches(tiny):
+    """A model switched to the memory attention still works with transformers' own DynamicCache."""
+    ids = _ids(50, seed=3)
+    with torch.no_grad():
+        ours = tiny.model.generate(ids, max_new_tokens=12, do_sample=False, min_new_tokens=12)
+        tiny.model.set_attn_implementation("sdpa")
+        try:
+            ref = tiny.model.generate(ids, max_new_tokens=12, do_sample=False, min_new_tokens=12)
+        finally:
+            tiny.model.set_attn_implementation("namm_sdpa")
+    assert torch.equal(ours, ref)
