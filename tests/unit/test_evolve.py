@@ -1,0 +1,193 @@
+"""CMA-ES training loop (namm.evolve) on a cheap synthetic fitness: no model needed."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from namm import evolve
+from namm.evolve import ConfigError, config_from_dict, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def synth(tmp_path, **kw):
+    data = {"fitness": "synthetic", "synthetic_dim": 12, "population": 8, "sigma": 0.1, "seed": 3,
+            "stages": [{"tasks": ["a"], "generations": 4}, {"tasks": ["a", "b"], "generations": 3}], "plot_every": 0,
+            "out_dir": str(tmp_path / "run")}
+    data.update(kw)
+    return data
+
+
+def quiet(_msg):
+    pass
+
+
+def test_cma_improves_synthetic_fitness(tmp_path):
+    cfg = config_from_dict(synth(tmp_path, stages=[{"tasks": ["a"], "generations": 25}]))
+    state = evolve.run(cfg, log=quiet, progress=False)
+    logs = state.logs
+    assert len(logs) == 25 and state.done
+    assert logs[-1]["mean_solution_fitness"] > logs[0]["mean_solution_fitness"] + 0.5
+    assert logs[-1]["best_fitness"] > logs[0]["best_fitness"]
+
+
+def test_mean_starts_at_zero_and_elite_ratio_sets_parents(tmp_path):
+    cfg = config_from_dict(synth(tmp_path, population=10, elite_ratio=0.3))
+    opt = evolve.make_optimizer(cfg, 12)
+    assert np.all(opt.mean == 0) and opt._mu == 3 and opt.population_size == 10
+    w = opt._weights
+    assert (w[:3] > 0).all() and (w[3:] <= 0).all() and abs(w[:3].sum() - 1) < 1e-9
+    default = evolve.make_optimizer(config_from_dict(synth(tmp_path, population=10)), 12)
+    assert default._mu == 5
+
+
+def _next_candidates(opt, n=4):
+    return np.stack([opt.ask() for _ in range(n)])
+
+
+def test_resume_gives_the_same_next_candidates(tmp_path):
+    a = config_from_dict(synth(tmp_path / "a"))
+    full = evolve.run(a, log=quiet, progress=False)
+    b = config_from_dict(synth(tmp_path / "b"))
+    evolve.run(b, log=quiet, progress=False, stop_after=5)  # interrupted in stage 2
+    part = evolve.load_state(Path(b.out_dir))
+    assert part.generation == 5 and part.stage == 1 and not part.done
+    # the candidates the interrupted run would draw next are those the full run drew
+    a5 = config_from_dict(synth(tmp_path / "a5"))
+    evolve.run(a5, log=quiet, progress=False, stop_after=5)
+    x1 = _next_candidates(evolve.load_optimizer(evolve.load_state(Path(a5.out_dir)).optimizer))
+    x2 = _next_candidates(evolve.load_optimizer(part.optimizer))
+    np.testing.assert_array_equal(x1, x2)
+    resumed = evolve.run(b, resume=True, log=quiet, progress=False)
+    assert resumed.generation == full.generation == 7
+    # later generations agree to rounding (numpy reductions may round differently on arrays
+    # that sit at other memory alignments; the state itself round-trips bit for bit)
+    for r1, r2 in zip(full.logs, resumed.logs):
+        assert r1["best_fitness"] == pytest.approx(r2["best_fitness"], rel=1e-9)
+        assert r1["sigma"] == pytest.approx(r2["sigma"], rel=1e-9)
+    np.testing.assert_allclose(evolve.load_optimizer(resumed.optimizer).mean,
+                               evolve.load_optimizer(full.optimizer).mean, rtol=1e-9, atol=1e-12)
+
+
+def test_fresh_run_refuses_to_overwrite_a_checkpoint(tmp_path):
+    cfg = config_from_dict(synth(tmp_path, stages=[{"tasks": ["a"], "generations": 1}]))
+    evolve.run(cfg, log=quiet, progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        evolve.run(cfg, log=quiet, progress=False)
+
+
+def test_kill_9_then_resume_continues_from_last_generation(tmp_path):
+    cfg = synth(tmp_path, stages=[{"tasks": ["a"], "generations": 30}], synthetic_sleep=0.05)
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(cfg))
+    out = Path(cfg["out_dir"])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "namm.evolve", "--config", str(path), "--no-progress"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    try:
+        while time.time() < deadline:
+            if (out / "log.json").exists():
+                try:
+                    if len(json.loads((out / "log.json").read_text())) >= 3:
+                        break
+                except json.JSONDecodeError:
+                    pass
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = evolve.load_state(out).generation
+    assert 2 <= killed_at < 30  # the logs are written just before the checkpoint
+    res = subprocess.run([sys.executable, "-m", "namm.evolve", "--config", str(path), "--resume", "--no-progress"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert f"resumed" in res.stderr and f"generation {killed_at}" in res.stderr
+    state = evolve.load_state(out)
+    assert state.done and state.generation == 30
+    assert [r["generation"] for r in state.logs] == list(range(1, 31))
+    # same result as an uninterrupted run with the same seed
+    ref = evolve.run(config_from_dict({**cfg, "synthetic_sleep": 0.0, "out_dir": str(tmp_path / "ref")}),
+                     log=quiet, progress=False)
+    np.testing.assert_allclose(evolve.load_optimizer(state.optimizer).mean,
+                               evolve.load_optimizer(ref.optimizer).mean, rtol=1e-9, atol=1e-12)
+
+
+def test_logs_and_plot_are_written(tmp_path):
+    cfg = config_from_dict(synth(tmp_path))
+    evolve.run(cfg, log=quiet, progress=False)
+    out = Path(cfg.out_dir)
+    logs = json.loads((out / "log.json").read_text())
+    assert len(logs) == 7 and logs[-1]["stage"] == 2
+    for key in ("best_fitness", "mean_fitness", "mean_solution_fitness", "mean_solution_kept", "sigma", "seconds"):
+        assert key in logs[0]
+    lines = (out / "log.csv").read_text().splitlines()
+    assert lines[0].startswith("generation,stage") and len(lines) == 8
+    png = (out / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+@pytest.mark.parametrize("patch, message", [
+    ({"population": 1}, "'population' must be an integer >= 2"),
+    ({"elite_ratio": 1.5}, "'elite_ratio' must be in (0, 1)"),
+    ({"sigma": 0}, "'sigma' must be > 0"),
+    ({"stages": []}, "'stages' must be a non-empty list"),
+    ({"stages": [{"tasks": ["a"], "generations": 0}]}, "stage 1: 'generations' must be an integer >= 1"),
+    ({"stages": [{"tasks": [], "generations": 2}]}, "stage 1: 'tasks' must be a non-empty list"),
+    ({"popsize": 4}, "unknown config keys: popsize"),
+    ({"budget": 1.5}, "config 'budget'"),
+    ({"n_up": 100}, "'n_up' must be a positive multiple of 16"),
+    ({"optimizer": "adam"}, "'optimizer' must be 'cma' or 'sep'"),
+    ({"fitness": "tasks", "stages": [{"tasks": ["nope"], "generations": 1}]}, "stage 1: unknown tasks ['nope']"),
+])
+def test_config_errors_are_clear(tmp_path, patch, message):
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict(synth(tmp_path, **patch))
+    assert message in str(exc.value)
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"stages": [}')
+    with pytest.raises(ConfigError, match="invalid JSON at line 1"):
+        load_config(bad)
+
+
+def test_cli_reports_config_error(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"stages": [{"tasks": ["passkey"], "generations": 1}], "sigma": -1}))
+    res = subprocess.run([sys.executable, "-m", "namm.cli", "evolve", "--config", str(bad)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "namm evolve: error: config 'sigma' must be > 0" in res.stderr
+
+
+def test_shipped_config_is_valid():
+    cfg = load_config(ROOT / "configs" / "evolve-smollm2.json")
+    assert cfg.fitness == "tasks" and cfg.budget is not None and cfg.budget <= 0.3
+
+
+def test_make_policy_loads_the_shipped_checkpoint():
+    from namm.checkpoints import default_checkpoint
+    from namm.policies import make_policy
+    from namm.policies.namm import NammPolicy
+
+    path = default_checkpoint("SmolLM2-135M-Instruct")
+    if path is None:
+        pytest.skip("no shipped checkpoint yet")
+    pol = make_policy("namm", model_name="SmolLM2-135M-Instruct")
+    assert isinstance(pol, NammPolicy) and pol.norm.frozen and pol.norm.count > 0
+    assert pol.budget is not None and pol.budget <= 0.3
+    assert pol.params.shape == (NammPolicy.num_params(),) and float(pol.params.abs().sum()) > 0
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    assert "config" in ckpt and ckpt["config"]["population"] >= 2
