@@ -753,6 +753,32 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="local model path (overrides the config's 'model')")
     p.add_argument("--out-dir", default=None, help="output folder (overrides the config's 'out_dir')")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--export", default=None, metavar="PATH",
+                   help="do not train: write the run's solution as a NAMM checkpoint (params, frozen "
+                        "normalisation, budget, config) to PATH, e.g. namm/checkpoints/smollm2-135m.pt")
+    p.add_argument("--export-which", default="mean", choices=["mean", "best-validated", "zero"],
+                   help="with --export: the last CMA mean, the mean that scored best on validation, or zeros")
+
+
+def export_solution(cfg: EvolveConfig, path: str | Path, which: str = "mean") -> dict:
+    """Write a finished (or stopped) run's solution as a NammPolicy checkpoint; returns its metadata."""
+    state = load_state(Path(cfg.out_dir))
+    cfg = config_from_dict(state.config)
+    opt = load_optimizer(state.optimizer)
+    if which == "best-validated":
+        if not state.best_validated:
+            raise ValueError("the run has no validated mean (validate_every was 0 or no validation ran yet)")
+        params, gen = state.best_validated["params"], state.best_validated["generation"]
+    elif which == "zero":
+        params, gen = np.zeros_like(opt.mean), 0
+    else:
+        params, gen = opt.mean, state.generation
+    meta = {"which": which, "generation": gen, "generations_run": state.generation,
+            "wall_seconds": state.wall_seconds, "zero_validation": state.zero_validation,
+            "best_validated": {k: v for k, v in (state.best_validated or {}).items() if k != "params"} or None,
+            "last_log": state.logs[-1] if state.logs else None}
+    save_policy(Path(path), params, state.norm, cfg, training=meta)
+    return meta
 
 
 def cmd_evolve(args) -> int:
@@ -762,8 +788,12 @@ def cmd_evolve(args) -> int:
         print(f"namm evolve: error: {exc}", file=sys.stderr)
         return 2
     try:
+        if args.export:
+            meta = export_solution(cfg, args.export, args.export_which)
+            print(json.dumps({"exported": args.export, **meta}, default=str))
+            return 0
         state = run(cfg, resume=args.resume, progress=not args.no_progress)
-    except (FileExistsError, FileNotFoundError) as exc:
+    except (FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"namm evolve: error: {exc}", file=sys.stderr)
         return 2
     out = Path(cfg.out_dir)
