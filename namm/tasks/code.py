@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from namm.tasks.base import Sample, register
 from namm.tasks.lengths import chars_for_tokens
+from namm.tasks.metrics import contains
 from namm.tasks.sources import CodeUnit, code_modules
 
 FILE_HEADER = "# File: {path}.py"
@@ -186,8 +187,14 @@ def build_code_context(fact: Fact, rng: random.Random, length: int, split: str) 
     return render_sections(sections)
 
 
+def _echo_safe(fact: Fact) -> bool:
+    """False when repeating the question would already 'contain' the answer (BLANKLINE_MARKER's
+    value is '<BLANKLINE>'; a caller named parse of parse_args)."""
+    return not any(contains(fact.question, a) for a in fact.answer)
+
+
 def _build(task: str, rng: random.Random, length: int, split: str) -> Sample:
-    fact = rng.choice(candidate_facts(task, split))
+    fact = rng.choice([f for f in candidate_facts(task, split) if _echo_safe(f)])
     context = build_code_context(fact, rng, length, split)
     answer: str | list[str] = fact.answer[0] if len(fact.answer) == 1 else list(fact.answer)
     return Sample(task, context, fact.question, answer,

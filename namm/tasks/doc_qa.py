@@ -18,6 +18,7 @@ import re
 from namm.tasks.base import Sample, register
 from namm.tasks.haystack import insert_sentences, prose_documents
 from namm.tasks.lengths import chars_for_tokens
+from namm.tasks.metrics import contains
 from namm.tasks.sources import ProseDoc
 from namm.tasks.words import CITIES, FIRST_NAMES, INSTRUMENTS, LAST_NAMES, PROFESSIONS
 
@@ -98,7 +99,9 @@ def doc_source(rng: random.Random, length: int, split: str) -> Sample:
     for i in order:
         if titles.count(titles[i]) != 1:
             continue
-        sentences = [s for s in _candidate_sentences(docs[i]) if context.count(s) == 1]
+        # a sentence naming its own title would let an echo of the question score
+        sentences = [s for s in _candidate_sentences(docs[i])
+                     if context.count(s) == 1 and not contains(s, titles[i])]
         if sentences:
             sentence = rng.choice(sentences)
             question = (f'Which document contains the sentence "{sentence}"? '

@@ -170,6 +170,14 @@ def test_lm_fidelity_continues_the_context():
         assert seam.strip() and seam.strip()[:30] in corpus
 
 
+@pytest.mark.parametrize("task", [t for t in available_tasks() if t != "lm_fidelity"])
+def test_echoing_the_question_scores_nothing(task):
+    from namm.tasks import score_answer
+
+    for s in samples(task):
+        assert score_answer(s.question, s.answers, s.metric) == 0.0
+
+
 def test_meta_records_how_to_score():
     for task in available_tasks():
         s = make_sample(task, 1024, "test", 0)
