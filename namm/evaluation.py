@@ -227,12 +227,12 @@ def _lm_ids(lm, sample: Sample):
     return torch.tensor(ctx), torch.tensor(cont)
 
 
-def _log_probs(lm, sample: Sample, policy, budget, n_up: int):
+def _log_probs(lm, sample: Sample, policy, budget, n_up: int, stats=None):
     import namm
 
     ctx, cont = _lm_ids(lm, sample)
     started = time.perf_counter()
-    logits = namm.continuation_logits(lm, ctx, cont, policy=policy, budget=budget, n_up=n_up)
+    logits = namm.continuation_logits(lm, ctx, cont, policy=policy, budget=budget, n_up=n_up, stats=stats)
     return logits.log_softmax(-1), len(ctx), time.perf_counter() - started
 
 
@@ -243,12 +243,16 @@ def _lm_reference(lm, sample: Sample, n_up: int) -> _Reference:
 
 
 def _lm_result(lm, sample: Sample, policy, budget, n_up: int, ref: _Reference) -> SampleResult:
-    log_probs, n_ctx, secs = _log_probs(lm, sample, policy, budget, n_up)
+    from namm.generate import GenerationStats
+
+    st = GenerationStats()
+    log_probs, n_ctx, secs = _log_probs(lm, sample, policy, budget, n_up, stats=st)
     full = ref.log_probs.float()
     kl = float((full.exp() * (full - log_probs)).sum(-1).mean())
     agree = float((full.argmax(-1) == log_probs.argmax(-1)).float().mean())
     return SampleResult(sample.task, sample.meta.get("length"), sample.meta.get("index"), "", agree, "",
-                        ref.score, None, None, None, n_ctx, secs, max(kl, 0.0))
+                        ref.score, st.kv_kept_fraction, st.kv_bytes_peak, st.kv_bytes_full_peak, n_ctx, secs,
+                        max(kl, 0.0))
 
 
 def evaluate(lm, samples: Sequence[Sample], policy="namm", budget=None, *, query_aware: bool = False,

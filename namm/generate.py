@@ -199,17 +199,26 @@ def generate(lm: LoadedModel, context: str, questions: str | Sequence[str] | Non
 @torch.no_grad()
 def continuation_logits(lm: LoadedModel, context_ids: torch.Tensor, continuation_ids: torch.Tensor,
                         policy: str | Policy = "full", budget: float | int | None = None,
-                        n_up: int = 512) -> torch.Tensor:
+                        n_up: int = 512, stats: GenerationStats | None = None) -> torch.Tensor:
     """Next-token logits [len(continuation), V] for each continuation token, after reading the
-    context with `policy`. Position i predicts continuation token i (teacher forcing)."""
+    context with `policy`. Position i predicts continuation token i (teacher forcing).
+    When `stats` is given it receives the memory figures (kept fraction after the context, bytes)."""
     pol = make_policy(policy, budget, model_name=lm.name)
     cache = NammCache(lm.model.config, pol, n_up=n_up)
     ctx = context_ids.reshape(1, -1)
     cont = continuation_ids.reshape(1, -1).to(lm.device)
     first = prefill(lm, cache, ctx)
     cache.flush()
+    if stats is not None:
+        stats.tokens_in = ctx.shape[1]
+        stats.kv_kept_per_layer = cache.kept_per_layer()
+        stats.kv_kept_fraction = cache.kept_fraction()
+        stats.seconds_policy = cache.policy_seconds
     rows = [first]
     if cont.shape[1] > 1:
         out = lm.model(input_ids=cont[:, :-1], past_key_values=cache, use_cache=True)
         rows.append(out.logits[0])
+    if stats is not None:
+        stats.kv_bytes_peak = cache.peak_bytes
+        stats.kv_bytes_full_peak = cache.full_cache_bytes()
     return torch.cat([r.reshape(-1, r.shape[-1]) for r in rows], dim=0).float()
