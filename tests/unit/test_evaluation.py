@@ -101,7 +101,7 @@ def test_lm_fidelity_kl_and_agreement(monkeypatch):
     sample = make_samples(["lm_fidelity"], [1024], 1, "test")[0]
     vocab = 5
 
-    def fake_logits(lm, ctx, cont, policy="full", budget=None, n_up=512):
+    def fake_logits(lm, ctx, cont, policy="full", budget=None, n_up=512, stats=None):
         logits = torch.zeros(len(cont), vocab)
         logits[:, 0] = 3.0
         if policy != "full":
