@@ -500,6 +500,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the file is meant to be shared (package data)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
