@@ -542,9 +542,10 @@ def plot_curves(logs: list[dict], path: Path, title: str = "") -> None:
         return
     g = [r["generation"] for r in logs]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.plot(g, [r["best_fitness"] for r in logs], label="best candidate")
-    ax1.plot(g, [r["mean_fitness"] for r in logs], label="population mean")
-    ax1.plot(g, [r["mean_solution_fitness"] for r in logs], label="CMA mean (shipped)", lw=2)
+    ax1.plot(g, [r["best_fitness"] for r in logs], ".-", label="best candidate")
+    ax1.plot(g, [r["mean_fitness"] for r in logs], ".-", label="population mean")
+    ax1.plot(g, [r["mean_solution_fitness"] for r in logs], "o-", label="CMA mean (the solution)", lw=2)
+    ax1.plot(g, [r["mean_solution_normalised"] for r in logs], "s:", label="CMA mean, normalised score only")
     val = [(r["generation"], r["validation_normalised"]) for r in logs if r.get("validation_normalised") is not None]
     if val:
         ax1.plot(*zip(*val), "o--", label="CMA mean, validation (normalised)")
@@ -552,12 +553,14 @@ def plot_curves(logs: list[dict], path: Path, title: str = "") -> None:
         if r1["stage"] != r0["stage"]:
             ax1.axvline(r1["generation"] - 0.5, color="grey", ls=":")
     ax1.set_xlabel("generation")
+    ax1.xaxis.get_major_locator().set_params(integer=True)
     ax1.set_ylabel("fitness")
     ax1.legend(fontsize=8)
     ax1.grid(alpha=0.3)
-    ax2.plot(g, [r["mean_solution_kept"] for r in logs], label="kept fraction (CMA mean)")
-    ax2.plot(g, [r["population_kept"] for r in logs], label="kept fraction (population)")
+    ax2.plot(g, [r["mean_solution_kept"] for r in logs], "o-", label="kept fraction (CMA mean)")
+    ax2.plot(g, [r["population_kept"] for r in logs], ".-", label="kept fraction (population)")
     ax2.set_xlabel("generation")
+    ax2.xaxis.get_major_locator().set_params(integer=True)
     ax2.set_ylabel("KV kept fraction")
     ax3 = ax2.twinx()
     ax3.plot(g, [r["sigma"] for r in logs], color="tab:red", ls="--", label="sigma")
