@@ -63,8 +63,8 @@ def _stop_ids(tokenizer) -> set[int]:
 
 
 @torch.no_grad()
-def prefill(lm: LoadedModel, cache: NammCache, input_ids: torch.Tensor, progress: Progress | None = None,
-            total: int | None = None, done: int = 0) -> torch.Tensor:
+def prefill(lm: LoadedModel, cache: NammCache, input_ids: torch.Tensor,
+            progress: Progress | None = None) -> torch.Tensor:
     """Feed `input_ids` [B, T] in chunks that end on update boundaries; return the last logits [B, V]."""
     ids = input_ids.to(lm.device)
     n = ids.shape[1]
@@ -77,7 +77,7 @@ def prefill(lm: LoadedModel, cache: NammCache, input_ids: torch.Tensor, progress
         logits = out.logits[:, -1]
         pos += chunk.shape[1]
         if progress is not None:
-            progress(done + pos, total if total is not None else n)
+            progress(pos, n)
     return logits
 
 

@@ -205,9 +205,7 @@ class NammLayer(CacheLayerMixin):
             ctx.attn = self._window_attention(policy, ctx)
         keep = policy.select(ctx) & ctx.valid
         self.state = ctx.state
-        if bool((keep == ctx.valid).all()):
-            pass  # nothing evicted: no copy
-        else:
+        if not bool((keep == ctx.valid).all()):  # nothing evicted: no copy
             self._compact(keep)
         self.since_update = 0
         self.pending_queries = []
@@ -230,7 +228,7 @@ class NammLayer(CacheLayerMixin):
         kept = int(counts.max())
         order = torch.sort((~keep).to(torch.uint8), dim=-1, stable=True).indices[..., :kept]
         b, h, _, d = self.keys.shape
-        cap = kept + min(self.cache.n_up - self.seen % self.cache.n_up, 64)  # room for decoding
+        cap = kept + self._headroom(self.seen)
 
         def gather(t: torch.Tensor) -> torch.Tensor:
             idx = order.reshape(*order.shape, *([1] * (t.dim() - 3))).expand(b, h, kept, *t.shape[3:])
