@@ -90,14 +90,17 @@ def request_bytes(port: int, key: str) -> bytes:
 
 
 async def client_loop(port: int, payload: bytes, stop_at: float, record: bool,
-                      latencies: list[float], errors: list[int], interval: float = 0.0) -> None:
+                      latencies: list[float], errors: list[int], interval: float = 0.0,
+                      phase: float = 0.0) -> None:
     """One keep-alive connection sending requests back to back.
 
     A minimal HTTP/1.1 client on raw asyncio streams: the load generator shares the machine's
     two cores with the server, and a full client library would take a large part of them."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        next_at = time.perf_counter()
+        # paced clients start at evenly spread phases, so together they offer a steady rate
+        # rather than one burst of `concurrency` requests every interval
+        next_at = time.perf_counter() + phase * interval - interval
         while time.perf_counter() < stop_at:
             if interval:  # paced (open-loop) client: send on schedule, not on reply
                 next_at += interval
@@ -143,8 +146,9 @@ async def load(port: int, key: str, concurrency: int, duration: float, warmup: f
     errors: list[int] = []
     started = time.perf_counter()
     stop_at = started + duration
-    await asyncio.gather(*(client_loop(port, payload, stop_at, True, latencies, errors, interval)
-                           for _ in range(concurrency)))
+    await asyncio.gather(*(client_loop(port, payload, stop_at, True, latencies, errors, interval,
+                                       phase=i / concurrency)
+                           for i in range(concurrency)))
     elapsed = time.perf_counter() - started
     latencies.sort()
 

@@ -68,6 +68,7 @@ class EvolveConfig:
     optimizer: str = "cma"            # "cma" (full covariance) or "sep" (diagonal, for many parameters)
     seed: int = 0
     budget: float | int | None = 0.3  # top-k cap on top of NAMM's score >= 0 threshold
+    threshold: bool = True            # False: rank-only, the cap alone decides (needs a budget)
     n_up: int = 512
     lengths: list[int] = field(default_factory=lambda: [1024])
     n_per_task: int = 2
@@ -168,6 +169,8 @@ def config_from_dict(data: dict) -> EvolveConfig:
             cfg.budget = validate_budget(cfg.budget)
         except ValueError as exc:
             raise ConfigError(f"config 'budget': {exc}")
+    _require(isinstance(cfg.threshold, bool), f"config 'threshold' must be true or false, got {cfg.threshold!r}")
+    _require(cfg.threshold or cfg.budget is not None, "config 'threshold': false needs a 'budget'")
     _require(is_int(cfg.n_up) and cfg.n_up > 0 and cfg.n_up % 16 == 0,
              f"config 'n_up' must be a positive multiple of 16, got {cfg.n_up!r}")
     cfg.lengths = _lengths(cfg.lengths, "lengths")
@@ -467,7 +470,7 @@ class TaskFitness:
         from namm.policies.namm import NammPolicy
 
         policy = NammPolicy(params=np.asarray(params, dtype=np.float32), budget=self.cfg.budget,
-                            norm=norm if norm is not None else self.norm())
+                            norm=norm if norm is not None else self.norm(), threshold=self.cfg.threshold)
         return [(p, *self._run_one(p, policy)[1:]) for p in prompts]
 
     def __call__(self, params: np.ndarray, split: str = "train") -> CandidateResult:
@@ -626,7 +629,8 @@ def save_policy(path: Path, params: np.ndarray, norm_state: dict | None, cfg: Ev
 
     norm = RunningNorm.from_state_dict(norm_state) if norm_state else RunningNorm()
     norm.frozen = True
-    pol = NammPolicy(params=np.asarray(params, dtype=np.float32), budget=cfg.budget, norm=norm)
+    pol = NammPolicy(params=np.asarray(params, dtype=np.float32), budget=cfg.budget, norm=norm,
+                     threshold=cfg.threshold)
     buf = io.BytesIO()
     torch.save({**pol.state_dict(), "config": cfg.to_dict(), **extra}, buf)
     atomic_write_bytes(Path(path), buf.getvalue())

@@ -1,6 +1,6 @@
 """NAMM token features: attention spectrogram (STFT over the query axis) + EMA + recency embedding.
 
-Shapes: `attn` is [N, W, S] (N = batch x KV heads, W window query rows, S cache slots).
+Shapes: attention rows are [N, W, S] (N = batch x KV heads, W window query rows, S cache slots).
 Everything is computed per cache slot, so memory is linear in the cache length.
 """
 from __future__ import annotations
@@ -17,17 +17,28 @@ RECENCY_DIM = 8
 FEATURE_DIM = N_BINS + RECENCY_DIM  # 25
 
 
-def stft_magnitudes(columns: torch.Tensor) -> torch.Tensor:
-    """|STFT| of each slot's attention column: [N, S, L] (query axis last) -> [N, S, 17, F].
+def _dft_basis(device, dtype) -> torch.Tensor:
+    """[34, 32]: Hann-windowed cosines (17 rows) then sines (17 rows), one row per bin."""
+    n = torch.arange(N_FFT, device=device, dtype=torch.float64)
+    k = torch.arange(N_BINS, device=device, dtype=torch.float64)[:, None]
+    window = torch.hann_window(N_FFT, periodic=True, device=device, dtype=torch.float64)
+    angle = 2 * math.pi * k * n / N_FFT
+    return torch.cat([torch.cos(angle) * window, -torch.sin(angle) * window]).to(dtype)
 
-    n_fft 32, hop 16, periodic Hann window, no centering, one-sided magnitudes.
+
+def stft_magnitudes(rows: torch.Tensor) -> torch.Tensor:
+    """|STFT| along the query axis of attention rows: [N, L, S] -> [N, F, 17, S].
+
+    n_fft 32, hop 16, periodic Hann window, no centering, one-sided magnitudes (the same as
+    `torch.stft` on each slot's column). Run as one batched GEMM: frame f is the contiguous
+    block of rows [16 f, 16 f + 32), so the DFT basis multiplies it in place, with no
+    transposed copy of the N x L x S attention and none of torch.stft's per-column overhead.
     """
-    n, s, length = columns.shape
-    window = torch.hann_window(N_FFT, periodic=True, device=columns.device, dtype=columns.dtype)
-    spec = torch.stft(columns.reshape(n * s, length), n_fft=N_FFT, hop_length=HOP, window=window,
-                      center=False, onesided=True, return_complex=True)
-    # |z| as a norm over (re, im): several times faster than complex abs on CPU
-    return torch.linalg.vector_norm(torch.view_as_real(spec), dim=-1).reshape(n, s, N_BINS, -1)
+    n, length, s = rows.shape
+    frames = rows.unfold(1, N_FFT, HOP).transpose(-1, -2)  # [N, F, 32, S], a view
+    spec = torch.matmul(_dft_basis(rows.device, rows.dtype), frames)  # [N, F, 34, S]
+    re, im = spec[:, :, :N_BINS], spec[:, :, N_BINS:]
+    return torch.addcmul(re * re, im, im).sqrt_()  # |z|; faster than hypot on CPU
 
 
 def frame_end_positions(first_new_pos: int, n_frames: int, lead_pad: int) -> torch.Tensor:
@@ -40,14 +51,15 @@ def frame_end_positions(first_new_pos: int, n_frames: int, lead_pad: int) -> tor
 def ema_reduce(mags: torch.Tensor, prev: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
     """EMA over frames with per-token coefficient 0.99, continuing the previous state.
 
-    mags [N, S, B, F], prev [N, S, B], frame_mask [N, S, F] (the frame counts once the token exists).
-    Each frame spans HOP tokens, so one frame step decays by 0.99**HOP.
+    mags [N, F, B, S], prev [N, S, B], frame_mask [N, F, S] (the frame counts once the token
+    exists) -> [N, S, B]. Each frame spans HOP tokens, so one frame step decays by 0.99**HOP.
     """
-    n_frames = mags.shape[-1]
+    n_frames = mags.shape[1]
     step = EMA_COEFF**HOP
     exps = torch.arange(n_frames - 1, -1, -1, device=mags.device, dtype=mags.dtype)
     weights = (step**exps) * (1 - step)  # newest frame weighs most
-    reduced = torch.einsum("nsbf,nsf->nsb", mags, frame_mask * weights)
+    # multiply-and-sum over frames: several times faster on CPU than the equivalent einsum
+    reduced = (mags * (frame_mask * weights[:, None])[:, :, None]).sum(1).transpose(1, 2)
     return prev * (step**n_frames) + reduced
 
 

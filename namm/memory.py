@@ -27,7 +27,7 @@ ATTN_IMPLEMENTATION = "namm_sdpa"
 # Cache.update and the attention call happen back to back in one attention module's forward;
 # the layer that was just updated announces itself here so the attention function can find it.
 _just_updated: ContextVar["NammLayer | None"] = ContextVar("namm_just_updated", default=None)
-_ROW_BLOCK = 128  # window queries scored per block: bounds the recomputation's memory
+_ROW_BLOCK = 64  # window queries scored per block: bounds the recomputation's memory, stays in cache
 
 
 def _causal_block_mask(q_len: int, kv_len: int, device) -> torch.Tensor:
@@ -49,7 +49,7 @@ def window_attention(queries: torch.Tensor, keys: torch.Tensor, valid: torch.Ten
     hkv, s = keys.shape[1], keys.shape[2]
     groups = hq // hkv
     q = queries.float().reshape(b, hkv, groups, r, d)
-    k_t = (keys.float() * scale).transpose(-1, -2)[:, :, None]  # [B, Hkv, 1, D, S]
+    k_t = (keys.float() * scale).transpose(-1, -2)  # [B, Hkv, D, S]
     padding = None
     if not bool(valid.all()):
         padding = torch.zeros(b, hkv, 1, 1, s, device=keys.device).masked_fill_(~valid[:, :, None, None], float("-inf"))
@@ -57,11 +57,13 @@ def window_attention(queries: torch.Tensor, keys: torch.Tensor, valid: torch.Ten
     out = torch.empty(b, hkv, r, s, dtype=torch.float32, device=keys.device)
     for start in range(0, r, _ROW_BLOCK):
         stop = min(r, start + _ROW_BLOCK)
-        logits = torch.matmul(q[:, :, :, start:stop], k_t)  # [B, Hkv, G, r_blk, S]
+        n = stop - start
+        # the group's query heads stacked as rows of one GEMM per KV head (no broadcast copy of K)
+        logits = torch.matmul(q[:, :, :, start:stop].reshape(b, hkv, groups * n, d), k_t).view(b, hkv, groups, n, s)
         if padding is not None:
             logits.add_(padding)
         logits[..., s - r:].masked_fill_(future[start:stop], float("-inf"))
-        out[:, :, start:stop] = logits.softmax(dim=-1).mean(dim=2)
+        torch.mean(logits.softmax(dim=-1), dim=2, out=out[:, :, start:stop])
     return out
 
 

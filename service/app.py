@@ -1,20 +1,24 @@
 """The LitServe application: POST /v1/jobs is a LitAPI; the other routes join its FastAPI app.
 
 Request path of a submission:
-  uvicorn process: X-API-Key -> tenant (cached), body read into a plain dict (read_body)
+  uvicorn process: X-API-Key -> tenant (cached, on the event loop), body read into a plain dict
+  (read_body), put on a pipe-backed queue to the worker (JobServer._init_manager)
   LitServe inference worker: decode_request = validate + extract text, predict = INSERT the
-  job, COMMIT, then enqueue the Celery task by name with the job id only.
+  batch's jobs, COMMIT, then enqueue the Celery tasks by name, job ids only, in one Redis
+  pipeline (docs/benchmarks-service.md has the profile behind these choices).
 No torch here: the model lives in the Celery GPU workers.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 
 import litserve as ls
 from fastapi import Depends, HTTPException, Request, Security
 from litserve.callbacks.base import EventTypes
 from litserve.server import RegularRequestHandler
+from litserve.transport.process_transport import MPQueueTransport
 from litserve.utils import WorkerSetupStatus
 
 from service.auth import api_key_header, require_tenant
@@ -50,9 +54,10 @@ class SubmitJobAPI(ls.LitAPI):
         get_engine()  # fail at start, not on the first request, if the URL is wrong
         celery_app()
 
-    def authorize(self, request: Request, x_api_key: str | None = Security(api_key_header)) -> None:
+    async def authorize(self, request: Request,
+                        x_api_key: str | None = Security(api_key_header)) -> None:
         # LitServe uses this for POST /v1/jobs and its own /info and /health/workers
-        require_tenant(request, x_api_key)
+        await require_tenant(request, x_api_key)
 
     def decode_request(self, request, **kwargs):
         from service.submission import parse_submission
@@ -133,6 +138,18 @@ def _submit_openapi() -> dict:
 class JobServer(ls.LitServer):
     """LitServer whose submission route answers 202 and reads bodies with SubmissionHandler."""
 
+    def _init_manager(self, num_api_servers: int):
+        # LitServe (0.2.19) passes requests and responses through multiprocessing.Manager
+        # queues: every put and get is a round trip to the manager process, and the request
+        # put blocks the uvicorn event loop. Plain pipe-backed queues (made before the uvicorn
+        # processes fork and handed to the spawned workers) carry the same tuples for less.
+        manager = super()._init_manager(num_api_servers)
+        ctx = mp.get_context("spawn")
+        for lit_api in self.litapi_connector:
+            self.litapi_request_queues[lit_api.api_path] = ctx.Queue()
+        self._transport = MPQueueTransport(manager, [ctx.Queue() for _ in range(num_api_servers)])
+        return manager
+
     # Replaces LitServer._register_api_endpoints (litserve 0.2.x) for our single, non-streaming,
     # spec-less API; queues, workers and responses are LitServe's own.
     def _register_api_endpoints(self, lit_api, request_type, response_type):
@@ -171,7 +188,6 @@ def build_server() -> JobServer:
         accelerator="cpu",
         workers_per_device=settings.api.inference_workers,
         timeout=30,
-        fast_queue=settings.api.fast_queue,
         healthcheck_path="/health/workers",
         model_metadata={"service": "namm", "submit": JOBS_PATH},
     )

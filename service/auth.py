@@ -12,6 +12,7 @@ import time
 
 from fastapi import HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
+from starlette.concurrency import run_in_threadpool
 
 from service.keys import hash_key, tenant_for_key
 from service.settings import get_settings
@@ -59,24 +60,26 @@ def key_cache() -> KeyCache:
     return _cache
 
 
-def resolve_tenant(raw_key: str) -> int | None:
+def _lookup_tenant(raw_key: str, digest: str) -> int | None:
     from service.db import session_factory
 
-    digest = hash_key(raw_key)
-    cached, tenant_id = key_cache().get(digest)
-    if cached:
-        return tenant_id
     with session_factory()() as session:
         tenant_id = tenant_for_key(session, raw_key)
     key_cache().put(digest, tenant_id)
     return tenant_id
 
 
-def require_tenant(request: Request, x_api_key: str | None = Security(api_key_header)) -> int:
-    """FastAPI dependency: the tenant id of a valid key (also left in request.state)."""
+async def require_tenant(request: Request, x_api_key: str | None = Security(api_key_header)) -> int:
+    """FastAPI dependency: the tenant id of a valid key (also left in request.state).
+
+    Async so that a cache hit (nearly every request) stays on the event loop; only a miss
+    goes to a thread for the database lookup."""
     if not x_api_key:
         raise _MISSING
-    tenant_id = resolve_tenant(x_api_key)
+    digest = hash_key(x_api_key)
+    cached, tenant_id = key_cache().get(digest)
+    if not cached:
+        tenant_id = await run_in_threadpool(_lookup_tenant, x_api_key, digest)
     if tenant_id is None:
         raise _INVALID
     request.state.tenant_id = tenant_id

@@ -99,7 +99,6 @@ class ApiSettings(BaseModel):
     num_api_servers: int = 2
     inference_workers: int = 1  # LitServe worker processes that validate and store submissions
     max_batch_size: int = 32  # submissions stored per transaction under load
-    fast_queue: bool = True  # LitServe's ZeroMQ transport between its processes
     key_cache_s: float = 30.0  # revoked keys stop working within this time
     # Operator key for /metrics (same X-API-Key header). Unset: /metrics is open (local use).
     metrics_key: SecretStr | None = None

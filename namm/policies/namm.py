@@ -16,8 +16,13 @@ class NammPolicy(Policy):
     name = "namm"
     needs_attention = True
 
-    def __init__(self, params=None, budget=None, norm: RunningNorm | None = None):
+    def __init__(self, params=None, budget=None, norm: RunningNorm | None = None, threshold: bool = True):
         super().__init__(budget)
+        if not threshold and self.budget is None:
+            raise ValueError("NAMM without its score >= 0 threshold needs a budget to decide what to keep")
+        # threshold=False: rank-only mode, the budget cap keeps the top-scoring tokens. Evolution
+        # from zero parameters can then never evict more than the cap (threshold collapse).
+        self.use_threshold = bool(threshold)
         if params is None:
             params = np.zeros(scorer.num_params(), dtype=np.float32)  # keeps everything
         self.set_params(params)
@@ -39,19 +44,20 @@ class NammPolicy(Policy):
         b, h, w, s = attn.shape
         prev_rows = ctx.slot_state("namm_prev_rows", (HOP,))           # [B, H, S, 16]
         prev_ema = ctx.slot_state("namm_ema", (N_BINS,))                # [B, H, S, 17]
-        # each slot's attention column along the query axis, the previous window's last 16 rows first
-        columns = torch.cat([prev_rows, attn.transpose(2, 3)], dim=-1)  # [B, H, S, 16 + W]
+        # the query axis runs down the rows: the previous window's last 16 rows, then this one's
         lead = (-w) % HOP  # a window that is not a multiple of the hop is zero-padded in front
-        if lead:
-            columns = F.pad(columns, (lead, 0))
-        mags = stft_magnitudes(columns.reshape(b * h, s, -1))          # [N, S, 17, F]
-        frame_end = frame_end_positions(ctx.seen - w, mags.shape[-1], lead).to(attn.device)
-        pos = ctx.positions.reshape(b * h, s, 1)
-        frame_mask = (pos <= frame_end[None, None, :]).to(mags.dtype)  # a frame counts once the token exists
+        rows = attn.new_zeros(b * h, lead + HOP + w, s)
+        rows[:, lead:lead + HOP] = prev_rows.reshape(b * h, s, HOP).transpose(1, 2)
+        rows[:, lead + HOP:] = attn.reshape(b * h, w, s)
+        mags = stft_magnitudes(rows)                                    # [N, F, 17, S]
+        frame_end = frame_end_positions(ctx.seen - w, mags.shape[1], lead).to(attn.device)
+        pos = ctx.positions.reshape(b * h, 1, s)
+        frame_mask = (pos <= frame_end[None, :, None]).to(mags.dtype)  # a frame counts once the token exists
         ema = ema_reduce(mags, prev_ema.reshape(b * h, s, -1), frame_mask).reshape(b, h, s, -1)
         ctx.state["namm_ema"] = ema
-        ctx.state["namm_prev_rows"] = columns[..., -HOP:].contiguous()
-        self.norm.update(ema[ctx.valid])
+        ctx.state["namm_prev_rows"] = rows[:, -HOP:].transpose(1, 2).reshape(b, h, s, HOP)
+        if not self.norm.frozen:
+            self.norm.update(ema[ctx.valid])
         age = (ctx.seen - 1 - ctx.positions).clamp(min=0)
         return torch.cat([self.norm(ema), recency_embedding(age)], dim=-1)
 
@@ -68,11 +74,12 @@ class NammPolicy(Policy):
         return out.reshape(b, h, s)
 
     def threshold(self, ctx, scores):
-        return scores >= 0
+        return scores >= 0 if self.use_threshold else None
 
     # ---- persistence ----------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"params": self.params.clone(), "norm": self.norm.state_dict(), "budget": self.budget}
+        return {"params": self.params.clone(), "norm": self.norm.state_dict(), "budget": self.budget,
+                "threshold": self.use_threshold}
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, budget="checkpoint") -> "NammPolicy":
@@ -80,7 +87,8 @@ class NammPolicy(Policy):
         norm = RunningNorm.from_state_dict(ckpt["norm"])
         norm.frozen = True
         b = ckpt.get("budget") if budget == "checkpoint" else budget
-        return cls(params=ckpt["params"].numpy(), budget=b, norm=norm)
+        threshold = ckpt.get("threshold", True) or b is None  # rank-only needs a budget
+        return cls(params=ckpt["params"].numpy(), budget=b, norm=norm, threshold=threshold)
 
     def save(self, path: str | Path, **extra) -> None:
         torch.save({**self.state_dict(), **extra}, path)

@@ -11,7 +11,7 @@ from namm.features import (HOP, N_BINS, N_FFT, RunningNorm, ema_reduce, frame_en
 def test_stft_magnitudes_match_a_direct_windowed_dft():
     torch.manual_seed(0)
     columns = torch.rand(3, 7, 16 + 128)  # [N, S, L]: 16 carried rows + a 128-query window, 7 slots
-    ours = stft_magnitudes(columns)  # [N, S, 17, F]
+    ours = stft_magnitudes(columns.transpose(1, 2)).permute(0, 3, 2, 1)  # [N, F, 17, S] -> [N, S, 17, F]
     x = columns.double().numpy()
     n = np.arange(N_FFT)
     window = 0.5 - 0.5 * np.cos(2 * np.pi * n / N_FFT)  # periodic Hann
@@ -21,16 +21,26 @@ def test_stft_magnitudes_match_a_direct_windowed_dft():
     np.testing.assert_allclose(ours.numpy(), ref.transpose(0, 1, 3, 2), atol=1e-5, rtol=1e-5)
 
 
+def test_stft_magnitudes_match_torch_stft():
+    torch.manual_seed(3)
+    rows = torch.rand(2, 16 + 512, 5)  # [N, L, S]: query axis first
+    ours = stft_magnitudes(rows)  # [N, F, 17, S]
+    window = torch.hann_window(N_FFT, periodic=True)
+    ref = torch.stft(rows.transpose(1, 2).reshape(10, -1), n_fft=N_FFT, hop_length=HOP, window=window,
+                     center=False, onesided=True, return_complex=True).abs()  # [N*S, 17, F]
+    torch.testing.assert_close(ours, ref.reshape(2, 5, N_BINS, -1).permute(0, 3, 2, 1), atol=1e-5, rtol=1e-5)
+
+
 def test_ema_matches_sequential_recurrence():
     torch.manual_seed(1)
-    mags = torch.rand(2, 4, N_BINS, 5)  # [N, S, bins, frames]
-    prev = torch.rand(2, 4, N_BINS)
-    mask = torch.ones(2, 4, 5)
-    mask[:, 3, :2] = 0  # token 3 did not exist during the first two frames
+    mags = torch.rand(2, 5, N_BINS, 4)  # [N, frames, bins, S]
+    prev = torch.rand(2, 4, N_BINS)  # [N, S, bins]
+    mask = torch.ones(2, 5, 4)  # [N, frames, S]
+    mask[:, :2, 3] = 0  # token 3 did not exist during the first two frames
     step = 0.99**HOP
     state = prev.clone()
     for f in range(5):
-        state = step * state + (1 - step) * mags[..., f] * mask[:, :, f, None]
+        state = step * state + (1 - step) * mags[:, f].transpose(1, 2) * mask[:, f, :, None]
     torch.testing.assert_close(ema_reduce(mags, prev, mask), state, atol=1e-6, rtol=1e-5)
 
 

@@ -128,3 +128,36 @@ def test_namm_budget_caps_a_keep_everything_scorer_and_ties_go_to_recent_tokens(
     keep = NammPolicy(budget=0.25).select(c)
     assert keep.sum(-1).tolist() == [[10, 10, 10]]
     assert keep[0, 0].nonzero().flatten().tolist() == list(range(30, 40))
+
+
+def test_namm_rank_only_keeps_the_budget_even_when_every_score_is_negative():
+    params = np.zeros(scorer.num_params(), dtype=np.float32)
+    params[-1] = -1.0  # every score is -1: the threshold would evict all but the newest
+    c = ctx_for(s=40, h=3, attn=torch.softmax(torch.randn(1, 3, 32, 40), -1))
+    keep = NammPolicy(params=params, budget=0.25, threshold=False).select(c)
+    assert keep.sum(-1).tolist() == [[10, 10, 10]]
+    assert kept(keep) == list(range(30, 40))  # equal scores: the newest win, as recency would
+
+
+def test_namm_rank_only_follows_the_scores_not_recency():
+    params = np.zeros(scorer.num_params(), dtype=np.float32)
+    weights = scorer.unflatten(torch.from_numpy(params))
+    weights["wh"][0, 0] = 1.0  # score = the spectrogram's DC bin: how much attention the token got
+    torch.manual_seed(4)
+    c = ctx_for(s=40, h=1, attn=torch.softmax(3 * torch.randn(1, 1, 32, 40), -1))
+    pol = NammPolicy(params=params, budget=10, threshold=False)
+    scores = pol.scores(ctx_for(s=40, h=1, attn=c.attn))[0, 0]
+    keep = pol.select(c)[0, 0]
+    top = set(scores[:-1].topk(9).indices.tolist()) | {39}  # the newest token is always kept
+    assert set(keep.nonzero().flatten().tolist()) == top
+    assert top != set(range(30, 40))
+
+
+def test_namm_rank_only_needs_a_budget_and_survives_a_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="needs a budget"):
+        NammPolicy(threshold=False)
+    NammPolicy(budget=0.3, threshold=False).save(tmp_path / "p.pt")
+    loaded = NammPolicy.from_checkpoint(tmp_path / "p.pt")
+    assert loaded.use_threshold is False and loaded.budget == 0.3
+    # an explicit "no budget" brings the threshold back rather than failing to load
+    assert NammPolicy.from_checkpoint(tmp_path / "p.pt", budget=None).use_threshold is True
