@@ -34,18 +34,26 @@ def real_text_ids(tokenizer, n_tokens: int) -> torch.Tensor:
     return torch.tensor([ids[:n_tokens]])
 
 
+def _sync(t: torch.Tensor) -> None:
+    """Wait for queued GPU work, so wall-clock timings cover it (no-op on CPU)."""
+    if t.is_cuda:
+        torch.cuda.synchronize(t.device)
+
+
 @torch.no_grad()
 def run_one(lm, ids: torch.Tensor, policy: str, budget, decode_tokens: int, n_up: int) -> dict:
     pol = make_policy(policy, None if policy == "full" else budget, model_name=lm.name)
     cache = NammCache(lm.model.config, pol, n_up=n_up)
     t0 = time.perf_counter()
     logits = prefill(lm, cache, ids)
+    _sync(logits)
     t_prefill = time.perf_counter() - t0
     policy_prefill = cache.policy_seconds
     t0 = time.perf_counter()
     for _ in range(decode_tokens):  # fixed length: no early stop, so every policy decodes the same count
         token = logits.argmax(-1, keepdim=True)
         logits = lm.model(input_ids=token, past_key_values=cache, use_cache=True).logits[:, -1]
+    _sync(logits)
     t_decode = time.perf_counter() - t0
     total = t_prefill + t_decode
     slots = sum(layer.length for layer in cache.layers)

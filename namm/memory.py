@@ -195,6 +195,8 @@ class NammLayer(CacheLayerMixin):
         """Let the policy score this layer's slots and keep the selected ones."""
         if self.since_update == 0 or self.keys is None:
             return
+        if self.keys.is_cuda:  # time the policy, not the forward kernels still queued before it
+            torch.cuda.synchronize(self.keys.device)
         started = time.perf_counter()
         policy = self.cache.policy
         s = self.length
