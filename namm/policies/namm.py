@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import scorer
 from ..features import HOP, N_BINS, RunningNorm, ema_reduce, frame_end_positions, recency_embedding, stft_magnitudes

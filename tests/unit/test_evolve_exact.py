@@ -4,7 +4,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import namm
 from namm.evolve import TaskFitness, config_from_dict

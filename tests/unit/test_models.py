@@ -1,8 +1,5 @@
 """load_model: clear errors for bad paths, and a local Llama 3 checkpoint loads ready for NAMM."""
-import json
-
 import pytest
-import torch
 from transformers import BertConfig, GPT2Config
 
 import namm
