@@ -192,6 +192,7 @@ def test_make_policy_loads_the_shipped_checkpoint():
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     assert "config" in ckpt and ckpt["config"]["population"] >= 2
     assert torch.equal(pol.params, ckpt["params"]) and ckpt["training"]["which"] in ("mean", "best-validated", "zero")
+    assert pol.use_threshold == ckpt.get("threshold", True)  # the mode it was trained in
     # what ships was validated: not worse than the zero-parameter NAMM with the same budget
     val = ckpt["training"]["zero_validation"]
     assert val is not None and "normalised" in val
