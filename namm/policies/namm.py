@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from .. import scorer
-from ..features import HOP, N_BINS, RunningNorm, ema_reduce, frame_end_positions, recency_embedding, stft_magnitudes
+from ..features import (HOP, N_BINS, N_FFT, RunningNorm, frame_end_positions, recency_embedding,
+                        spectrogram_ema)
 from .base import Policy, UpdateContext
 
 
@@ -48,11 +49,12 @@ class NammPolicy(Policy):
         rows = attn.new_zeros(b * h, lead + HOP + w, s)
         rows[:, lead:lead + HOP] = prev_rows.reshape(b * h, s, HOP).transpose(1, 2)
         rows[:, lead + HOP:] = attn.reshape(b * h, w, s)
-        mags = stft_magnitudes(rows)                                    # [N, F, 17, S]
-        frame_end = frame_end_positions(ctx.seen - w, mags.shape[1], lead).to(attn.device)
+        n_frames = (rows.shape[1] - N_FFT) // HOP + 1
+        frame_end = frame_end_positions(ctx.seen - w, n_frames, lead).to(attn.device)
         pos = ctx.positions.reshape(b * h, 1, s)
-        frame_mask = (pos <= frame_end[None, :, None]).to(mags.dtype)  # a frame counts once the token exists
-        ema = ema_reduce(mags, prev_ema.reshape(b * h, s, -1), frame_mask).reshape(b, h, s, -1)
+        frame_mask = (pos <= frame_end[None, :, None]).to(rows.dtype)  # a frame counts once the token exists
+        # |STFT| along the query axis, EMA over frames, blockwise over slots
+        ema = spectrogram_ema(rows, prev_ema.reshape(b * h, s, -1), frame_mask).reshape(b, h, s, -1)
         ctx.state["namm_ema"] = ema
         ctx.state["namm_prev_rows"] = rows[:, -HOP:].transpose(1, 2).reshape(b, h, s, HOP)
         if not self.norm.frozen:

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from namm.features import (HOP, N_BINS, N_FFT, RunningNorm, ema_reduce, frame_end_positions, recency_embedding,
-                           stft_magnitudes)
+                           spectrogram_ema, stft_magnitudes)
 
 
 def test_stft_magnitudes_match_a_direct_windowed_dft():
@@ -42,6 +42,15 @@ def test_ema_matches_sequential_recurrence():
     for f in range(5):
         state = step * state + (1 - step) * mags[:, f].transpose(1, 2) * mask[:, f, :, None]
     torch.testing.assert_close(ema_reduce(mags, prev, mask), state, atol=1e-6, rtol=1e-5)
+
+
+def test_blockwise_spectrogram_ema_equals_the_two_step_reference():
+    torch.manual_seed(5)
+    rows = torch.rand(3, 16 + 512, 700)  # 700 slots: blocks of 256, 256 and a ragged 188
+    prev = torch.rand(3, 700, N_BINS)
+    mask = (torch.rand(3, 32, 700) > 0.2).float()
+    ref = ema_reduce(stft_magnitudes(rows), prev, mask)
+    torch.testing.assert_close(spectrogram_ema(rows, prev, mask), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_frame_end_positions_cover_the_window():
