@@ -10,7 +10,6 @@ measurement as `namm bench` on random token ids. `--size tiny` is a CPU smoke ru
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from namm.bench import format_table, run_one  # noqa: E402
+from namm.bench import format_table, run_rows  # noqa: E402
 from namm.models import LoadedModel, prepare_model  # noqa: E402
 
 ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
@@ -68,17 +67,14 @@ def main(argv=None) -> int:
     lengths = [int(x) for x in args.lengths.split(",")]
     gen = torch.Generator().manual_seed(0)
     ids_all = torch.randint(0, lm.config.vocab_size, (1, max(lengths)), generator=gen)
-    rows = []
-    for n in lengths:
-        for policy in [x.strip() for x in args.policies.split(",") if x.strip()]:
-            row = run_one(lm, ids_all[:, :n], policy, args.budget, args.decode_tokens, args.n_up)
-            if args.device.startswith("cuda"):
-                row["gpu_peak_bytes"] = torch.cuda.max_memory_allocated()
-                torch.cuda.reset_peak_memory_stats()
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
-            if args.json_out:
-                Path(args.json_out).write_text(json.dumps(rows, indent=1))
+    policies = [x.strip() for x in args.policies.split(",") if x.strip()]
+
+    def gpu_peak(row: dict) -> None:
+        if args.device.startswith("cuda"):
+            row["gpu_peak_bytes"] = torch.cuda.max_memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+
+    rows = run_rows(lm, ids_all, [(n, p) for n in lengths for p in policies], args, on_row=gpu_peak)
     print(f"model {lm.name}, device {args.device}, budget {args.budget}, n_up {args.n_up}, "
           f"{args.decode_tokens} decode tokens")
     print(format_table(rows))

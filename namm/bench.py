@@ -69,6 +69,21 @@ def run_one(lm, ids: torch.Tensor, policy: str, budget, decode_tokens: int, n_up
     }
 
 
+def run_rows(lm, ids_all: torch.Tensor, plan: list[tuple[int, str]], args, on_row=None) -> list[dict]:
+    """Run each (length, policy) of `plan` on the first `length` ids; rows go to stderr as JSON
+    lines and, after every row, to `args.json_out` (so a stopped run keeps what it measured)."""
+    rows = []
+    for n, policy in plan:
+        row = run_one(lm, ids_all[:, :n], policy, args.budget, args.decode_tokens, args.n_up)
+        if on_row is not None:
+            on_row(row)
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(rows, indent=1))
+    return rows
+
+
 def format_table(rows: list[dict]) -> str:
     full_time = {r["tokens"]: r["seconds"] for r in rows if r["policy"] == "full"}
     head = (f"{'tokens':>6} {'policy':<14} {'budget':>6} {'prefill tok/s':>13} {'decode tok/s':>12} "
@@ -110,16 +125,8 @@ def run_bench(args) -> int:
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     long_policies = {p.strip() for p in args.long_policies.split(",")}
     ids_all = real_text_ids(lm.tokenizer, max(lengths))
-    rows = []
-    for n in lengths:
-        for policy in policies:
-            if n >= args.long_from and policy not in long_policies:
-                continue
-            row = run_one(lm, ids_all[:, :n], policy, args.budget, args.decode_tokens, args.n_up)
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
-            if args.json_out:
-                Path(args.json_out).write_text(json.dumps(rows, indent=1))
+    plan = [(n, p) for n in lengths for p in policies if n < args.long_from or p in long_policies]
+    rows = run_rows(lm, ids_all, plan, args)
     print(f"model {lm.name}, torch threads {torch.get_num_threads()}, budget {args.budget}, n_up {args.n_up}, "
           f"{args.decode_tokens} decode tokens")
     print(format_table(rows))
