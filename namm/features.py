@@ -5,6 +5,7 @@ Everything is computed per cache slot, so memory is linear in the cache length.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -17,13 +18,20 @@ RECENCY_DIM = 8
 FEATURE_DIM = N_BINS + RECENCY_DIM  # 25
 
 
+@functools.lru_cache(maxsize=8)
 def _dft_basis(device, dtype) -> torch.Tensor:
-    """[34, 32]: Hann-windowed cosines (17 rows) then sines (17 rows), one row per bin."""
+    """[34, 32]: Hann-windowed cosines (17 rows) then sines (17 rows), one row per bin.
+    Built once per device and dtype: every update of every layer uses it."""
     n = torch.arange(N_FFT, device=device, dtype=torch.float64)
     k = torch.arange(N_BINS, device=device, dtype=torch.float64)[:, None]
     window = torch.hann_window(N_FFT, periodic=True, device=device, dtype=torch.float64)
     angle = 2 * math.pi * k * n / N_FFT
     return torch.cat([torch.cos(angle) * window, -torch.sin(angle) * window]).to(dtype)
+
+
+def frame_count(length: int) -> int:
+    """STFT frames over `length` rows (n_fft 32, hop 16, no centering)."""
+    return (length - N_FFT) // HOP + 1
 
 
 def stft_magnitudes(rows: torch.Tensor) -> torch.Tensor:
@@ -34,7 +42,6 @@ def stft_magnitudes(rows: torch.Tensor) -> torch.Tensor:
     block of rows [16 f, 16 f + 32), so the DFT basis multiplies it in place, with no
     transposed copy of the N x L x S attention and none of torch.stft's per-column overhead.
     """
-    n, length, s = rows.shape
     frames = rows.unfold(1, N_FFT, HOP).transpose(-1, -2)  # [N, F, 32, S], a view
     spec = torch.matmul(_dft_basis(rows.device, rows.dtype), frames)  # [N, F, 34, S]
     re, im = spec[:, :, :N_BINS], spec[:, :, N_BINS:]
@@ -48,19 +55,24 @@ def frame_end_positions(first_new_pos: int, n_frames: int, lead_pad: int) -> tor
     return first_new_pos + last_rows - lead_pad - HOP
 
 
+def _frame_weights(n_frames: int, device, dtype) -> tuple[torch.Tensor, float]:
+    """EMA weight of each frame (newest weighs most) and the decay of the carried state.
+    One frame spans HOP tokens, so one frame step decays by 0.99**HOP."""
+    step = EMA_COEFF**HOP
+    exps = torch.arange(n_frames - 1, -1, -1, device=device, dtype=dtype)
+    return (step**exps) * (1 - step), step**n_frames
+
+
 def ema_reduce(mags: torch.Tensor, prev: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
     """EMA over frames with per-token coefficient 0.99, continuing the previous state.
 
     mags [N, F, B, S], prev [N, S, B], frame_mask [N, F, S] (the frame counts once the token
-    exists) -> [N, S, B]. Each frame spans HOP tokens, so one frame step decays by 0.99**HOP.
+    exists) -> [N, S, B].
     """
-    n_frames = mags.shape[1]
-    step = EMA_COEFF**HOP
-    exps = torch.arange(n_frames - 1, -1, -1, device=mags.device, dtype=mags.dtype)
-    weights = (step**exps) * (1 - step)  # newest frame weighs most
+    weights, decay = _frame_weights(mags.shape[1], mags.device, mags.dtype)
     # multiply-and-sum over frames: several times faster on CPU than the equivalent einsum
     reduced = (mags * (frame_mask * weights[:, None])[:, :, None]).sum(1).transpose(1, 2)
-    return prev * (step**n_frames) + reduced
+    return prev * decay + reduced
 
 
 def spectrogram_ema(rows: torch.Tensor, prev: torch.Tensor, frame_mask: torch.Tensor, block: int = 256) -> torch.Tensor:
@@ -70,21 +82,14 @@ def spectrogram_ema(rows: torch.Tensor, prev: torch.Tensor, frame_mask: torch.Te
     ([N, F, 34, S] floats, tens of MB for a few thousand slots) never exists at once: each block's
     spectrogram stays in cache while its magnitudes are weighted and summed (2-3x faster on CPU).
     """
-    n, length, s = rows.shape
-    frames = rows.unfold(1, N_FFT, HOP).transpose(-1, -2)  # [N, F, 32, S], a view
-    n_frames = frames.shape[1]
-    step = EMA_COEFF**HOP
-    exps = torch.arange(n_frames - 1, -1, -1, device=rows.device, dtype=rows.dtype)
-    weighted_mask = frame_mask * ((step**exps) * (1 - step))[:, None]  # [N, F, S]
-    basis = _dft_basis(rows.device, rows.dtype)
-    out = torch.empty(n, s, N_BINS, device=rows.device, dtype=rows.dtype)
-    for start in range(0, s, block):
-        stop = min(s, start + block)
-        spec = torch.matmul(basis, frames[..., start:stop])  # [N, F, 34, b]
-        re, im = spec[:, :, :N_BINS], spec[:, :, N_BINS:]
-        mags = torch.addcmul(re * re, im, im).sqrt_()
-        out[:, start:stop] = (mags * weighted_mask[:, :, None, start:stop]).sum(1).transpose(1, 2)
-    return prev * (step**n_frames) + out
+    weights, decay = _frame_weights(frame_mask.shape[1], rows.device, rows.dtype)
+    weighted_mask = (frame_mask * weights[:, None])[:, :, None]  # [N, F, 1, S]
+    out = prev * decay
+    for start in range(0, rows.shape[2], block):
+        cols = slice(start, start + block)
+        mags = stft_magnitudes(rows[:, :, cols])
+        out[:, cols] += (mags * weighted_mask[..., cols]).sum(1).transpose(1, 2)
+    return out
 
 
 def recency_embedding(age: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from .. import scorer
-from ..features import (HOP, N_BINS, N_FFT, RunningNorm, frame_end_positions, recency_embedding,
+from ..features import (HOP, N_BINS, RunningNorm, frame_count, frame_end_positions, recency_embedding,
                         spectrogram_ema)
 from .base import Policy, UpdateContext
 
@@ -49,8 +49,7 @@ class NammPolicy(Policy):
         rows = attn.new_zeros(b * h, lead + HOP + w, s)
         rows[:, lead:lead + HOP] = prev_rows.reshape(b * h, s, HOP).transpose(1, 2)
         rows[:, lead + HOP:] = attn.reshape(b * h, w, s)
-        n_frames = (rows.shape[1] - N_FFT) // HOP + 1
-        frame_end = frame_end_positions(ctx.seen - w, n_frames, lead).to(attn.device)
+        frame_end = frame_end_positions(ctx.seen - w, frame_count(rows.shape[1]), lead).to(attn.device)
         pos = ctx.positions.reshape(b * h, 1, s)
         frame_mask = (pos <= frame_end[None, :, None]).to(rows.dtype)  # a frame counts once the token exists
         # |STFT| along the query axis, EMA over frames, blockwise over slots
