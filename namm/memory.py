@@ -209,7 +209,7 @@ class NammLayer(CacheLayerMixin):
             ctx.attn = self._window_attention(policy, ctx)
         keep = policy.select(ctx) & ctx.valid
         self.state = ctx.state
-        if not bool((keep == ctx.valid).all()):  # nothing evicted: no copy
+        if not bool((keep == ctx.valid).all()):  # only copy when something was evicted
             self._compact(keep)
         self.since_update = 0
         self.pending_queries = []

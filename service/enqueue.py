@@ -44,10 +44,13 @@ def enqueue_jobs(job_ids: list[str]) -> int:
         app = celery_app()
         with app.producer_or_acquire() as producer:
             # one pipelined round trip on Redis (kombu's publish batch); transports without
-            # batching (the embedded SQLite broker) publish each message as before
+            # batching (the embedded SQLite broker) publish each message at once, so a failure
+            # part-way leaves the earlier ones sent
+            batched = producer.supports_batch_publish
             with producer.batch():
                 for job_id in job_ids:
                     app.send_task(RUN_JOB, args=[job_id], queue=GPU_QUEUE, producer=producer)
+                    sent += 0 if batched else 1
             sent = len(job_ids)
     except Exception as exc:  # broker down: the rows are committed; the sweeper enqueues them
         logger.warning("enqueue of %d job(s) failed (%s); the sweeper will retry",
