@@ -90,18 +90,22 @@ def test_kill_9_then_resume_continues_from_last_generation(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "namm.evolve", "--config", str(path), "--no-progress"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
+    def generations_logged() -> int:
+        try:
+            return len(json.loads((out / "log.json").read_text()))
+        except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or mid-replace
+            return 0
+
+    # wait for the condition (3 generations done), not for a time; the bound only stops a hang
+    give_up = time.monotonic() + 60
     try:
-        while time.time() < deadline:
-            if (out / "log.json").exists():
-                try:
-                    if len(json.loads((out / "log.json").read_text())) >= 3:
-                        break
-                except json.JSONDecodeError:
-                    pass
+        while generations_logged() < 3:
+            assert proc.poll() is None, "the evolution exited before it could be killed"
+            assert time.monotonic() < give_up, "no 3 generations logged: the run hangs"
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
+        proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     killed_at = evolve.load_state(out).generation
@@ -109,7 +113,7 @@ def test_kill_9_then_resume_continues_from_last_generation(tmp_path):
     res = subprocess.run([sys.executable, "-m", "namm.evolve", "--config", str(path), "--resume", "--no-progress"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert f"resumed" in res.stderr and f"generation {killed_at}" in res.stderr
+    assert "resumed" in res.stderr and f"generation {killed_at}" in res.stderr
     state = evolve.load_state(out)
     assert state.done and state.generation == 30
     assert [r["generation"] for r in state.logs] == list(range(1, 31))
