@@ -59,19 +59,42 @@ def enqueue_jobs(job_ids: list[str]) -> int:
 
 
 def queue_depths(queues: tuple[str, ...] = ("gpu", "cpu")) -> dict[str, int]:
-    """Messages waiting in each queue, as the broker reports them."""
-    from kombu.exceptions import ChannelError
-
-    depths: dict[str, int] = {}
+    """Messages waiting in each queue."""
     with celery_app().connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=2)
         channel = conn.default_channel
+        if conn.transport.driver_type == "redis":
+            return _redis_depths(channel, queues)
+        from kombu.exceptions import ChannelError
+
+        depths: dict[str, int] = {}
         for queue in queues:
             try:
                 depths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
             except ChannelError:  # queue not declared yet: nothing was ever sent to it
                 depths[queue] = 0
-    return depths
+        return depths
+
+
+def _redis_depths(channel, queues: tuple[str, ...]) -> dict[str, int]:
+    """LLEN of every list that holds a queue's messages, read with a plain client.
+
+    kombu keeps a queue in one Redis list per priority step (`gpu`, then `gpu<sep>3`, ...) under
+    the deployment's key prefix. Its passive queue_declare cannot be trusted with a prefix: it
+    checks the keys with EXISTS, which its prefixing client leaves unprefixed (kombu 5.7), and
+    so reported 0 while messages waited. Here every key is spelled out in full instead."""
+    import redis
+
+    prefix = channel.global_keyprefix or ""
+    client = redis.Redis(connection_pool=channel.client.connection_pool)  # no key rewriting
+    keys = {queue: [prefix + (f"{queue}{channel.sep}{step}" if step else queue)
+                    for step in channel.priority_steps] for queue in queues}
+    with client.pipeline(transaction=False) as pipe:
+        for queue in queues:
+            for key in keys[queue]:
+                pipe.llen(key)
+        lengths = iter(pipe.execute())
+    return {queue: sum(next(lengths) for _ in keys[queue]) for queue in queues}
 
 
 def broker_reachable() -> bool:

@@ -91,6 +91,10 @@ class JobStatsCollector:
         self._cached: tuple[float, list] | None = None
         self._lock = threading.Lock()
 
+    def forget(self) -> None:
+        with self._lock:
+            self._cached = None
+
     def collect(self):
         with self._lock:
             if self._cached is None or time.monotonic() - self._cached[0] > self.cache_s:

@@ -1,4 +1,5 @@
-"""Batched enqueue on the real Redis: one pipelined round trip, every message delivered."""
+"""Batched enqueue on the real Redis under a key prefix: one pipelined round trip, every message
+delivered, and the queue depth (queue_depths, /metrics, the sweeper) read where kombu put it."""
 
 import json
 
@@ -6,16 +7,20 @@ import pytest
 
 from service.state import reset_process_state
 
+pytestmark = pytest.mark.services
+
 
 @pytest.fixture
 def redis_env(redis_broker, tmp_path):
     url, prefix = redis_broker
+    prefix += f"{tmp_path.name}:"  # a queue of its own for each test
     mp = pytest.MonkeyPatch()
     mp.setenv("NAMM_BROKER__URL", url)
-    mp.setenv("NAMM_BROKER__KEY_PREFIX", prefix + "enqueue:")
+    mp.setenv("NAMM_BROKER__KEY_PREFIX", prefix)
     mp.setenv("NAMM_DATABASE__URL", f"sqlite:///{tmp_path / 'namm.db'}")
+    mp.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     reset_process_state()
-    yield url, prefix + "enqueue:"
+    yield url, prefix
     mp.undo()
     reset_process_state()
 
@@ -29,8 +34,28 @@ def test_a_batch_of_jobs_lands_as_one_message_each(redis_env):
     client = redis.Redis.from_url(url)
     ids = [f"job-{i}" for i in range(25)]
     assert enqueue_jobs(ids) == 25
-    assert queue_depths(("gpu",))["gpu"] == 25
+    assert queue_depths(("gpu", "cpu")) == {"gpu": 25, "cpu": 0}
     bodies = client.lrange(f"{prefix}gpu", 0, -1)
     assert len(bodies) == 25
     sent = sorted(json.loads(b)["headers"]["argsrepr"] for b in bodies)
     assert sent == sorted(repr([i]) for i in ids)  # each job id exactly once, as its own task
+
+
+def test_depth_counts_priority_sub_queues(redis_env):
+    from service.enqueue import celery_app, queue_depths
+
+    celery_app().send_task("namm.run_job", args=["urgent"], queue="gpu", priority=9)
+    celery_app().send_task("namm.run_job", args=["plain"], queue="gpu")
+    assert queue_depths(("gpu",)) == {"gpu": 2}
+
+
+def test_metrics_report_the_prefixed_queue(redis_env):
+    from service import migrate
+    from service.enqueue import enqueue_jobs
+    from service.metrics import render_metrics
+
+    migrate.upgrade()
+    assert enqueue_jobs([f"m-{i}" for i in range(3)]) == 3
+    text = render_metrics()[0].decode()
+    assert 'namm_queue_depth{queue="gpu"} 3.0' in text, text
+    assert 'namm_component_up{component="broker"} 1.0' in text
