@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from .. import scorer
-from ..features import (HOP, N_BINS, RunningNorm, frame_count, frame_end_positions, recency_embedding,
+from ..features import (EMA_COEFF, HOP, N_BINS, N_FFT, RunningNorm, frame_count, frame_end_positions, recency_embedding,
                         spectrogram_ema)
 from .base import Policy, UpdateContext
 
@@ -16,8 +16,18 @@ class NammPolicy(Policy):
     name = "namm"
     needs_attention = True
 
-    def __init__(self, params=None, budget=None, norm: RunningNorm | None = None, threshold: bool = True):
+    def __init__(self, params=None, budget=None, norm: RunningNorm | None = None, threshold: bool = True,
+                 rows: int | None = None, block: int | None = None):
         super().__init__(budget)
+        # rows: recompute only the newest `rows` window queries (None = the whole window); the EMA
+        # weighs the newest frames most, and the recomputation costs as much as the forward's own
+        # attention. block: BAM's backward attention stays within blocks of `block` newest-first tokens.
+        if rows is not None and (rows < N_FFT or rows % HOP):
+            raise ValueError(f"rows must be a multiple of {HOP} and at least {N_FFT}, got {rows}")
+        if block is not None and block < 1:
+            raise ValueError(f"block must be >= 1, got {block}")
+        self.attention_rows = rows
+        self.block = block
         if not threshold and self.budget is None:
             raise ValueError("NAMM without its score >= 0 threshold needs a budget to decide what to keep")
         # threshold=False: rank-only mode, the budget cap keeps the top-scoring tokens. Evolution
@@ -44,12 +54,20 @@ class NammPolicy(Policy):
         b, h, w, s = attn.shape
         prev_rows = ctx.slot_state("namm_prev_rows", (HOP,))           # [B, H, S, 16]
         prev_ema = ctx.slot_state("namm_ema", (N_BINS,))                # [B, H, S, 17]
+        gap = ctx.n_new - w  # window rows not recomputed (rows mode): the carried rows are not adjacent
+        carried = HOP if gap <= 0 else 0
+        if gap > 0:
+            # the EMA's clock still advances one step per token: the skipped rows, and the HOP
+            # rows the carried rows would have added, decay the old state without new frames
+            prev_ema = prev_ema * EMA_COEFF**(gap + HOP)
         # the query axis runs down the rows: the previous window's last 16 rows, then this one's
         lead = (-w) % HOP  # a window that is not a multiple of the hop is zero-padded in front
-        rows = attn.new_zeros(b * h, lead + HOP + w, s)
-        rows[:, lead:lead + HOP] = prev_rows.reshape(b * h, s, HOP).transpose(1, 2)
-        rows[:, lead + HOP:] = attn.reshape(b * h, w, s)
-        frame_end = frame_end_positions(ctx.seen - w, frame_count(rows.shape[1]), lead).to(attn.device)
+        rows = attn.new_zeros(b * h, lead + carried + w, s)
+        if carried:
+            rows[:, lead:lead + HOP] = prev_rows.reshape(b * h, s, HOP).transpose(1, 2)
+        rows[:, lead + carried:] = attn.reshape(b * h, w, s)
+        n_frames = frame_count(rows.shape[1])
+        frame_end = frame_end_positions(ctx.seen - w, n_frames, lead + carried - HOP).to(attn.device)
         pos = ctx.positions.reshape(b * h, 1, s)
         frame_mask = (pos <= frame_end[None, :, None]).to(rows.dtype)  # a frame counts once the token exists
         # |STFT| along the query axis, EMA over frames, blockwise over slots
@@ -69,7 +87,7 @@ class NammPolicy(Policy):
         key = ctx.positions.masked_fill(~ctx.valid, -1).reshape(b * h, s)
         order = key.argsort(dim=-1, stable=True)
         xs = x.reshape(b * h, s, d).gather(1, order[..., None].expand(-1, -1, d))
-        sc = scorer.score_tokens(xs, self.weights)
+        sc = scorer.score_tokens(xs, self.weights, block=self.block)
         out = torch.empty_like(sc).scatter_(1, order, sc)
         return out.reshape(b, h, s)
 
@@ -79,7 +97,7 @@ class NammPolicy(Policy):
     # ---- persistence ----------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"params": self.params.clone(), "norm": self.norm.state_dict(), "budget": self.budget,
-                "threshold": self.use_threshold}
+                "threshold": self.use_threshold, "rows": self.attention_rows, "block": self.block}
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, budget="checkpoint") -> "NammPolicy":
@@ -88,7 +106,8 @@ class NammPolicy(Policy):
         norm.frozen = True
         b = ckpt.get("budget") if budget == "checkpoint" else budget
         threshold = ckpt.get("threshold", True) or b is None  # rank-only needs a budget
-        return cls(params=ckpt["params"].numpy(), budget=b, norm=norm, threshold=threshold)
+        return cls(params=ckpt["params"].numpy(), budget=b, norm=norm, threshold=threshold,
+                   rows=ckpt.get("rows"), block=ckpt.get("block"))
 
     def save(self, path: str | Path, **extra) -> None:
         torch.save({**self.state_dict(), **extra}, path)

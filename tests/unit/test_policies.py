@@ -161,3 +161,30 @@ def test_namm_rank_only_needs_a_budget_and_survives_a_checkpoint(tmp_path):
     assert loaded.use_threshold is False and loaded.budget == 0.3
     # an explicit "no budget" brings the threshold back rather than failing to load
     assert NammPolicy.from_checkpoint(tmp_path / "p.pt", budget=None).use_threshold is True
+
+
+def test_namm_rows_mode_equals_the_whole_window_when_the_window_fits():
+    torch.manual_seed(5)
+    params = np.random.default_rng(0).normal(0, 0.1, scorer.num_params()).astype(np.float32)
+    attn = torch.softmax(torch.randn(1, 1, 48, 48), -1)
+    whole = NammPolicy(params=params, budget=10, threshold=False).scores(ctx_for(s=48, attn=attn))
+    rows = NammPolicy(params=params, budget=10, threshold=False, rows=64, block=64).scores(ctx_for(s=48, attn=attn))
+    assert torch.allclose(whole, rows, atol=1e-5)
+
+
+def test_namm_rows_mode_decays_the_old_state_one_step_per_token_read():
+    c = ctx_for(s=8)
+    c.n_new = 64                           # 64 tokens since the last update, only 32 rows recomputed
+    c.attn = torch.zeros(1, 1, 32, 8)      # no attention: the new frames add nothing
+    c.state["namm_ema"] = torch.ones(1, 1, 8, 17)
+    pol = NammPolicy(budget=4, threshold=False, rows=32)
+    pol.token_features(c)
+    assert torch.allclose(c.state["namm_ema"], torch.full((1, 1, 8, 17), 0.99**64), rtol=1e-5)
+
+
+def test_namm_rows_and_block_survive_a_checkpoint(tmp_path):
+    NammPolicy(budget=0.3, threshold=False, rows=128, block=256).save(tmp_path / "p.pt")
+    loaded = NammPolicy.from_checkpoint(tmp_path / "p.pt")
+    assert (loaded.attention_rows, loaded.block) == (128, 256)
+    with pytest.raises(ValueError, match="rows"):
+        NammPolicy(budget=0.3, threshold=False, rows=40)
