@@ -2,15 +2,51 @@
 
 A learned memory that forgets the KV-cache tokens that do not matter, plus the classic baselines
 behind the same interface. Usable as a library on its own (no service code here).
+
+`import namm` is cheap: the contract (namm.spec) and the errors load at once, everything that
+needs torch (the model, the cache, generate) on first use. A service's API process can so read
+the contract without ever importing torch.
 """
-from .errors import ContextTooLongError, EmptyInputError, ModelLoadError, NammError, UnknownPolicyError
-from .generate import GenerationResult, GenerationStats, continuation_logits, generate, prefill
-from .memory import NammCache
-from .models import LoadedModel, load_model
-from .policies import available_policies, make_policy
+import importlib
+import sys
+import types
+
+from .errors import (BudgetError, ContextTooLongError, EmptyInputError, InputError, ModelLoadError, NammError,
+                     UnknownPolicyError)
+from .spec import POLICY_NAMES, Budget, GenerationRequest
+
+_LAZY = {
+    "generate": ".generate", "prefill": ".generate", "continuation_logits": ".generate",
+    "GenerationResult": ".generate", "GenerationStats": ".generate",
+    "NammCache": ".memory",
+    "load_model": ".models", "LoadedModel": ".models",
+    "make_policy": ".policies", "available_policies": ".policies",
+}
 
 __all__ = [
     "load_model", "LoadedModel", "generate", "prefill", "continuation_logits", "GenerationResult",
-    "GenerationStats", "NammCache", "make_policy", "available_policies", "NammError", "ModelLoadError",
-    "UnknownPolicyError", "ContextTooLongError", "EmptyInputError",
+    "GenerationStats", "NammCache", "make_policy", "available_policies", "Budget", "GenerationRequest",
+    "POLICY_NAMES", "NammError", "InputError", "ModelLoadError", "UnknownPolicyError", "BudgetError",
+    "ContextTooLongError", "EmptyInputError",
 ]
+
+
+class _Package(types.ModuleType):
+    def __getattr__(self, name: str):
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'namm' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module, __name__), name)
+        object.__setattr__(self, name, value)
+        return value
+
+    def __setattr__(self, name: str, value) -> None:
+        # Importing the submodule namm.generate binds it as the package attribute `generate`;
+        # `namm.generate` is the function (as it always was), so that binding is skipped. The
+        # submodule stays importable: `from namm.generate import prefill`.
+        if name == "generate" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -6,21 +6,15 @@ import json
 import sys
 from pathlib import Path
 
-from .policies import available_policies
+from .errors import BudgetError
+from .spec import POLICY_NAMES, Budget
 
 
-def _budget(text: str) -> float | int:
+def _budget(text: str) -> Budget:
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"budget must be a fraction in (0, 1] or a token count, got {text!r}")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"budget must be > 0, got {text!r}")
-    if value > 1:
-        if not value.is_integer():
-            raise argparse.ArgumentTypeError(f"a budget above 1 is a token count and must be whole, got {text!r}")
-        return int(value)
-    return value
+        return Budget.parse_text(text)
+    except BudgetError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
 
 
 def _positive_int(text: str) -> int:
@@ -66,7 +60,7 @@ def _progress_bar(enabled: bool):
 def cmd_generate(args) -> int:
     document = _read_document(args.file)
     from . import generate, load_model
-    from .errors import NammError
+    from .errors import InputError
 
     try:
         lm = load_model(args.model)
@@ -79,7 +73,7 @@ def cmd_generate(args) -> int:
                               query_aware=args.query_aware, truncate=args.truncate, progress=progress)
         finally:
             close()
-    except (NammError, ValueError) as exc:
+    except InputError as exc:  # the input's fault; anything else is a crash with its traceback
         raise SystemExit(f"namm: error: {exc}")
     if args.json:
         print(json.dumps(result.to_dict()))
@@ -101,9 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--question", action="append", default=None,
                    help="question (repeat for several; the compressed document is reused)")
     g.add_argument("--instruction", default=None, help="instruction, e.g. 'Summarize the document.'")
-    g.add_argument("--policy", default="namm", choices=available_policies())
+    g.add_argument("--policy", default="namm", choices=POLICY_NAMES)
     g.add_argument("--budget", type=_budget, default=None,
-                   help="max kept fraction in (0, 1], or max tokens per layer and head (> 1)")
+                   help="max kept fraction in (0, 1] (e.g. 0.3), or max tokens per layer and head: a whole "
+                        "number above 1 or tokens=N (default: the policy's own)")
     g.add_argument("--max-new-tokens", type=_positive_int, default=128)
     g.add_argument("--n-up", type=_positive_int, default=512, help="memory update interval in tokens")
     g.add_argument("--model", default=None, help="local Hugging Face checkpoint (default: SmolLM2-135M-Instruct)")
@@ -113,14 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true")
     g.set_defaults(func=cmd_generate)
 
-    for module, adder in (("evaluation", "add_eval_subparser"), ("evolve", "add_evolve_subparser"),
-                          ("bench", "add_bench_subparser")):
-        try:
-            mod = __import__(f"namm.{module}", fromlist=[adder])
-        except ImportError:
-            continue
-        if hasattr(mod, adder):
-            getattr(mod, adder)(sub)
+    # every subcommand is part of the package: one that fails to import is a broken install,
+    # reported as such, never a subcommand that silently vanishes from --help
+    from .bench import add_bench_subparser
+    from .evaluation import add_eval_subparser
+    from .evolve import add_evolve_subparser
+
+    for add in (add_eval_subparser, add_evolve_subparser, add_bench_subparser):
+        add(sub)
     return parser
 
 

@@ -1,21 +1,42 @@
-"""Errors raised by the namm library. Bad input subclasses ValueError so callers can map it to 4xx."""
+"""Errors raised by the namm library.
+
+Two kinds, told apart by class, never by message:
+- `InputError`: the caller's input is wrong (empty document, unknown policy, bad budget, a
+  document longer than the model's context). A service answers these with a 4xx, or records
+  them on the job as the client's mistake.
+- everything else, `ModelLoadError` included, is a failure on the server's side: a broken
+  model path, a bug, an out-of-memory. `InputError` is deliberately *not* a `ValueError`, so a
+  stray `ValueError` from a bug is never mistaken for bad input.
+
+The concrete input errors also subclass `ValueError`, so code written as `except ValueError`
+around a budget or a policy name keeps working; decide what is input with `InputError`.
+"""
 
 
 class NammError(Exception):
     """Base class of every error namm raises on purpose."""
 
 
-class ModelLoadError(NammError, ValueError):
-    """The model path is missing, is not a causal LM, or has an unsupported architecture."""
+class InputError(NammError):
+    """The caller's input is invalid; the message says what to change."""
 
 
-class UnknownPolicyError(NammError, ValueError):
+class ModelLoadError(NammError):
+    """The model path is missing, is not a causal LM, or has an unsupported architecture.
+    A deployment problem, not the input's: not an `InputError`."""
+
+
+class UnknownPolicyError(InputError, ValueError):
     """A policy name that is not registered."""
 
 
-class ContextTooLongError(NammError, ValueError):
+class BudgetError(InputError, ValueError):
+    """A memory budget that is malformed, out of range, or ambiguous about its unit."""
+
+
+class ContextTooLongError(InputError, ValueError):
     """The input exceeds the model's context and nothing bounds the cache (full cache, no truncation)."""
 
 
-class EmptyInputError(NammError, ValueError):
+class EmptyInputError(InputError, ValueError):
     """An empty document or question."""

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from namm.errors import BudgetError, InputError
+from namm.spec import POLICY_NAMES, Budget, policy_name
 from namm.tasks import SPLITS, Sample, available_tasks, load_tasks_file, make_samples, parse_lengths, write_jsonl
 
 from .references import ReferenceCache
@@ -21,30 +23,22 @@ def _package_doc() -> str:
 
 
 def parse_budgets(spec: str) -> list[float | int]:
-    """'0.25,0.5,512' -> [0.25, 0.5, 512]: up to 1 a kept fraction, above 1 a token cap (as in
-    ``namm generate --budget``)."""
-    out: list[float | int] = []
-    for part in (p.strip() for p in spec.split(",")):
-        if not part:
-            continue
-        try:
-            value = float(part)
-        except ValueError:
-            raise ValueError(f"bad budget {part!r}: use a fraction in (0, 1] or a token count") from None
-        if value <= 0 or (value > 1 and not value.is_integer()):
-            raise ValueError(f"bad budget {part!r}: use a fraction in (0, 1] or a whole token count")
-        out.append(int(value) if value > 1 else value)
+    """'0.25,0.5,512' -> [0.25, 0.5, 512]: each part as ``namm generate --budget`` reads it
+    (namm.spec.Budget.parse_text: up to 1 a kept fraction, a whole number above 1 or tokens=N a
+    token cap), in the library's in-process form (a float fraction, an int token count)."""
+    out = [Budget.parse_text(part).number for part in (p.strip() for p in spec.split(",")) if part]
     if not out:
-        raise ValueError("no budgets given")
+        raise BudgetError("no budgets given")
     return out
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policies", default="full,recency,streaming_llm,h2o,tova,snapkv,l2norm,random,namm",
-                   help="comma-separated policies (see namm.available_policies()); the full cache is "
+                   help=f"comma-separated policies ({', '.join(POLICY_NAMES)}); the full cache is "
                         "always run as the reference")
     p.add_argument("--budgets", default="0.25,0.5",
-                   help="comma-separated budgets: a float in (0,1] is a kept fraction, an int a token cap")
+                   help="comma-separated budgets: up to 1 a kept fraction, a whole number above 1 (or "
+                        "tokens=N) a token cap")
     p.add_argument("--lengths", default="1k,2k", help="context lengths in tokens, e.g. 1k,2k,4k or 1500")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--tasks", default=None,
@@ -89,7 +83,7 @@ def run_eval(args) -> int:
     """``namm eval``: returns the exit status; bad input is one clear line on stderr, status 2."""
     try:
         return _run(args)
-    except ValueError as exc:  # a bad tasks-file line, length, budget or task name
+    except InputError as exc:  # a bad budget, policy name, document or question
         print(f"namm eval: error: {exc}", file=sys.stderr)
         return 2
 
@@ -97,21 +91,21 @@ def run_eval(args) -> int:
 def _run(args) -> int:
     from tqdm import tqdm
 
-    samples = select_samples(args)
+    try:
+        samples = select_samples(args)
+    except ValueError as exc:  # namm.tasks reports a bad tasks-file line, length or task name so
+        raise InputError(str(exc)) from None
     budgets = parse_budgets(args.budgets)
     if args.export_jsonl:
         qa = [s for s in samples if s.metric != "lm"]
         write_jsonl(qa, args.export_jsonl)
         print(f"wrote {len(qa)} samples to {args.export_jsonl}", file=sys.stderr)
         return 0
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    policies = [policy_name(p) for p in args.policies.split(",") if p.strip()]
     runs = [("full", None)] + [(p, b) for p in policies if p != "full" for b in budgets]
 
     import namm
 
-    unknown = [p for p, _ in runs if p.lower().replace("-", "_") not in namm.available_policies()]
-    if unknown:
-        raise ValueError(f"unknown policies: {', '.join(unknown)}; available: {', '.join(namm.available_policies())}")
     lm = namm.load_model(args.model) if args.model else namm.load_model()
     refs = ReferenceCache(args.reference_cache)
     records: list[EvalRecord] = []

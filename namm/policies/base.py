@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..spec import Budget
+
 
 @dataclass
 class UpdateContext:
@@ -35,27 +37,22 @@ class UpdateContext:
         return new
 
 
-def budget_capacity(budget: float | int | None, seen: int) -> int | None:
-    """Max slots per (layer, KV head): a float is a fraction of tokens read, an int a token count."""
+def budget_capacity(budget: Budget | float | int | None, seen: int) -> int | None:
+    """Max slots per (layer, KV head) after `seen` tokens; None: no cap. See namm.spec.Budget."""
     if budget is None:
         return None
-    if isinstance(budget, float) and budget <= 1.0:
+    if isinstance(budget, float) and budget <= 1.0:  # the hot path: validated numbers
         return max(1, math.ceil(budget * seen))
-    return int(budget)
+    if isinstance(budget, int) and not isinstance(budget, bool):
+        return budget
+    return Budget.coerce(budget).capacity(seen)
 
 
 def validate_budget(budget) -> float | int | None:
-    if budget is None:
-        return None
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
-        raise ValueError(f"budget must be a fraction in (0, 1] or a token count >= 1, got {budget!r}")
-    if isinstance(budget, float) and budget.is_integer() and budget > 1:
-        budget = int(budget)
-    if isinstance(budget, float) and not 0.0 < budget <= 1.0:
-        raise ValueError(f"budget fraction must be in (0, 1], got {budget}")
-    if isinstance(budget, int) and budget < 1:
-        raise ValueError(f"budget in tokens must be >= 1, got {budget}")
-    return budget
+    """A budget in the library's in-process form (a float fraction or an int token count), from
+    anything namm.spec.Budget.coerce takes; BudgetError (an InputError) otherwise."""
+    parsed = Budget.coerce(budget)
+    return None if parsed is None else parsed.number
 
 
 class Policy:
