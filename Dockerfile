@@ -28,4 +28,4 @@ RUN useradd --create-home --uid 10001 namm && mkdir -p /tmp/namm-metrics \
 USER namm
 
 EXPOSE 8000
-CMD ["python", "-m", "service.server", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["python", "-m", "service.api.server", "--host", "0.0.0.0", "--port", "8000"]

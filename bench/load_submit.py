@@ -63,13 +63,13 @@ def environment(backend: str, tmp: Path, args) -> tuple[dict[str, str], callable
 
 def prepare(env: dict[str, str]) -> str:
     os.environ.update({k: v for k, v in env.items() if k.startswith(("NAMM_", "PROMETHEUS"))})
-    from service.state import reset_process_state
+    from service.core.state import reset_process_state
 
     reset_process_state()
-    from service import migrate
-    from service.db import session_scope
-    from service.enqueue import queue_depths
-    from service.keys import get_or_create_tenant, issue_key
+    from service.core import migrate
+    from service.core.db import session_scope
+    from service.core.queue import queue_depths
+    from service.api.keys import get_or_create_tenant, issue_key
 
     migrate.upgrade()
     queue_depths()
@@ -162,7 +162,7 @@ async def load(port: int, key: str, concurrency: int, duration: float, warmup: f
 
 
 def run_backend(backend: str, args) -> dict:
-    from service.processes import ServiceProcesses, api_command
+    from service.dev.processes import ServiceProcesses, api_command
 
     with tempfile.TemporaryDirectory(prefix=f"namm-bench-{backend}-") as tmpdir:
         tmp = Path(tmpdir)

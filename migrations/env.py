@@ -6,9 +6,9 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from service.db import make_engine
-from service.models import Base
-from service.settings import get_settings
+from service.core.db import make_engine
+from service.jobs.models import Base
+from service.core.settings import get_settings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
@@ -38,6 +38,12 @@ def run_migrations_online() -> None:
     engine = make_engine(_url())
     try:
         with engine.connect() as connection:
+            if connection.dialect.name == "sqlite":
+                # batch mode copies a table, drops the old one and renames the copy: with foreign
+                # keys on (service.core.db turns them on), that drop would cascade-delete every
+                # row that references the table (a job's result and usage record)
+                connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                connection.commit()
             # batch mode: SQLite cannot ALTER most things, Alembic copies the table instead
             context.configure(
                 connection=connection,

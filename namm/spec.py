@@ -219,6 +219,17 @@ def shipped_namm_budget(model_name: str | None = None) -> Budget | None:
     return None if path is None else _cached_checkpoint_budget(str(path), path.stat().st_mtime_ns)
 
 
+def default_budget(policy: str, model_name: str | None = None) -> Budget | None:
+    """The budget a policy runs with when none is named: the shipped checkpoint's for namm (as
+    `make_policy('namm')` loads it), none for the full cache, DEFAULT_BASELINE_BUDGET otherwise."""
+    name = policy_name(policy)
+    if name == "namm":
+        return shipped_namm_budget(model_name)
+    if name in NON_EVICTING_POLICIES:
+        return None
+    return DEFAULT_BASELINE_BUDGET
+
+
 @lru_cache(maxsize=8)
 def _cached_checkpoint_budget(path: str, _mtime_ns: int) -> Budget | None:
     return checkpoint_budget(path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from service.settings import get_settings
+from service.core.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,3 @@ def get_model():
                 _model = namm.load_model(path) if path else namm.load_model()
                 logger.info("model %s loaded on %s", _model.name, _model.device)
     return _model
-
-
-def model_loaded() -> bool:
-    return _model is not None

@@ -1,4 +1,10 @@
-"""Run one job: claim it, generate with the memory policy, store result and usage."""
+"""Run one job: claim it, generate with the memory policy, store result and usage.
+
+Every status change goes through service.jobs.repository.JobRepository, one short transaction
+per step. How a failure is reported depends on its class only: a namm InputError is the
+client's input (its message is theirs to read); anything else is the service's failure,
+recorded as an internal error with no details beyond the exception type.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,13 @@ import threading
 import time
 from collections.abc import Callable
 
-from service.schemas import SUMMARIZE_INSTRUCTION
-from service.settings import get_settings
-from workers import claims
-from workers.claims import ClaimedJob, ClaimOutcome
+from sqlalchemy.exc import IntegrityError
+
+from namm.errors import InputError
+from namm.spec import NON_EVICTING_POLICIES, GenerationRequest
+from service.core.db import session_scope
+from service.core.settings import get_settings
+from service.jobs.repository import ClaimedJob, ClaimOutcome, JobRepository
 
 logger = logging.getLogger(__name__)
 
@@ -19,23 +28,29 @@ class JobStopped(Exception):
     """Raised from the progress callback to abort generation (the job was cancelled)."""
 
 
-def generation_arguments(job: ClaimedJob) -> dict:
-    """What namm.generate is asked for each kind of job."""
-    if job.kind == "summarize":
-        questions, instruction = None, job.instruction or SUMMARIZE_INSTRUCTION
-    elif job.kind == "answer":
+def generation_request(job: ClaimedJob, n_up: int) -> GenerationRequest:
+    """What namm.generate is asked for each kind of job (validated by namm.spec)."""
+    if job.kind == "answer":
         questions, instruction = job.questions, job.instruction
+    elif job.kind == "summarize":  # the instruction, else namm.spec.SUMMARIZE_INSTRUCTION
+        questions, instruction = [], job.instruction
     else:  # extract: a custom instruction, optionally with questions
-        questions, instruction = (job.questions or None), job.instruction
-    return {
-        "context": job.text,
-        "questions": questions,
-        "instruction": instruction,
-        "policy": job.policy,
-        "budget": None if job.policy == "full" else job.budget,
-        "max_new_tokens": job.max_new_tokens,
-        "truncate": job.truncate,
-    }
+        questions, instruction = job.questions, job.instruction
+    return GenerationRequest(
+        context=job.text, questions=tuple(questions), instruction=instruction, policy=job.policy,
+        budget=None if job.policy in NON_EVICTING_POLICIES else job.budget,
+        max_new_tokens=job.max_new_tokens, n_up=n_up, truncate=job.truncate,
+    )
+
+
+def heartbeat(job_id: str, progress: float | None = None) -> bool:
+    with session_scope() as session:
+        return JobRepository(session).heartbeat(job_id, progress)
+
+
+def fail(job_id: str, message: str) -> None:
+    with session_scope() as session:
+        JobRepository(session).fail(job_id, message)
 
 
 class ProgressReporter:
@@ -53,7 +68,7 @@ class ProgressReporter:
             return
         self._last = now
         fraction = done_tokens / total_tokens if total_tokens > 0 else 0.0
-        if not claims.touch(self.job_id, fraction):
+        if not heartbeat(self.job_id, fraction):
             raise JobStopped(self.job_id)
 
 
@@ -70,7 +85,7 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                claims.touch(self.job_id)
+                heartbeat(self.job_id)
             except Exception:  # a missed beat is harmless; the next one may work
                 logger.warning("heartbeat for job %s failed", self.job_id, exc_info=True)
 
@@ -83,24 +98,13 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
-def user_error_message(exc: Exception) -> str:
-    """A failure the client can act on (document too long, empty input, ...)."""
-    return f"{type(exc).__name__}: {exc}"
-
-
-def is_input_error(exc: Exception) -> bool:
-    try:
-        from namm.errors import NammError
-    except ImportError:  # namm not installed: only plain ValueErrors count as bad input
-        NammError = ()  # noqa: N806
-    return isinstance(exc, (ValueError,)) or (bool(NammError) and isinstance(exc, NammError))
-
-
 def run_job(job_id: str, *, load_model: Callable | None = None,
             generate: Callable | None = None) -> str:
     """Returns what happened, for logs and tests: done | failed | cancelled | <claim outcome>."""
     settings = get_settings()
-    outcome, job = claims.claim(job_id)
+    with session_scope() as session:
+        outcome, job = JobRepository(session).claim(
+            job_id, stale_after_s=settings.worker.stale_after_s)
     if outcome is not ClaimOutcome.claimed:
         logger.info("job %s not run: %s", job_id, outcome.value)
         return outcome.value
@@ -109,34 +113,36 @@ def run_job(job_id: str, *, load_model: Callable | None = None,
 
     try:
         with Heartbeat(job.id, settings.worker.heartbeat_interval_s):
+            request = generation_request(job, settings.model.n_up)
             if load_model is None or generate is None:
                 from namm import generate
                 from workers.model import get_model as load_model
             lm = load_model()
-            result = generate(
-                lm,
-                n_up=settings.model.n_up,
-                progress=ProgressReporter(job.id, settings.worker.progress_interval_s),
-                **generation_arguments(job),
-            )
+            result = generate(lm, request,
+                              progress=ProgressReporter(job.id, settings.worker.progress_interval_s))
             output = result.to_dict()
     except JobStopped:
         logger.info("job %s stopped: no longer running (cancelled)", job.id)
         return "cancelled"
     except SoftTimeLimitExceeded:
-        claims.fail(job.id, "the job exceeded its time limit "
-                    f"({settings.worker.soft_time_limit_s} s)")
+        fail(job.id, f"the job exceeded its time limit ({settings.worker.soft_time_limit_s} s)")
+        return "failed"
+    except InputError as exc:  # the client's input: they can act on the message
+        logger.info("job %s failed on its input: %s", job.id, exc)
+        fail(job.id, f"{type(exc).__name__}: {exc}")
         return "failed"
     except Exception as exc:
-        if is_input_error(exc):
-            logger.info("job %s failed on its input: %s", job.id, exc)
-            claims.fail(job.id, user_error_message(exc))
-        else:
-            # a bug or a broken model: logged in full here, only the type reaches the client
-            logger.exception("job %s crashed", job.id)
-            claims.fail(job.id, f"internal error ({type(exc).__name__}); see the worker log")
+        # ours (a bug, a broken model, out of memory): logged in full here, and reported as
+        # the service's failure, never as a mistake in the input; only the type reaches the client
+        logger.exception("job %s crashed", job.id)
+        fail(job.id, f"internal error ({type(exc).__name__}): the service failed to run this "
+                     "job, not because of its input; see the worker log")
         return "failed"
     model_name = getattr(lm, "name", None) or "unknown"
-    if not claims.store_result(job.id, model_name, output):
-        return "cancelled"
-    return "done"
+    try:
+        with session_scope() as session:
+            stored = JobRepository(session).complete(job.id, model_name, output, settings.prices)
+    except IntegrityError:
+        logger.info("job %s already has a result; nothing stored", job.id)
+        stored = False
+    return "done" if stored else "cancelled"

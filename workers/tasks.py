@@ -6,8 +6,9 @@ import logging
 
 from celery.signals import worker_process_init
 
-from service.settings import get_settings
-from workers.celery_app import RUN_JOB, SWEEP_JOBS, app
+from service.core.queue import GPU_QUEUE, RUN_JOB, SWEEP_JOBS, enqueue_job, queue_depths
+from service.core.settings import get_settings
+from workers.celery_app import app
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,31 @@ def run_job(self, job_id: str) -> str:
 
 @app.task(name=SWEEP_JOBS)
 def sweep_jobs() -> dict[str, int]:
-    from workers.sweeper import sweep
-
     return sweep()
+
+
+def sweep() -> dict[str, int]:
+    """Periodic repair (beat -> queue `cpu`): enqueue again the jobs whose message was lost.
+
+    Two ways a job is stranded: the enqueue after the API's commit failed (broker down), or
+    the worker running it vanished without the broker redelivering (no heartbeat any more)."""
+    from service.core.db import session_scope
+    from service.jobs.repository import JobRepository
+
+    worker = get_settings().worker
+    with session_scope() as session:
+        stale = JobRepository(session).requeue_stale_running(stale_after_s=worker.stale_after_s)
+    for job_id in stale:
+        enqueue_job(job_id)
+    lost: list[str] = []
+    # while messages still wait in the GPU queue, old queued jobs are probably among them
+    if queue_depths((GPU_QUEUE,))[GPU_QUEUE] == 0:
+        with session_scope() as session:
+            lost = JobRepository(session).requeue_lost_queued(
+                requeue_after_s=worker.requeue_after_s)
+        for job_id in lost:
+            enqueue_job(job_id)
+    if stale or lost:
+        logger.warning("sweeper re-queued %d stale running and %d lost queued job(s)",
+                       len(stale), len(lost))
+    return {"stale_running": len(stale), "lost_queued": len(lost)}

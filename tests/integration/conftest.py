@@ -60,7 +60,7 @@ def pg_url() -> Iterator[str]:
         try:
             yield f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
         finally:
-            from service.state import reset_process_state
+            from service.core.state import reset_process_state
 
             reset_process_state()  # close pooled connections before the drop
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -91,16 +91,16 @@ class Stack:
 
 
 def start_stack(env: dict[str, str], log_dir: Path, with_beat: bool = False) -> Stack:
-    from service.migrate import upgrade
-    from service.processes import ServiceProcesses, api_command, beat_command, worker_command
-    from service.state import reset_process_state
+    from service.core.migrate import upgrade
+    from service.dev.processes import ServiceProcesses, api_command, beat_command, worker_command
+    from service.core.state import reset_process_state
 
     os.environ.update(env)
     reset_process_state()
     upgrade(env["NAMM_DATABASE__URL"])
-    from service.db import session_scope
-    from service.enqueue import queue_depths
-    from service.keys import get_or_create_tenant, issue_key
+    from service.core.db import session_scope
+    from service.core.queue import queue_depths
+    from service.api.keys import get_or_create_tenant, issue_key
 
     queue_depths()  # create the broker's queues/tables before processes race to
     with session_scope() as s:

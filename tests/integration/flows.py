@@ -50,8 +50,8 @@ def submit_and_read_answer(stack) -> dict:
 
 
 def check_stored_once(job_id: str) -> None:
-    from service.db import session_scope
-    from service.models import Result, UsageRecord
+    from service.core.db import session_scope
+    from service.jobs.models import Result, UsageRecord
 
     with session_scope() as s:
         assert s.scalar(select(func.count()).select_from(Result).where(Result.job_id == job_id)) == 1
@@ -64,19 +64,22 @@ def check_tenant_isolation(stack, job_id: str) -> None:
     assert r.status_code == 404
 
 
+def wait_for_worker_log(stack, line: str, timeout_s: float = 120.0) -> None:
+    """Until the worker's log says `line` (the worker reports each task's outcome there)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if line in stack.procs.log_tail("worker", 400):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the worker never logged {line!r}:\n" + stack.procs.log_tail("worker"))
+
+
 def check_rerun_is_noop(stack, job: dict) -> None:
     """Deliver the task again for the finished job: nothing changes."""
-    from service.enqueue import enqueue_job
+    from service.core.queue import enqueue_job
 
     assert enqueue_job(job["id"])
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if f"job {job['id']} not run: finished" in stack.procs.log_tail("worker", 400):
-            break
-        time.sleep(0.5)
-    else:
-        raise AssertionError("the worker did not report the re-delivery:\n"
-                             + stack.procs.log_tail("worker"))
+    wait_for_worker_log(stack, f"job {job['id']} not run: finished")
     again = httpx.get(f"{stack.url}/v1/jobs/{job['id']}",
                       headers={"X-API-Key": stack.keys[0]}).json()
     assert again["attempts"] == job["attempts"] and again["finished_at"] == job["finished_at"]

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from service.state import reset_process_state
+from service.core.state import reset_process_state
 
 pytestmark = pytest.mark.services
 
@@ -28,7 +28,7 @@ def redis_env(redis_broker, tmp_path):
 def test_a_batch_of_jobs_lands_as_one_message_each(redis_env):
     import redis
 
-    from service.enqueue import enqueue_jobs, queue_depths
+    from service.core.queue import enqueue_jobs, queue_depths
 
     url, prefix = redis_env
     client = redis.Redis.from_url(url)
@@ -42,7 +42,7 @@ def test_a_batch_of_jobs_lands_as_one_message_each(redis_env):
 
 
 def test_depth_counts_priority_sub_queues(redis_env):
-    from service.enqueue import celery_app, queue_depths
+    from service.core.queue import celery_app, queue_depths
 
     celery_app().send_task("namm.run_job", args=["urgent"], queue="gpu", priority=9)
     celery_app().send_task("namm.run_job", args=["plain"], queue="gpu")
@@ -50,9 +50,9 @@ def test_depth_counts_priority_sub_queues(redis_env):
 
 
 def test_metrics_report_the_prefixed_queue(redis_env):
-    from service import migrate
-    from service.enqueue import enqueue_jobs
-    from service.metrics import render_metrics
+    from service.core import migrate
+    from service.core.queue import enqueue_jobs
+    from service.api.metrics import render_metrics
 
     migrate.upgrade()
     assert enqueue_jobs([f"m-{i}" for i in range(3)]) == 3

@@ -1,29 +1,44 @@
-"""Alembic on the real PostgreSQL: upgrade, models match, downgrade, upgrade again; JSONB used."""
+"""Alembic on the real PostgreSQL: upgrade, models match, downgrade, upgrade again; JSONB used;
+the budget-unit migration converts existing rows."""
+
+import uuid
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
-
-from service.migrate import downgrade, upgrade
-from service.models import Base
+from migration_checks import check_budget_migration, check_round_trip
+from sqlalchemy import create_engine, text
 
 pytestmark = pytest.mark.services
 
 
-def test_upgrade_downgrade_postgres(pg_url):
-    engine = create_engine(pg_url)
+@pytest.fixture
+def fresh_pg(pg_url):
+    """An empty database of its own next to the session's."""
+    import psycopg
+
+    base, _, _ = pg_url.rpartition("/")
+    name = f"namm_mig_{uuid.uuid4().hex[:8]}"
+    admin_url = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        upgrade(pg_url)
-        downgrade(pg_url)
-        assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
-        upgrade(pg_url)
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_upgrade_downgrade_postgres(fresh_pg):
+    check_round_trip(fresh_pg)
+    engine = create_engine(fresh_pg)
+    try:
         with engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
-            assert diff == [], diff
             kind = conn.execute(text(
                 "select data_type from information_schema.columns "
                 "where table_name='results' and column_name='stats'")).scalar()
         assert kind == "jsonb"
     finally:
         engine.dispose()
+
+
+def test_budget_unit_migration_postgres(fresh_pg):
+    check_budget_migration(fresh_pg)

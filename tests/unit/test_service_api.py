@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from litserve.utils import wrap_litserve_start
 
-from service.state import reset_process_state
+from service.core.state import reset_process_state
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def env(tmp_path_factory):
     mp.setenv("NAMM_API__METRICS_KEY", "operator-secret")
     mp.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     reset_process_state()
-    from service import migrate
+    from service.core import migrate
 
     migrate.upgrade()
     yield tmp
@@ -33,8 +33,8 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def keys(env):
-    from service.db import session_scope
-    from service.keys import get_or_create_tenant, issue_key
+    from service.core.db import session_scope
+    from service.api.keys import get_or_create_tenant, issue_key
 
     with session_scope() as s:
         a = issue_key(s, get_or_create_tenant(s, "acme")).raw_key
@@ -44,7 +44,7 @@ def keys(env):
 
 @pytest.fixture(scope="module")
 def client(env, keys):
-    from service.app import build_server
+    from service.api.app import build_server
 
     server = build_server()
     with wrap_litserve_start(server) as srv, TestClient(srv.app) as c:
@@ -65,7 +65,7 @@ def test_missing_and_bad_keys_are_401(client):
 
 
 def test_submit_json_stores_job_and_enqueues(client, keys):
-    from service.enqueue import queue_depths
+    from service.core.queue import queue_depths
 
     before = queue_depths(("gpu",))["gpu"]
     r = submit(client, keys[0], questions=["What is the vault code?"], policy="h2o", budget=0.5,
@@ -76,7 +76,8 @@ def test_submit_json_stores_job_and_enqueues(client, keys):
     assert queue_depths(("gpu",))["gpu"] == before + 1  # the message is in the real broker
     job = client.get(f"/v1/jobs/{job_id}", headers={"X-API-Key": keys[0]}).json()
     assert job["status"] == "queued" and job["kind"] == "answer" and job["policy"] == "h2o"
-    assert job["budget"] == 0.5 and job["max_new_tokens"] == 16 and job["progress"] == 0.0
+    assert job["budget"] == {"fraction": 0.5} and job["max_new_tokens"] == 16
+    assert job["progress"] == 0.0
     assert job["document"]["chars"] == len("The vault code is 4711.")
     assert job["created_at"].endswith(("Z", "+00:00"))  # UTC, also on SQLite
 
@@ -100,7 +101,8 @@ def test_multipart_upload_html_and_pdf(client, keys):
                           "policy": "snapkv", "budget": "0.3", "max_new_tokens": "20"})
     assert r.status_code == 202, r.text
     job = client.get(r.json()["url"], headers={"X-API-Key": keys[0]}).json()
-    assert job["kind"] == "extract" and job["budget"] == 0.3 and job["max_new_tokens"] == 20
+    assert job["kind"] == "extract" and job["budget"] == {"fraction": 0.3}
+    assert job["max_new_tokens"] == 20
     assert job["document"]["content_type"] == "text/html"
     r = client.post("/v1/jobs", headers={"X-API-Key": keys[0]},
                     files={"file": ("r.pdf", io.BytesIO(minimal_pdf("Revenue 5")), "application/pdf")},
@@ -120,6 +122,12 @@ def test_multipart_upload_html_and_pdf(client, keys):
     ({"json": {"document": "x", "policy": "bogus"}}, 422, "valid policies: full, namm"),
     ({"json": {"document": "x", "budget": 1.5}}, 422, "budget"),
     ({"json": {"document": "x", "budget": 0}}, 422, "budget"),
+    ({"json": {"document": "x", "budget": 2048}}, 422, "ambiguous"),
+    ({"json": {"document": "x", "budget": True}}, 422, "budget"),
+    ({"json": {"document": "x", "budget": {"tokens": 0}}}, 422, "budget"),
+    ({"json": {"document": "x", "budget": {"tokens": 8, "fraction": 0.5}}}, 422, "one key"),
+    ({"data": {"budget": "2048"}, "files": {"file": ("a.txt", b"x", "text/plain")}}, 422,
+     "ambiguous"),
     ({"json": {"document": "x", "kind": "answer"}}, 422, "question"),
     ({"json": {"document": "x", "kind": "extract"}}, 422, "instruction"),
     ({"json": {"document": "x", "max_new_tokens": 100000}}, 422, "max_new_tokens"),
@@ -143,6 +151,37 @@ def test_bad_input_is_4xx_with_a_message(client, keys, kwargs, status, words):
         return
     assert r.status_code == status, r.text
     assert words.lower() in r.json()["detail"].lower()
+
+
+@pytest.mark.parametrize("body, stored", [
+    ({"budget": {"tokens": 1}}, {"tokens": 1}),  # one token stays one token
+    ({"budget": {"fraction": 1}}, {"fraction": 1.0}),
+    ({"budget": 1}, {"fraction": 1.0}),  # a plain number is a fraction
+    ({"policy": "h2o"}, {"fraction": 0.25}),  # the baselines' default (namm.spec)
+    ({"policy": "full", "budget": {"tokens": 64}}, None),  # the full cache keeps everything
+])
+def test_budget_is_stored_with_its_unit(client, keys, body, stored):
+    r = submit(client, keys[0], **body)
+    assert r.status_code == 202, r.text
+    job = client.get(r.json()["url"], headers={"X-API-Key": keys[0]}).json()
+    assert job["budget"] == stored
+
+
+def test_namm_defaults_to_the_shipped_checkpoint_budget(client, keys):
+    from namm.checkpoints import default_checkpoint
+    from namm.spec import checkpoint_budget
+
+    shipped = checkpoint_budget(default_checkpoint(None)).to_json()  # read from the file itself
+    for body in ({}, {"budget": None}):
+        r = submit(client, keys[0], policy="namm", **body)
+        job = client.get(r.json()["url"], headers={"X-API-Key": keys[0]}).json()
+        assert job["budget"] == shipped
+    r = client.post("/v1/jobs", headers={"X-API-Key": keys[0]},
+                    files={"file": ("a.txt", b"text", "text/plain")},
+                    data={"budget": '{"tokens": 64}'})
+    assert r.status_code == 202, r.text
+    assert client.get(r.json()["url"], headers={"X-API-Key": keys[0]}).json()["budget"] == \
+        {"tokens": 64}
 
 
 def test_list_paging_status_filter_and_cancel(client, keys):
@@ -174,16 +213,35 @@ def test_health_metrics_and_docs(client, keys):
     post = spec["paths"]["/v1/jobs"]["post"]
     assert {"application/json", "multipart/form-data"} <= set(post["requestBody"]["content"])
     assert "/v1/jobs/{job_id}/cancel" in spec["paths"]
+    body = post["requestBody"]["content"]["application/json"]["schema"]
+    budget = json.dumps(body["properties"]["budget"])
+    assert '"fraction"' in budget and '"tokens"' in budget and "ambiguous" in budget
     assert client.get("/docs").status_code == 200
 
 
 def test_keys_are_hashed_at_rest(client, keys):
     from sqlalchemy import select
 
-    from service.db import session_scope
-    from service.keys import hash_key
-    from service.models import ApiKey
+    from service.core.db import session_scope
+    from service.api.keys import hash_key
+    from service.jobs.models import ApiKey
 
     with session_scope() as s:
         stored = set(s.scalars(select(ApiKey.key_hash)))
     assert keys[0] not in stored and hash_key(keys[0]) in stored
+
+
+def test_database_errors_are_503_from_one_handler(client, keys, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from service.jobs.repository import JobRepository
+
+    def down(*args, **kwargs):
+        raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    job_id = submit(client, keys[0]).json()["id"]
+    monkeypatch.setattr(JobRepository, "get", down)
+    monkeypatch.setattr(JobRepository, "page", down)
+    for path in (f"/v1/jobs/{job_id}", "/v1/jobs"):
+        r = client.get(path, headers={"X-API-Key": keys[0]})
+        assert r.status_code == 503 and "retry" in r.json()["detail"], r.text

@@ -2,7 +2,7 @@
 
 import pytest
 
-from service.documents import DocumentError, extract_text
+from service.api.documents import DocumentError, extract_text
 
 LIMIT = 10_000
 

@@ -1,31 +1,18 @@
-"""Alembic on SQLite: upgrade, the models match the migrations, downgrade, upgrade again.
-(The same on the real PostgreSQL lives in tests/integration/test_migrations_postgres.py.)"""
+"""Alembic on SQLite: upgrade, the models match the migrations, downgrade, upgrade again; the
+budget-unit migration converts existing rows. (The same on the real PostgreSQL lives in
+tests/integration/test_migrations_postgres.py.)"""
 
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from migration_checks import check_budget_migration, check_round_trip
 
-from service.migrate import alembic_config, downgrade, upgrade
-from service.models import Base
-
-TABLES = {"tenants", "api_keys", "documents", "jobs", "results", "usage_records"}
+from service.core.migrate import alembic_config
 
 
 def test_upgrade_downgrade_sqlite(tmp_path):
-    url = f"sqlite:///{tmp_path / 'm.db'}"
-    upgrade(url)
-    engine = create_engine(url)
-    try:
-        assert TABLES <= set(inspect(engine).get_table_names())
-        with engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
-        assert diff == [], f"models and migrations differ: {diff}"
-        downgrade(url)
-        assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
-        upgrade(url)
-        assert TABLES <= set(inspect(engine).get_table_names())
-    finally:
-        engine.dispose()
+    check_round_trip(f"sqlite:///{tmp_path / 'm.db'}")
+
+
+def test_budget_unit_migration_sqlite(tmp_path):
+    check_budget_migration(f"sqlite:///{tmp_path / 'b.db'}")
 
 
 def test_single_head():

@@ -3,19 +3,20 @@
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from service.settings import Settings, safe_url
+from namm.spec import Budget
+from service.core.settings import Settings, safe_url
 
 
 def test_nested_env_with_prefix(monkeypatch):
     monkeypatch.setenv("NAMM_DATABASE__URL", "postgresql+psycopg://app:s3cret@db:5432/namm")
     monkeypatch.setenv("NAMM_DEFAULTS__POLICY", "h2o")
-    monkeypatch.setenv("NAMM_DEFAULTS__BUDGET", "0.25")
+    monkeypatch.setenv("NAMM_DEFAULTS__BUDGET", '{"tokens": 2048}')
     monkeypatch.setenv("NAMM_LIMITS__MAX_DOCUMENT_BYTES", "1234")
     monkeypatch.setenv("NAMM_PRICES__GPU_SECOND_MICRO_USD", "900")
     monkeypatch.setenv("NAMM_MODEL__PATH", "/models/llama3-8b")
     s = Settings(_env_file=None)
     assert s.database.url.get_secret_value().endswith("@db:5432/namm")
-    assert s.defaults.policy == "h2o" and s.defaults.budget == 0.25
+    assert s.defaults.policy == "h2o" and s.defaults.budget == Budget.tokens(2048)
     assert s.limits.max_document_bytes == 1234
     assert s.prices.gpu_second_micro_usd == 900
     assert s.model.path == "/models/llama3-8b"
@@ -46,3 +47,12 @@ def test_visibility_timeout_must_outlast_jobs():
         s.check_broker_visibility()
     with pytest.raises(ValidationError):
         Settings(_env_file=None, worker={"soft_time_limit_s": 300, "time_limit_s": 300})
+
+
+def test_default_budget_forms(monkeypatch):
+    assert Settings(_env_file=None).defaults.budget is None  # each policy's own default
+    monkeypatch.setenv("NAMM_DEFAULTS__BUDGET", "0.3")
+    assert Settings(_env_file=None).defaults.budget == Budget.fraction(0.3)
+    monkeypatch.setenv("NAMM_DEFAULTS__BUDGET", "512")  # ambiguous: refused at start
+    with pytest.raises(ValidationError, match="ambiguous"):
+        Settings(_env_file=None)

@@ -10,7 +10,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
-from service.state import reset_process_state
+from namm.errors import ModelLoadError
+from namm.spec import Budget
+from service.core.state import reset_process_state
 
 
 @pytest.fixture
@@ -19,7 +21,7 @@ def db(tmp_path, monkeypatch):
     monkeypatch.setenv("NAMM_BROKER__URL", f"sqla+sqlite:///{tmp_path / 'b.db'}")
     monkeypatch.setenv("NAMM_WORKER__PROGRESS_INTERVAL_S", "0")
     reset_process_state()
-    from service import migrate
+    from service.core import migrate
 
     migrate.upgrade()
     yield
@@ -27,22 +29,22 @@ def db(tmp_path, monkeypatch):
 
 
 def make_job(**overrides) -> str:
-    from service.db import session_scope
-    from service.jobs import JobSpec, insert_jobs
-    from service.keys import get_or_create_tenant
+    from service.api.keys import get_or_create_tenant
+    from service.core.db import session_scope
+    from service.jobs.repository import JobRepository, NewJob
 
     with session_scope() as s:
         tenant = get_or_create_tenant(s, "t")
-        spec = JobSpec(tenant_id=tenant.id, text="The vault code is 4711.", content_type="text/plain",
-                       size_bytes=23, filename=None, kind="answer", instruction=None,
-                       questions=["What is the code?"], policy="namm", budget=0.5,
-                       max_new_tokens=8, **overrides)
-        return insert_jobs(s, [spec])[0]
+        fields = dict(tenant_id=tenant.id, text="The vault code is 4711.", content_type="text/plain",
+                      size_bytes=23, filename=None, kind="answer", instruction=None,
+                      questions=["What is the code?"], policy="namm", budget=Budget.fraction(0.5),
+                      max_new_tokens=8)
+        return JobRepository(s).create([NewJob(**{**fields, **overrides})])[0]
 
 
 def job_row(job_id):
-    from service.db import session_scope
-    from service.models import Job
+    from service.core.db import session_scope
+    from service.jobs.models import Job
 
     with session_scope() as s:
         return s.get(Job, job_id)
@@ -66,8 +68,8 @@ class StubModel:
     name = "stub-model"
 
 
-def stub_generate(lm, context, questions=None, *, progress=None, **kwargs):
-    stub_generate.calls.append(dict(kwargs, context=context, questions=questions))
+def stub_generate(lm, request, *, progress=None):
+    stub_generate.calls.append(request)
     for done in (250, 500, 1000):
         if progress:
             progress(done, 1000)
@@ -84,8 +86,8 @@ def run(job_id, generate=stub_generate):
 
 
 def test_job_runs_and_stores_result_and_usage_together(db):
-    from service.db import session_scope
-    from service.models import Result, UsageRecord
+    from service.core.db import session_scope
+    from service.jobs.models import Result, UsageRecord
 
     job_id = make_job()
     assert run(job_id) == "done"
@@ -101,8 +103,8 @@ def test_job_runs_and_stores_result_and_usage_together(db):
 
 
 def test_rerun_of_finished_job_is_a_noop(db):
-    from service.db import session_scope
-    from service.models import Result
+    from service.core.db import session_scope
+    from service.jobs.models import Result
 
     job_id = make_job()
     assert run(job_id) == "done"
@@ -115,7 +117,7 @@ def test_rerun_of_finished_job_is_a_noop(db):
 def test_progress_is_written_while_running(db):
     seen = []
 
-    def watching_generate(lm, context, questions=None, *, progress=None, **kw):
+    def watching_generate(lm, request, *, progress=None):
         progress(400, 1000)
         seen.append(job_row(job_id).progress)
         return StubResult()
@@ -126,18 +128,18 @@ def test_progress_is_written_while_running(db):
 
 
 def test_cancel_stops_generation_and_stores_nothing(db):
-    from service.db import session_scope
-    from service.jobs import cancel_job
+    from service.core.db import session_scope
+    from service.jobs.repository import JobRepository
 
-    def cancelled_midway(lm, context, questions=None, *, progress=None, **kw):
+    def cancelled_midway(lm, request, *, progress=None):
         with session_scope() as s:
-            cancel_job(s, job_row(job_id).tenant_id, job_id)
+            JobRepository(s).cancel(job_row(job_id).tenant_id, job_id)
         progress(500, 1000)  # the next progress report notices and aborts
         raise AssertionError("generation should have been stopped")
 
     job_id = make_job()
     assert run(job_id, cancelled_midway) == "cancelled"
-    from service.models import UsageRecord
+    from service.jobs.models import UsageRecord
 
     assert job_row(job_id).status == "cancelled"
     with session_scope() as s:
@@ -156,18 +158,51 @@ def test_input_errors_fail_the_job_with_a_clear_message(db):
     assert job.status == "failed" and "8192-token context" in job.error
 
 
-def test_crashes_fail_without_leaking_details(db):
+@pytest.mark.parametrize("error", [
+    RuntimeError("CUDA error at /secret/path"),
+    ValueError("a bug at /secret/path"),  # a stray ValueError is ours, not the client's input
+    ModelLoadError("model path not found: /secret/path"),  # a broken deployment, not the input
+])
+def test_server_failures_are_internal_errors_without_details(db, error):
     def crash(*a, **kw):
-        raise RuntimeError("CUDA error at /secret/path")
+        raise error
 
     job_id = make_job()
     assert run(job_id, crash) == "failed"
-    assert "RuntimeError" in job_row(job_id).error and "/secret" not in job_row(job_id).error
+    job = job_row(job_id)
+    assert job.status == "failed" and "/secret" not in job.error
+    assert job.error.startswith(f"internal error ({type(error).__name__})")
+    assert "not because of its input" in job.error
+
+
+def test_a_broken_model_fails_the_job_as_internal(db):
+    def broken_model():
+        raise ModelLoadError("/models/llama3: no config.json")
+
+    job_id = make_job()
+    from workers.runner import run_job
+
+    assert run_job(job_id, load_model=broken_model, generate=stub_generate) == "failed"
+    assert job_row(job_id).error.startswith("internal error (ModelLoadError)")
+
+
+def test_budget_keeps_its_unit_from_submission_to_usage(db):
+    from service.core.db import session_scope
+    from service.jobs.models import UsageRecord
+
+    stub_generate.calls.clear()
+    job_id = make_job(budget=Budget.tokens(1))  # one token: no longer read back as 1.0
+    assert run(job_id) == "done"
+    assert stub_generate.calls[-1].budget == Budget.tokens(1)
+    assert job_row(job_id).budget == Budget.tokens(1)
+    with session_scope() as s:
+        usage = s.scalar(select(UsageRecord).where(UsageRecord.job_id == job_id))
+        assert usage.budget == Budget.tokens(1) and usage.budget_unit == "tokens"
 
 
 def test_attempt_cap_and_busy_and_stale_takeover(db):
-    from service.db import session_scope
-    from service.models import Job, utcnow
+    from service.core.db import session_scope
+    from service.jobs.models import Job, utcnow
 
     job_id = make_job()
     with session_scope() as s:  # a live worker has it: heartbeat fresh
@@ -188,24 +223,25 @@ def test_attempt_cap_and_busy_and_stale_takeover(db):
     assert job.status == "failed" and "3 attempts" in job.error
 
 
-def test_generation_arguments_per_kind():
-    from workers.claims import ClaimedJob
-    from workers.runner import generation_arguments
+def test_generation_request_per_kind():
+    from namm.spec import SUMMARIZE_INSTRUCTION
+    from service.jobs.repository import ClaimedJob
+    from workers.runner import generation_request
 
-    summary = generation_arguments(ClaimedJob(id="1", tenant_id=1, text="d", kind="summarize",
-                                              instruction=None))
-    assert summary["questions"] is None and "Summarize" in summary["instruction"]
-    full = generation_arguments(ClaimedJob(id="1", tenant_id=1, text="d", kind="answer",
-                                           instruction=None, questions=["q"], policy="full",
-                                           budget=0.5))
-    assert full["questions"] == ["q"] and full["budget"] is None
+    summary = generation_request(ClaimedJob(id="1", tenant_id=1, text="d", kind="summarize",
+                                            instruction=None), n_up=512)
+    assert summary.prompts() == ([SUMMARIZE_INSTRUCTION], None)
+    full = generation_request(ClaimedJob(id="1", tenant_id=1, text="d", kind="answer",
+                                         instruction=None, questions=["q"], policy="full",
+                                         budget=Budget.fraction(0.5)), n_up=256)
+    assert full.questions == ("q",) and full.budget is None and full.n_up == 256
 
 
 def test_sweeper_requeues_stale_running_jobs(db, monkeypatch):
-    from service.db import session_scope
-    from service.enqueue import queue_depths
-    from service.models import Job, utcnow
-    from workers.sweeper import sweep
+    from service.core.db import session_scope
+    from service.core.queue import queue_depths
+    from service.jobs.models import Job, utcnow
+    from workers.tasks import sweep
 
     job_id = make_job()
     with session_scope() as s:
@@ -217,14 +253,16 @@ def test_sweeper_requeues_stale_running_jobs(db, monkeypatch):
 
 
 def test_api_and_worker_parent_never_import_torch():
-    code = ("import sys, service.app, service.routes, service.server, workers.celery_app, "
-            "workers.tasks, workers.runner; assert 'torch' not in sys.modules, 'torch imported'")
+    code = ("import sys, namm, namm.spec, service.api.app, service.api.routes.jobs, "
+            "service.api.server, service.server, service.local, workers.celery_app, workers.tasks, "
+            "workers.runner; from namm.spec import shipped_namm_budget; shipped_namm_budget(); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_celery_configuration():
-    from service.settings import Settings
-    from workers.celery_app import broker_transport_options, make_celery
+    from service.core.queue import broker_transport_options, make_celery
+    from service.core.settings import Settings
 
     app = make_celery(Settings(_env_file=None, broker={"url": "redis://localhost:6379/0",
                                                        "key_prefix": "t1:"}))

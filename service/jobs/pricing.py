@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.settings import PricesSettings
+from service.core.settings import PricesSettings
 
 
 @dataclass(frozen=True)

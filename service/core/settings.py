@@ -1,7 +1,8 @@
 """Service configuration, read from the environment (prefix NAMM_, nested sections with `__`).
 
 Examples: NAMM_DATABASE__URL=postgresql+psycopg://u:p@db/namm, NAMM_BROKER__URL=redis://redis:6379/0,
-NAMM_MODEL__PATH=/models/llama3-8b, NAMM_DEFAULTS__POLICY=namm, NAMM_PRICES__GPU_SECOND_MICRO_USD=600.
+NAMM_MODEL__PATH=/models/llama3-8b, NAMM_DEFAULTS__POLICY=namm, NAMM_DEFAULTS__BUDGET='{"tokens": 2048}',
+NAMM_PRICES__GPU_SECOND_MICRO_USD=600.
 A `.env` file in the working directory is read too. URLs may hold passwords: they are SecretStr
 and only `safe_url()` (password masked) may be logged.
 """
@@ -14,6 +15,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
+
+from service.core.contract import BudgetField, PolicyField
 
 DEFAULT_DATABASE_URL = "sqlite:///var/namm.db"
 # kombu's SQLAlchemy transport: a broker in a SQLite file, no server; works across processes.
@@ -60,8 +63,10 @@ class ModelSettings(BaseModel):
 
 
 class DefaultsSettings(BaseModel):
-    policy: str = "namm"
-    budget: float | int | None = 0.5
+    policy: PolicyField = "namm"
+    # For jobs that name no budget. None: each policy's own default (namm.spec.default_budget:
+    # the shipped checkpoint's budget for namm, a quarter of the tokens for the baselines).
+    budget: BudgetField = None
     max_new_tokens: int = 128
 
 

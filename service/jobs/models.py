@@ -11,6 +11,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -22,6 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from namm.spec import Budget
 
 # JSONB on PostgreSQL (indexable, compact), plain JSON text elsewhere.
 JSONType = JSON().with_variant(JSONB(), "postgresql")
@@ -46,6 +49,35 @@ def new_id() -> str:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+
+
+# A budget is stored as its unit and its amount (namm.spec.Budget), never as a bare number whose
+# type would have to say what it means.
+BUDGET_CHECK = ("(budget_unit IS NULL AND budget_value IS NULL)"
+                " OR (budget_unit = 'fraction' AND budget_value > 0 AND budget_value <= 1)"
+                " OR (budget_unit = 'tokens' AND budget_value >= 1)")
+
+
+class HasBudget:
+    budget_unit: Mapped[str | None] = mapped_column(String(8))  # 'fraction' | 'tokens' | NULL
+    budget_value: Mapped[float | None] = mapped_column(Float)
+
+    @property
+    def budget(self) -> Budget | None:
+        if self.budget_unit is None:
+            return None
+        return Budget(self.budget_unit, self.budget_value)  # type: ignore[arg-type]
+
+    @budget.setter
+    def budget(self, budget: Budget | None) -> None:
+        self.budget_unit, self.budget_value = budget_columns(budget).values()
+
+
+def budget_columns(budget: Budget | None) -> dict[str, Any]:
+    """The two columns that store `budget`."""
+    if budget is None:
+        return {"budget_unit": None, "budget_value": None}
+    return {"budget_unit": budget.unit, "budget_value": budget.value}
 
 
 class JobStatus(str, enum.Enum):
@@ -104,9 +136,10 @@ class Document(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-class Job(Base):
+class Job(HasBudget, Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_tenant_status_created", "tenant_id", "status", "created_at"),)
+    __table_args__ = (Index("ix_jobs_tenant_status_created", "tenant_id", "status", "created_at"),
+                      CheckConstraint(BUDGET_CHECK, name="budget"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
@@ -120,7 +153,6 @@ class Job(Base):
     instruction: Mapped[str | None] = mapped_column(Text)
     questions: Mapped[list[str]] = mapped_column(JSONType, default=list)
     policy: Mapped[str] = mapped_column(String(32))
-    budget: Mapped[float | None] = mapped_column(Float)
     max_new_tokens: Mapped[int] = mapped_column(Integer)
     truncate: Mapped[bool] = mapped_column(Boolean, default=False)
     model: Mapped[str | None] = mapped_column(String(200))  # set by the worker that ran it
@@ -148,18 +180,18 @@ class Result(Base):
     job: Mapped[Job] = relationship(back_populates="result")
 
 
-class UsageRecord(Base):
+class UsageRecord(HasBudget, Base):
     """What one job consumed and cost, next to what a full KV cache would have cost."""
 
     __tablename__ = "usage_records"
-    __table_args__ = (Index("ix_usage_records_tenant_created", "tenant_id", "created_at"),)
+    __table_args__ = (Index("ix_usage_records_tenant_created", "tenant_id", "created_at"),
+                      CheckConstraint(BUDGET_CHECK, name="budget"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     model: Mapped[str] = mapped_column(String(200))
     policy: Mapped[str] = mapped_column(String(32))
-    budget: Mapped[float | None] = mapped_column(Float)
     tokens_in: Mapped[int] = mapped_column(Integer)
     tokens_out: Mapped[int] = mapped_column(Integer)
     kv_kept_fraction: Mapped[float] = mapped_column(Float)

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.settings import get_settings
+from service.core.settings import get_settings
 
 _lock = threading.Lock()
 _engine: Engine | None = None

@@ -25,6 +25,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from sqlalchemy import case, func, select
 
+from service.core.state import on_reset
+
 logger = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -68,8 +70,8 @@ class MetricsMiddleware:
 
 
 def _histogram(name: str, doc: str, column, buckets, where=None) -> HistogramMetricFamily:
-    from service.db import session_factory
-    from service.models import UsageRecord
+    from service.core.db import session_factory
+    from service.jobs.models import UsageRecord
 
     exprs = [func.sum(case((column <= b, 1), else_=0)) for b in buckets]
     query = select(func.count(UsageRecord.id), func.coalesce(func.sum(column), 0.0), *exprs)
@@ -102,9 +104,9 @@ class JobStatsCollector:
             return list(self._cached[1])
 
     def _gather(self) -> list:
-        from service.db import session_factory
-        from service.enqueue import queue_depths
-        from service.models import Job, UsageRecord
+        from service.core.db import session_factory
+        from service.core.queue import queue_depths
+        from service.jobs.models import Job, UsageRecord
 
         families = []
         up = GaugeMetricFamily("namm_component_up", "1 when the component answered the scrape",
@@ -161,6 +163,7 @@ class JobStatsCollector:
 
 
 _job_stats = JobStatsCollector()
+on_reset(_job_stats.forget)
 
 
 def render_metrics() -> tuple[bytes, str]:

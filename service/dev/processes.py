@@ -29,7 +29,7 @@ def beat_command(schedule_file: Path) -> list[str]:
 
 
 def api_command(port: int, api_servers: int | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "service.server", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "service.api.server", "--host", "127.0.0.1", "--port", str(port)]
     if api_servers:
         cmd += ["--api-servers", str(api_servers)]
     return cmd
@@ -39,7 +39,7 @@ def api_command(port: int, api_servers: int | None = None) -> list[str]:
 class ServiceProcesses:
     env: dict[str, str]
     log_dir: Path
-    cwd: Path = Path(__file__).resolve().parent.parent
+    cwd: Path = Path(__file__).resolve().parents[2]
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:

@@ -14,8 +14,9 @@ from fastapi import HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
 
-from service.keys import hash_key, tenant_for_key
-from service.settings import get_settings
+from service.api.keys import hash_key, tenant_for_key
+from service.core.settings import get_settings
+from service.core.state import on_reset
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                               description="tenant API key (shown once at creation)")
@@ -60,8 +61,14 @@ def key_cache() -> KeyCache:
     return _cache
 
 
+@on_reset
+def _forget_key_cache() -> None:
+    global _cache
+    _cache = None
+
+
 def _lookup_tenant(raw_key: str, digest: str) -> int | None:
-    from service.db import session_factory
+    from service.core.db import session_factory
 
     with session_factory()() as session:
         tenant_id = tenant_for_key(session, raw_key)

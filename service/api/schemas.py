@@ -7,10 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from service.policies import check_budget, check_policy
+from service.core.contract import BudgetField, PolicyField
 
 Kind = Literal["summarize", "answer", "extract"]
-SUMMARIZE_INSTRUCTION = "Summarize the document in a few sentences."
 
 
 class JobOptions(BaseModel):
@@ -22,22 +21,16 @@ class JobOptions(BaseModel):
                               "when questions are given, else summarize")
     instruction: str | None = Field(None, description="custom instruction (required for extract)")
     questions: list[str] = Field(default_factory=list)
-    policy: str | None = Field(None, description="memory policy; default from settings")
-    budget: float | int | None = Field(
-        None, description="float in (0,1]: kept fraction; int: tokens per layer")
+    policy: PolicyField | None = Field(None, description="memory policy; default from settings "
+                                       "(NAMM_DEFAULTS__POLICY)")
+    budget: BudgetField = Field(
+        None, description='{"fraction": x} (kept share of the tokens read, x in (0, 1]) or '
+        '{"tokens": n} (kept tokens per layer and KV head); a plain number is a fraction, a plain '
+        "number above 1 is refused as ambiguous; absent or null: the policy's default (the "
+        "shipped checkpoint's budget for namm)")
     max_new_tokens: int | None = Field(None, ge=1)
     truncate: bool = Field(False, description="cut documents longer than the model's context "
                            "instead of failing (full cache only)")
-
-    @field_validator("policy")
-    @classmethod
-    def _policy(cls, value: str | None) -> str | None:
-        return None if value is None else check_policy(value)
-
-    @field_validator("budget")
-    @classmethod
-    def _budget(cls, value):
-        return check_budget(value)
 
     @field_validator("questions")
     @classmethod
@@ -83,7 +76,7 @@ class ResultOut(BaseModel):
 class UsageOut(BaseModel):
     model: str
     policy: str
-    budget: float | None
+    budget: BudgetField
     tokens_in: int
     tokens_out: int
     kv_kept_fraction: float
@@ -106,7 +99,7 @@ class JobOut(BaseModel):
     instruction: str | None
     questions: list[str]
     policy: str
-    budget: float | None
+    budget: BudgetField
     max_new_tokens: int
     truncate: bool
     model: str | None
@@ -148,3 +141,39 @@ def validation_message(exc: ValidationError) -> str:
         msg = msg.removeprefix("Value error, ")
         parts.append(f"{where}: {msg}")
     return "; ".join(parts)
+
+
+def job_out(job, document=None) -> JobOut:
+    """A Job row (service.jobs.models.Job, result and usage loaded) as the API shows it."""
+    result = usage = None
+    if job.result is not None:
+        result = ResultOut(text=job.result.text, answers=job.result.answers, stats=job.result.stats)
+    if job.usage is not None:
+        u = job.usage
+        saved_fraction = 0.0
+        if u.kv_bytes_full_peak > 0:
+            saved_fraction = 1.0 - u.kv_bytes_peak / u.kv_bytes_full_peak
+        usage = UsageOut(
+            model=u.model, policy=u.policy, budget=u.budget, tokens_in=u.tokens_in,
+            tokens_out=u.tokens_out, kv_kept_fraction=u.kv_kept_fraction,
+            kv_bytes_peak=u.kv_bytes_peak, kv_bytes_full_peak=u.kv_bytes_full_peak,
+            kv_bytes_saved_fraction=saved_fraction, seconds=u.seconds,
+            cost_micro_usd=u.cost_micro_usd, full_cache_cost_micro_usd=u.full_cache_cost_micro_usd,
+            saved_micro_usd=u.full_cache_cost_micro_usd - u.cost_micro_usd,
+        )
+    return JobOut(
+        id=job.id, status=job.status, progress=job.progress, attempts=job.attempts,
+        error=job.error, kind=job.kind, instruction=job.instruction, questions=job.questions,
+        policy=job.policy, budget=job.budget, max_new_tokens=job.max_new_tokens,
+        truncate=job.truncate, model=job.model, created_at=job.created_at,
+        started_at=job.started_at, finished_at=job.finished_at,
+        document=None if document is None else DocumentOut(
+            filename=document.filename, content_type=document.content_type,
+            size_bytes=document.size_bytes, chars=document.chars),
+        result=result, usage=usage,
+    )
+
+
+def job_summary(job) -> JobSummary:
+    return JobSummary(id=job.id, status=job.status, progress=job.progress, kind=job.kind,
+                      policy=job.policy, created_at=job.created_at, finished_at=job.finished_at)

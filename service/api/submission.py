@@ -4,13 +4,16 @@ Two stages, because LitServe splits a request across processes:
 - read_body (API process, async): read JSON bytes or the multipart form into a plain,
   picklable dict; refuse wrong content types and oversize bodies early;
 - parse_submission (LitServe inference worker): validate options, extract the document text
-  (HTML via bs4, PDF via pypdf), apply defaults and limits.
+  (HTML via bs4, PDF via pypdf), apply defaults and limits. Policy names and budgets are
+  validated by namm.spec (through the schema's field types); the budget a job runs with is
+  resolved here and stored with its unit.
 Every refusal is an HTTPException with a 4xx status and a message saying what to fix.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException, Request
@@ -18,10 +21,11 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.documents import DocumentError, extract_text, html_to_text
-from service.jobs import JobSpec
-from service.schemas import JobOptions, JsonJobRequest, validation_message
-from service.settings import Settings
+from namm.spec import NON_EVICTING_POLICIES, Budget, default_budget
+from service.api.documents import DocumentError, extract_text, html_to_text
+from service.api.schemas import JobOptions, JsonJobRequest, validation_message
+from service.core.settings import Settings
+from service.jobs.repository import NewJob
 
 FORM_OVERHEAD_BYTES = 256 * 1024  # multipart boundaries, option fields, JSON escaping
 OPTION_FIELDS = set(JobOptions.model_fields)
@@ -124,7 +128,7 @@ def _validate(model: type[JobOptions], data: dict[str, Any]) -> JobOptions:
         raise HTTPException(422, validation_message(exc)) from None
 
 
-def parse_submission(payload: dict[str, Any], settings: Settings) -> JobSpec:
+def parse_submission(payload: dict[str, Any], settings: Settings) -> NewJob:
     limits = settings.limits
     if payload["format"] == "json":
         body: bytes = payload["body"]
@@ -172,12 +176,23 @@ def parse_submission(payload: dict[str, Any], settings: Settings) -> JobSpec:
         except DocumentError as exc:
             raise HTTPException(exc.status_code, exc.message) from None
         text, content_type, size = doc.text, doc.content_type, len(data)
-    return _job_spec(payload["tenant_id"], options, text=text, content_type=content_type,
-                     size=size, filename=filename, settings=settings)
+    return _new_job(payload["tenant_id"], options, text=text, content_type=content_type,
+                    size=size, filename=filename, settings=settings)
 
 
-def _job_spec(tenant_id: int, options: JobOptions, *, text: str, content_type: str, size: int,
-              filename: str | None, settings: Settings) -> JobSpec:
+def default_budget_for(policy: str, settings: Settings) -> Budget | None:
+    """The budget of a job that names none: the operator's default if set, else the policy's
+    own (namm: the budget of the checkpoint the workers load, read from the file)."""
+    if policy in NON_EVICTING_POLICIES:
+        return None
+    if settings.defaults.budget is not None:
+        return settings.defaults.budget
+    path = settings.model.path
+    return default_budget(policy, model_name=Path(path).name if path else None)
+
+
+def _new_job(tenant_id: int, options: JobOptions, *, text: str, content_type: str, size: int,
+             filename: str | None, settings: Settings) -> NewJob:
     limits, defaults = settings.limits, settings.defaults
     kind = options.kind or ("answer" if options.questions else "summarize")
     if kind == "answer" and not options.questions:
@@ -195,11 +210,15 @@ def _job_spec(tenant_id: int, options: JobOptions, *, text: str, content_type: s
     if max_new_tokens > limits.max_new_tokens:
         raise HTTPException(422, f"max_new_tokens is limited to {limits.max_new_tokens}")
     policy = options.policy or defaults.policy
-    budget = options.budget if "budget" in options.model_fields_set else defaults.budget
-    return JobSpec(
+    budget = options.budget
+    if budget is None:  # not given, or null: the default, resolved now and stored with the job
+        budget = default_budget_for(policy, settings)
+    elif policy in NON_EVICTING_POLICIES:
+        budget = None  # the full cache keeps everything whatever the budget says
+    return NewJob(
         tenant_id=tenant_id, text=text, content_type=content_type, size_bytes=size,
         filename=(filename or None) and filename[:500], kind=kind,
         instruction=options.instruction, questions=options.questions, policy=policy,
-        budget=None if budget is None else float(budget), max_new_tokens=max_new_tokens,
+        budget=budget, max_new_tokens=max_new_tokens,
         truncate=options.truncate, max_attempts=settings.worker.max_attempts,
     )

@@ -2,28 +2,25 @@
 
 Request path of a submission:
   uvicorn process: X-API-Key -> tenant (cached, on the event loop), body read into a plain dict
-  (read_body), put on a pipe-backed queue to the worker (JobServer._init_manager)
+  (submission.read_body), put on a pipe-backed queue to the inference worker
   LitServe inference worker: decode_request = validate + extract text, predict = INSERT the
   batch's jobs, COMMIT, then enqueue the Celery tasks by name, job ids only, in one Redis
   pipeline (docs/benchmarks-service.md has the profile behind these choices).
-No torch here: the model lives in the Celery GPU workers.
+No torch here: the model lives in the Celery GPU workers. LitServe's private methods are
+overridden only in service/api/litserve.py.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 
 import litserve as ls
-from fastapi import Depends, HTTPException, Request, Security
-from litserve.callbacks.base import EventTypes
-from litserve.server import RegularRequestHandler
-from litserve.transport.process_transport import MPQueueTransport
-from litserve.utils import WorkerSetupStatus
+from fastapi import HTTPException, Request, Security
 
-from service.auth import api_key_header, require_tenant
-from service.schemas import JobSubmitted, JsonJobRequest
-from service.settings import get_settings
+from service.api.auth import api_key_header, require_tenant
+from service.api.litserve import GreedyBatchLoop, JobServer, RouteSpec
+from service.api.schemas import JobSubmitted, JsonJobRequest
+from service.core.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -41,18 +38,18 @@ class Refusal(dict):
 
 class SubmitJobAPI(ls.LitAPI):
     def __init__(self, max_batch_size: int = 32):
-        from service.batching import GreedyBatchLoop
-
         super().__init__(api_path=JOBS_PATH, max_batch_size=max_batch_size, batch_timeout=0.0,
                          loop=GreedyBatchLoop())
 
     def setup(self, device) -> None:
-        from service.db import get_engine
-        from service.enqueue import celery_app
+        from service.api.submission import default_budget_for
+        from service.core.db import get_engine
+        from service.core.queue import celery_app
 
         self.settings = get_settings()
         get_engine()  # fail at start, not on the first request, if the URL is wrong
         celery_app()
+        default_budget_for("namm", self.settings)  # the shipped checkpoint must be readable
 
     async def authorize(self, request: Request,
                         x_api_key: str | None = Security(api_key_header)) -> None:
@@ -60,26 +57,29 @@ class SubmitJobAPI(ls.LitAPI):
         await require_tenant(request, x_api_key)
 
     def decode_request(self, request, **kwargs):
-        from service.submission import parse_submission
+        from service.api.submission import parse_submission
 
         try:
             return parse_submission(request, self.settings)
         except HTTPException as exc:
             return Refusal.of(exc)
+        except Exception:  # a bug here is ours: a 500 for this request alone, never a 4xx
+            logger.exception("could not parse a submission")
+            return Refusal(error={"status_code": 500, "detail": "internal error; see the API log"})
 
     def predict(self, specs, **kwargs) -> list[dict]:
         """Store a batch of submissions in one transaction, then enqueue each job."""
         from sqlalchemy.exc import SQLAlchemyError
 
-        from service.db import session_scope
-        from service.enqueue import enqueue_jobs
-        from service.jobs import insert_jobs
-        from service.metrics import ENQUEUE_FAILURES, JOBS_SUBMITTED
+        from service.api.metrics import ENQUEUE_FAILURES, JOBS_SUBMITTED
+        from service.core.db import session_scope
+        from service.core.queue import enqueue_jobs
+        from service.jobs.repository import JobRepository
 
         accepted = [spec for spec in specs if not isinstance(spec, Refusal)]
         try:
             with session_scope() as session:
-                job_ids = insert_jobs(session, accepted)
+                job_ids = JobRepository(session).create(accepted)
         except SQLAlchemyError as exc:
             logger.error("could not store jobs: %s", type(exc).__name__)
             raise HTTPException(503, "the database is unavailable; retry shortly") from None
@@ -97,21 +97,6 @@ class SubmitJobAPI(ls.LitAPI):
         return output
 
 
-class SubmissionHandler(RegularRequestHandler):
-    """LitServe's handler, reading the body without ever turning bad input into a 500."""
-
-    async def _prepare_request(self, request, request_type) -> dict:
-        from service.submission import read_body
-
-        return await read_body(request, get_settings())
-
-    async def handle_request(self, request, request_type):
-        response = await super().handle_request(request, request_type)
-        if isinstance(response, dict) and "error" in response:
-            raise HTTPException(**response["error"])
-        return response
-
-
 def _submit_openapi() -> dict:
     json_schema = JsonJobRequest.model_json_schema()
     form_schema = {
@@ -124,6 +109,9 @@ def _submit_openapi() -> dict:
                if name not in ("document", "document_format", "filename")},
         },
     }
+    form_schema["properties"]["budget"] = {
+        "type": "string", "description": 'a fraction ("0.3") or a JSON budget object '
+        '(\'{"tokens": 2048}\'); see the JSON body\'s budget'}
     return {
         "requestBody": {
             "required": True,
@@ -135,56 +123,29 @@ def _submit_openapi() -> dict:
     }
 
 
-class JobServer(ls.LitServer):
-    """LitServer whose submission route answers 202 and reads bodies with SubmissionHandler."""
+async def _read_body(request: Request) -> dict:
+    from service.api.submission import read_body
 
-    def _init_manager(self, num_api_servers: int):
-        # LitServe (0.2.19) passes requests and responses through multiprocessing.Manager
-        # queues: every put and get is a round trip to the manager process, and the request
-        # put blocks the uvicorn event loop. Plain pipe-backed queues (made before the uvicorn
-        # processes fork and handed to the spawned workers) carry the same tuples for less.
-        manager = super()._init_manager(num_api_servers)
-        ctx = mp.get_context("spawn")
-        for lit_api in self.litapi_connector:
-            self.litapi_request_queues[lit_api.api_path] = ctx.Queue()
-        self._transport = MPQueueTransport(manager, [ctx.Queue() for _ in range(num_api_servers)])
-        return manager
-
-    # Replaces LitServer._register_api_endpoints (litserve 0.2.x) for our single, non-streaming,
-    # spec-less API; queues, workers and responses are LitServe's own.
-    def _register_api_endpoints(self, lit_api, request_type, response_type):
-        self._callback_runner.trigger_event(EventTypes.ON_SERVER_START.value, litserver=self)
-        handler = SubmissionHandler(lit_api, self)
-
-        async def submit_job(request: Request) -> JobSubmitted:
-            return await handler.handle_request(request, Request)
-
-        self.app.add_api_route(
-            lit_api.api_path, submit_job, methods=["POST"], status_code=202,
-            response_model=JobSubmitted, dependencies=[Depends(self.setup_auth(lit_api))],
-            summary="Submit a document (JSON text or multipart file) for a job",
-            tags=["jobs"], openapi_extra=_submit_openapi(),
-            responses={400: {"description": "unreadable body"}, 401: {"description": "bad key"},
-                       413: {"description": "document too large"},
-                       415: {"description": "unsupported content type"},
-                       422: {"description": "invalid options or document"}},
-        )
-
-    def inference_workers_ready(self) -> bool:
-        status = getattr(self, "workers_setup_status", None)
-        try:
-            return bool(status) and all(v == WorkerSetupStatus.READY for v in status.values())
-        except Exception:  # the manager is gone: shutting down
-            return False
+    return await read_body(request, get_settings())
 
 
 def build_server() -> JobServer:
-    from service.metrics import MetricsMiddleware
-    from service.routes import job_router, ops_router
+    from service.api.errors import install_error_handlers
+    from service.api.metrics import MetricsMiddleware
+    from service.api.routes.jobs import job_router
+    from service.api.routes.ops import ops_router
 
     settings = get_settings()
     server = JobServer(
         SubmitJobAPI(max_batch_size=settings.api.max_batch_size),
+        route=RouteSpec(
+            read_body=_read_body, response_model=JobSubmitted, status_code=202,
+            summary="Submit a document (JSON text or multipart file) for a job", tags=["jobs"],
+            openapi_extra=_submit_openapi(),
+            responses={400: {"description": "unreadable body"}, 401: {"description": "bad key"},
+                       413: {"description": "document too large"},
+                       415: {"description": "unsupported content type"},
+                       422: {"description": "invalid options or document"}}),
         accelerator="cpu",
         workers_per_device=settings.api.inference_workers,
         timeout=30,
@@ -194,5 +155,6 @@ def build_server() -> JobServer:
     server.app.title = "NAMM long-document service"
     server.app.include_router(job_router())
     server.app.include_router(ops_router(server.inference_workers_ready))
+    install_error_handlers(server.app)
     server.app.add_middleware(MetricsMiddleware)  # outermost: times everything
     return server

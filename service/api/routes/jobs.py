@@ -1,0 +1,50 @@
+"""Read, list and cancel jobs (submission is the LitAPI in service/api/app.py). Every route
+takes the tenant of its X-API-Key and one session; other tenants' jobs look like missing ones."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, HTTPException, Query
+
+from service.api.deps import JobsDep, TenantDep
+from service.api.schemas import JobOut, JobPage, job_out, job_summary
+from service.core.settings import get_settings
+
+StatusFilter = Literal["queued", "running", "done", "failed", "cancelled"]
+
+
+def job_router() -> APIRouter:
+    router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+    @router.get("", response_model=JobPage, summary="List your jobs, newest first")
+    def list_route(
+        tenant_id: TenantDep,
+        jobs: JobsDep,
+        status: StatusFilter | None = Query(None, description="only jobs in this status"),
+        offset: int = Query(0, ge=0),
+        limit: int = Query(50, ge=1),
+    ) -> JobPage:
+        limit = min(limit, get_settings().limits.page_size_max)
+        rows, total = jobs.page(tenant_id, status=status, offset=offset, limit=limit)
+        return JobPage(items=[job_summary(j) for j in rows], total=total, offset=offset,
+                       limit=limit)
+
+    @router.get("/{job_id}", response_model=JobOut,
+                summary="Status, progress, result and usage of one job")
+    def get_route(job_id: str, tenant_id: TenantDep, jobs: JobsDep) -> JobOut:
+        job = jobs.get(tenant_id, job_id)
+        if job is None:
+            raise HTTPException(404, "job not found")
+        return job_out(job, jobs.document_info(job.document_id))
+
+    @router.post("/{job_id}/cancel", response_model=JobOut,
+                 summary="Cancel a queued or running job (finished jobs are unchanged)")
+    def cancel_route(job_id: str, tenant_id: TenantDep, jobs: JobsDep) -> JobOut:
+        job = jobs.cancel(tenant_id, job_id)
+        jobs.session.commit()
+        if job is None:
+            raise HTTPException(404, "job not found")
+        return job_out(job, jobs.document_info(job.document_id))
+
+    return router

@@ -1,0 +1,72 @@
+"""Checks of the Alembic migrations shared by the SQLite (unit) and PostgreSQL (integration)
+tests: the schema round trip, and the budget-unit migration (0002) converting existing rows."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
+
+from namm.spec import Budget
+from service.core.migrate import downgrade, upgrade
+from service.jobs.models import Base
+
+TABLES = {"tenants", "api_keys", "documents", "jobs", "results", "usage_records"}
+# budgets as revision 0001 stored them (one float) -> what 0002 makes of them
+OLD_BUDGETS = {"fraction": 0.5, "keep-all": 1.0, "tokens": 512.0, "none": None}
+CONVERTED = {"fraction": Budget.fraction(0.5), "keep-all": Budget.fraction(1.0),
+             "tokens": Budget.tokens(512), "none": None}
+
+
+def check_round_trip(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        upgrade(url)
+        assert TABLES <= set(inspect(engine).get_table_names())
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        assert diff == [], f"models and migrations differ: {diff}"
+        downgrade(url)
+        assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+        upgrade(url)
+        assert TABLES <= set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def check_budget_migration(url: str) -> None:
+    """Rows written at 0001 get their unit at 0002, and go back to one number on downgrade."""
+    engine = create_engine(url)
+    try:
+        upgrade(url, "0001")
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO tenants (id, name, created_at) "
+                              "VALUES (1, 't', CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO documents (id, tenant_id, content_type, size_bytes, "
+                              "sha256, text, created_at) VALUES ('d', 1, 'text/plain', 1, 'x', "
+                              "'x', CURRENT_TIMESTAMP)"))
+            for name, budget in OLD_BUDGETS.items():
+                conn.execute(text(
+                    "INSERT INTO jobs (id, tenant_id, document_id, status, progress, attempts, "
+                    "max_attempts, kind, questions, policy, budget, max_new_tokens, truncate, "
+                    "created_at) VALUES (:id, 1, 'd', 'done', 1.0, 1, 3, 'summarize', '[]', "
+                    "'h2o', :budget, 8, false, CURRENT_TIMESTAMP)"), {"id": name, "budget": budget})
+                conn.execute(text(
+                    "INSERT INTO usage_records (job_id, tenant_id, model, policy, budget, tokens_in, "
+                    "tokens_out, kv_kept_fraction, kv_bytes_peak, kv_bytes_full_peak, seconds, "
+                    "cost_micro_usd, full_cache_cost_micro_usd, created_at) VALUES (:id, 1, 'm', "
+                    "'h2o', :budget, 1, 1, 0.5, 1, 2, 1.0, 1, 2, CURRENT_TIMESTAMP)"),
+                    {"id": name, "budget": budget})
+        upgrade(url)
+        with engine.connect() as conn:
+            for table, key in (("jobs", "id"), ("usage_records", "job_id")):
+                rows = conn.execute(text(f"SELECT {key}, budget_unit, budget_value FROM {table}"))
+                got = {row[0]: None if row[1] is None else Budget(row[1], row[2]) for row in rows}
+                assert got == CONVERTED, (table, got)
+        downgrade(url, "0001")
+        with engine.connect() as conn:
+            got = dict(conn.execute(text("SELECT id, budget FROM jobs")).all())
+        assert got == OLD_BUDGETS
+        downgrade(url)
+    finally:
+        engine.dispose()
