@@ -44,7 +44,6 @@ class EvolveConfig:
     validation_n_per_task: int = 2
     validation_lengths: list[int] | None = None
     synthetic_dim: int = 16
-    synthetic_sleep: float = 0.0
     plot_every: int = 1               # redraw curves.png every k generations (0: only at the end)
     out_dir: str = "runs/evolve"
 
@@ -145,7 +144,7 @@ def config_from_dict(data: dict) -> EvolveConfig:
     _require(cfg.split in ("train", "validation", "test"), f"config 'split' must be train/validation/test, got {cfg.split!r}")
     _require(cfg.max_new_tokens is None or (is_int(cfg.max_new_tokens) and cfg.max_new_tokens >= 1),
              f"config 'max_new_tokens' must be an integer >= 1 or null, got {cfg.max_new_tokens!r}")
-    for key in ("fidelity_weight", "memory_weight", "synthetic_sleep"):
+    for key in ("fidelity_weight", "memory_weight"):
         v = getattr(cfg, key)
         _require(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, f"config '{key}' must be a number >= 0, got {v!r}")
     _require(isinstance(cfg.out_dir, str) and cfg.out_dir, "config 'out_dir' must be a folder path")

@@ -28,7 +28,6 @@ class SyntheticFitness:
 
     def __init__(self, cfg: EvolveConfig):
         self.dim = cfg.synthetic_dim
-        self.sleep = cfg.synthetic_sleep
         self.target = np.full(self.dim, 0.3)
         self.norm_state = None
 
@@ -39,8 +38,6 @@ class SyntheticFitness:
         pass
 
     def __call__(self, params: np.ndarray, split: str = "train") -> CandidateResult:
-        if self.sleep:
-            time.sleep(self.sleep)
         f = -float(np.sum((np.asarray(params) - self.target) ** 2))
         return CandidateResult(fitness=f, normalised=f, kept_fraction=1.0, forwards=0, seconds=0.0)
 

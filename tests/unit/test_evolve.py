@@ -83,12 +83,19 @@ def test_fresh_run_refuses_to_overwrite_a_checkpoint(tmp_path):
 
 
 def test_kill_9_then_resume_continues_from_last_generation(tmp_path):
-    cfg = synth(tmp_path, stages=[{"tasks": ["a"], "generations": 30}], synthetic_sleep=0.05)
+    cfg = synth(tmp_path, stages=[{"tasks": ["a"], "generations": 30}])
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps(cfg))
     out = Path(cfg["out_dir"])
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "namm.evolve", "--config", str(path), "--no-progress"],
+    # `namm evolve` with each synthetic evaluation slowed down (here, not in the product's
+    # config), so that the kill lands mid-run
+    slow_evolve = ("import sys, time; from namm.evolution import fitness; "
+                   "call = fitness.SyntheticFitness.__call__; "
+                   "fitness.SyntheticFitness.__call__ = "
+                   "lambda self, *a, **k: (time.sleep(0.05), call(self, *a, **k))[1]; "
+                   "from namm.evolve import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-c", slow_evolve, "--config", str(path), "--no-progress"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     def generations_logged() -> int:
         try:
@@ -118,7 +125,7 @@ def test_kill_9_then_resume_continues_from_last_generation(tmp_path):
     assert state.done and state.generation == 30
     assert [r["generation"] for r in state.logs] == list(range(1, 31))
     # same result as an uninterrupted run with the same seed
-    ref = evolve.run(config_from_dict({**cfg, "synthetic_sleep": 0.0, "out_dir": str(tmp_path / "ref")}),
+    ref = evolve.run(config_from_dict({**cfg, "out_dir": str(tmp_path / "ref")}),
                      log=quiet, progress=False)
     np.testing.assert_allclose(evolve.load_optimizer(state.optimizer).mean,
                                evolve.load_optimizer(ref.optimizer).mean, rtol=1e-9, atol=1e-12)
