@@ -1,7 +1,7 @@
 """Turn an uploaded document (plain text, Markdown, HTML or PDF bytes) into plain text.
 
-Every failure is a DocumentError carrying the HTTP status to answer with: bad input is a 4xx
-with a clear message, never a 500.
+Every failure is a DocumentError (an input error, namm.errors.InputError) carrying the HTTP
+status to answer with: bad input is a 4xx with a clear message, never a 500.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
+
+from namm.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +21,7 @@ EXTENSIONS = {".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "
 FORMATS = ("text", "markdown", "html", "pdf")
 
 
-class DocumentError(ValueError):
+class DocumentError(InputError):
     def __init__(self, status_code: int, message: str):
         super().__init__(message)
         self.status_code = status_code
