@@ -2,7 +2,9 @@
 
 import sys
 
-from service.core.migrate import downgrade, main, upgrade  # noqa: F401
+from service.core.migrate import downgrade, main, upgrade
+
+__all__ = ["downgrade", "main", "upgrade"]
 
 if __name__ == "__main__":
     sys.exit(main())
