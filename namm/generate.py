@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .decoding import DEFAULT_DECODING, Decoding, loop_cut, next_token
 from .errors import ContextTooLongError
 from .memory import NammCache
 from .models import LoadedModel
@@ -84,14 +85,21 @@ def prefill(lm: LoadedModel, cache: NammCache, input_ids: torch.Tensor,
 
 @torch.no_grad()
 def greedy_decode(lm: LoadedModel, cache: NammCache, first_logits: torch.Tensor, max_new_tokens: int,
-                  stop_ids: set[int]) -> list[int]:
+                  stop_ids: set[int], decoding: Decoding | None = None) -> list[int]:
+    """Greedy answer tokens (stop tokens left out), with `decoding`'s guards against loops
+    (`namm.decoding.DEFAULT_DECODING` when None; `Decoding.plain()` for plain greedy)."""
+    decoding = DEFAULT_DECODING if decoding is None else decoding
+    processors = decoding.processors()
     out: list[int] = []
     logits = first_logits
     for _ in range(max_new_tokens):
-        token = int(logits[0].argmax())
+        token = next_token(logits, out, processors)
         if token in stop_ids:
             break
         out.append(token)
+        cut = loop_cut(out, decoding.stop_on_loop)
+        if cut is not None:  # the answer repeats itself: keep one copy, stop
+            return out[:cut]
         if len(out) == max_new_tokens:
             break
         step = torch.tensor([[token]], device=lm.device)
@@ -115,12 +123,14 @@ def _fit_context(ctx_ids: torch.Tensor, q_len: int, max_new_tokens: int, max_con
 def generate(lm: LoadedModel, context: str | GenerationRequest, questions: str | Sequence[str] | None = None, *,
              policy: str | Policy = "namm", budget: Budget | float | int | None = None,
              instruction: str | None = None, max_new_tokens: int = 128, n_up: int = 512, query_aware: bool = False,
-             truncate: bool = False, progress: Progress | None = None) -> GenerationResult:
+             truncate: bool = False, progress: Progress | None = None,
+             decoding: Decoding | None = None) -> GenerationResult:
     """Read `context` with a forgetting memory, then answer each question from the compressed cache.
 
     Takes a `namm.spec.GenerationRequest`, or its fields as arguments (validated into one: bad
     input raises an `InputError`); without questions, the instruction (or the default summary
-    instruction) is asked."""
+    instruction) is asked.
+    `decoding` sets the guards against repetition loops (`namm.decoding.Decoding`; None: the defaults)."""
     request = context if isinstance(context, GenerationRequest) else GenerationRequest(
         context=context, questions=questions or (), instruction=instruction, policy=policy, budget=budget,
         max_new_tokens=max_new_tokens, n_up=n_up, query_aware=query_aware, truncate=truncate)
@@ -182,7 +192,7 @@ def generate(lm: LoadedModel, context: str | GenerationRequest, questions: str |
             stats.kv_kept_per_layer = cache.kept_per_layer()
             stats.kv_kept_fraction = cache.kept_fraction()
         t0 = time.perf_counter()
-        out_ids = greedy_decode(lm, cache, logits, max_new_tokens, stop)
+        out_ids = greedy_decode(lm, cache, logits, max_new_tokens, stop, decoding)
         stats.seconds_decode += time.perf_counter() - t0
         stats.tokens_out += len(out_ids)
         answers.append(tok.decode(out_ids, skip_special_tokens=True).strip())
