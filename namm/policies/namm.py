@@ -17,8 +17,11 @@ class NammPolicy(Policy):
     needs_attention = True
 
     def __init__(self, params=None, budget=None, norm: RunningNorm | None = None, threshold: bool = True,
-                 rows: int | None = None, block: int | None = None):
+                 rows: int | None = None, block: int | None = None, sinks: int = 0):
         super().__init__(budget)
+        # sinks: the first tokens are always kept, as StreamingLLM keeps its attention sinks;
+        # every head pours attention there, so the scorer need not spend capacity learning it
+        self.sinks = int(sinks)
         # rows: recompute only the newest `rows` window queries (None = the whole window); the EMA
         # weighs the newest frames most, and the recomputation costs as much as the forward's own
         # attention. block: BAM's backward attention stays within blocks of `block` newest-first tokens.
@@ -88,8 +91,10 @@ class NammPolicy(Policy):
         order = key.argsort(dim=-1, stable=True)
         xs = x.reshape(b * h, s, d).gather(1, order[..., None].expand(-1, -1, d))
         sc = scorer.score_tokens(xs, self.weights, block=self.block)
-        out = torch.empty_like(sc).scatter_(1, order, sc)
-        return out.reshape(b, h, s)
+        out = torch.empty_like(sc).scatter_(1, order, sc).reshape(b, h, s)
+        if self.sinks:
+            out = out.masked_fill(ctx.positions < self.sinks, float("inf"))
+        return out
 
     def threshold(self, ctx, scores):
         return scores >= 0 if self.use_threshold else None
@@ -97,7 +102,8 @@ class NammPolicy(Policy):
     # ---- persistence ----------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"params": self.params.clone(), "norm": self.norm.state_dict(), "budget": self.budget,
-                "threshold": self.use_threshold, "rows": self.attention_rows, "block": self.block}
+                "threshold": self.use_threshold, "rows": self.attention_rows, "block": self.block,
+                "sinks": self.sinks}
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, budget="checkpoint") -> "NammPolicy":
@@ -107,7 +113,7 @@ class NammPolicy(Policy):
         b = ckpt.get("budget") if budget == "checkpoint" else budget
         threshold = ckpt.get("threshold", True) or b is None  # rank-only needs a budget
         return cls(params=ckpt["params"].numpy(), budget=b, norm=norm, threshold=threshold,
-                   rows=ckpt.get("rows"), block=ckpt.get("block"))
+                   rows=ckpt.get("rows"), block=ckpt.get("block"), sinks=ckpt.get("sinks", 0))
 
     def save(self, path: str | Path, **extra) -> None:
         torch.save({**self.state_dict(), **extra}, path)

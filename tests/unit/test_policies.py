@@ -188,3 +188,11 @@ def test_namm_rows_and_block_survive_a_checkpoint(tmp_path):
     assert (loaded.attention_rows, loaded.block) == (128, 256)
     with pytest.raises(ValueError, match="rows"):
         NammPolicy(budget=0.3, threshold=False, rows=40)
+
+
+def test_namm_sinks_are_kept_whatever_they_score():
+    params = np.zeros(scorer.num_params(), dtype=np.float32)
+    scorer.unflatten(torch.from_numpy(params))["bh"][0] = 0.0
+    c = ctx_for(s=40, h=1, attn=torch.softmax(torch.randn(1, 1, 32, 40), -1))
+    keep = kept(NammPolicy(params=params, budget=10, threshold=False, sinks=4).select(c))
+    assert keep[:4] == [0, 1, 2, 3] and len(keep) == 10 and keep[4:] == list(range(34, 40))

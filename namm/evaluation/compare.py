@@ -1,0 +1,141 @@
+"""Paired comparison of memory policies with bootstrap intervals, resumable prompt by prompt.
+
+    python -m namm.evaluation.compare --split test --tasks passkey,niah_single --lengths 1k,2k \
+        --n-per-task 12 --policies namm,recency,streaming_llm --budgets 0.28 \
+        --namm-checkpoint runs/warmstart/namm.pt --out runs/compare/test.jsonl
+
+Every (policy, budget, prompt) result is appended to `--out` as one JSON line and skipped when
+the command is run again, so a long comparison can be stopped, extended with more prompts or
+policies, and resumed. The report is over prompts the full cache answers right (a prompt it
+gets wrong says nothing about what a memory lost): the normalised score is the mean over tasks
+of the policy's mean score, and each difference to NAMM comes with a paired bootstrap 95%
+interval (prompts resampled within tasks, the same resample for both policies).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from namm.tasks import make_samples, parse_lengths
+
+from .references import ReferenceCache
+from .runner import evaluate
+
+
+def sample_key(s) -> str:
+    return f"{s.task}@{s.meta.get('length')}#{s.meta.get('split')}/{s.meta.get('index')}"
+
+
+def load_results(path: Path) -> dict[tuple, dict]:
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {(r["policy"], r["budget"], r["sample"]): r for r in rows}
+
+
+def normalised(rows: list[dict]) -> float:
+    by_task: dict[str, list[float]] = {}
+    for r in rows:
+        by_task.setdefault(r["task"], []).append(r["score"])
+    return float(np.mean([np.mean(v) for v in by_task.values()])) if by_task else float("nan")
+
+
+def bootstrap_diff(a: list[dict], b: list[dict], n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of normalised(a) - normalised(b), prompts resampled within tasks (paired)."""
+    rng = np.random.default_rng(seed)
+    tasks = sorted({r["task"] for r in a})
+    idx = {t: [i for i, r in enumerate(a) if r["task"] == t] for t in tasks}
+    diffs = []
+    for _ in range(n):
+        per_task = []
+        for t in tasks:
+            pick = rng.choice(idx[t], size=len(idx[t]), replace=True)
+            per_task.append(np.mean([a[i]["score"] - b[i]["score"] for i in pick]))
+        diffs.append(np.mean(per_task))
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def report(results: dict[tuple, dict], reference: str = "namm") -> str:
+    full = {k[2]: r for k, r in results.items() if k[0] == "full"}
+    solved = sorted(s for s, r in full.items() if r["score"] >= 1.0)
+    runs = sorted({(k[0], k[1]) for k in results if k[0] != "full"}, key=lambda x: (str(x[1]), x[0]))
+    lines = [f"{len(solved)} of {len(full)} prompts answered right by the full cache; scores over those",
+             f"{'policy':<16} {'budget':>6} {'n':>4} {'normalised':>10} {'kept':>6} {'s/prompt':>8}   "
+             f"{reference} minus policy [95% CI]"]
+    for budget in sorted({b for _, b in runs}, key=str):
+        ref_rows = {s: results.get((reference, budget, s)) for s in solved}
+        for policy, b in [r for r in runs if r[1] == budget]:
+            rows = [results.get((policy, b, s)) for s in solved]
+            if not rows or any(r is None for r in rows):
+                lines.append(f"{policy:<16} {b!s:>6} incomplete ({sum(r is not None for r in rows)}/{len(solved)})")
+                continue
+            kept = np.mean([r["kept_fraction"] for r in rows if r.get("kept_fraction") is not None] or [np.nan])
+            secs = np.mean([r["seconds"] for r in rows])
+            line = f"{policy:<16} {b!s:>6} {len(rows):>4} {normalised(rows):>10.3f} {kept:>6.3f} {secs:>8.2f}"
+            if solved and policy != reference and all(ref_rows.get(s) is not None for s in solved):
+                ref = [ref_rows[s] for s in solved]
+                lo, hi = bootstrap_diff(ref, rows)
+                line += f"   {normalised(ref) - normalised(rows):+.3f} [{lo:+.3f}, {hi:+.3f}]"
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--split", default="validation")
+    p.add_argument("--tasks", required=True)
+    p.add_argument("--lengths", default="1k,2k")
+    p.add_argument("--n-per-task", type=int, default=4)
+    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--policies", default="namm,recency,streaming_llm,h2o,snapkv,tova,l2norm")
+    p.add_argument("--budgets", default="0.28")
+    p.add_argument("--namm-checkpoint", default=None, help="NAMM file to evaluate (default: the shipped one)")
+    p.add_argument("--out", required=True, help="JSONL of per-prompt results (appended, resumable)")
+    p.add_argument("--reference-cache", default=None)
+    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    results = load_results(out)
+    if not args.report_only:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        from namm import load_model
+        from namm.policies.namm import NammPolicy
+
+        samples = make_samples(args.tasks.split(","), parse_lengths(args.lengths), args.n_per_task, args.split,
+                               start=args.start)
+        lm = load_model()
+        refs = ReferenceCache(args.reference_cache)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        budgets = [float(b) for b in args.budgets.split(",")]
+        runs = [("full", None)] + [(pol, b) for pol in args.policies.split(",") for b in budgets]
+        for sample in samples:
+            key = sample_key(sample)
+            for policy, budget in runs:
+                if (policy, budget, key) in results:
+                    continue
+                pol = policy
+                if policy == "namm" and args.namm_checkpoint:
+                    pol = NammPolicy.from_checkpoint(args.namm_checkpoint, budget=budget)
+                rec = evaluate(lm, [sample], pol, budget, reference_cache=refs)
+                r = rec.samples[0]
+                row = {"policy": policy, "budget": budget, "sample": key, "task": sample.task,
+                       "length": sample.meta.get("length"), "score": r.score, "full_score": r.full_score,
+                       "prediction": r.prediction, "kept_fraction": r.kept_fraction, "seconds": r.seconds}
+                results[(policy, budget, key)] = row
+                with out.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+            print(f"{key} done", file=sys.stderr, flush=True)
+    print(report(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
