@@ -12,7 +12,7 @@ import sys
 import types
 
 from .errors import (BudgetError, ContextTooLongError, EmptyInputError, InputError, ModelLoadError, NammError,
-                     UnknownPolicyError)
+                     RequestError, UnknownPolicyError)
 from .spec import POLICY_NAMES, Budget, GenerationRequest
 
 _LAZY = {
@@ -27,7 +27,7 @@ __all__ = [
     "load_model", "LoadedModel", "generate", "prefill", "continuation_logits", "GenerationResult",
     "GenerationStats", "NammCache", "make_policy", "available_policies", "Budget", "GenerationRequest",
     "POLICY_NAMES", "NammError", "InputError", "ModelLoadError", "UnknownPolicyError", "BudgetError",
-    "ContextTooLongError", "EmptyInputError",
+    "ContextTooLongError", "EmptyInputError", "RequestError",
 ]
 
 

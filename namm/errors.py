@@ -34,6 +34,10 @@ class BudgetError(InputError, ValueError):
     """A memory budget that is malformed, out of range, or ambiguous about its unit."""
 
 
+class RequestError(InputError, ValueError):
+    """An option of a generation request out of range (max_new_tokens, n_up)."""
+
+
 class ContextTooLongError(InputError, ValueError):
     """The input exceeds the model's context and nothing bounds the cache (full cache, no truncation)."""
 

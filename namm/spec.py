@@ -28,7 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import BudgetError, EmptyInputError, InputError, UnknownPolicyError
+from .errors import BudgetError, EmptyInputError, RequestError, UnknownPolicyError
 
 # ---- policies ------------------------------------------------------------------------------
 POLICY_NAMES: tuple[str, ...] = (
@@ -258,6 +258,9 @@ class _StubUnpickler(pickle.Unpickler):
         return None  # tensor storages live outside the pickle; not needed here
 
 
+# The memory update interval must be a whole number of STFT hops (namm.features.HOP).
+N_UP_MULTIPLE = 16
+
 # ---- prompts -------------------------------------------------------------------------------
 # What a document is asked when neither a question nor an instruction is given.
 SUMMARIZE_INSTRUCTION = "Summarize the document in a few sentences."
@@ -275,7 +278,7 @@ class GenerationRequest:
     policy: a name from POLICY_NAMES (in Python, a namm Policy object also does).
     budget: a Budget (or anything `Budget.coerce` takes); None: the policy's default.
     max_new_tokens: answer length cap (>= 1).
-    n_up: memory update interval in tokens.
+    n_up: memory update interval in tokens (a positive multiple of N_UP_MULTIPLE).
     query_aware: show each question before the document too.
     truncate: full cache only, cut a document longer than the model's context.
     """
@@ -310,8 +313,12 @@ class GenerationRequest:
         except TypeError:
             max_new_tokens = 0
         if isinstance(self.max_new_tokens, bool) or max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+            raise RequestError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
         object.__setattr__(self, "max_new_tokens", max_new_tokens)
+        if isinstance(self.n_up, bool) or not isinstance(self.n_up, int) or self.n_up < 1 \
+                or self.n_up % N_UP_MULTIPLE:
+            raise RequestError(f"n_up must be a positive multiple of {N_UP_MULTIPLE} (the STFT hop), "
+                               f"got {self.n_up!r}")
 
     def prompts(self) -> tuple[list[str], str | None]:
         """(questions, instruction) as the model sees them: with no question, the instruction

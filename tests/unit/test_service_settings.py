@@ -49,6 +49,12 @@ def test_visibility_timeout_must_outlast_jobs():
         Settings(_env_file=None, worker={"soft_time_limit_s": 300, "time_limit_s": 300})
 
 
+def test_update_interval_is_checked_at_start():
+    # a bad interval is the deployment's mistake: refused here, never blamed on a job's input
+    with pytest.raises(ValidationError, match="multiple of 16"):
+        Settings(_env_file=None, model={"n_up": 100})
+
+
 def test_default_budget_forms(monkeypatch):
     assert Settings(_env_file=None).defaults.budget is None  # each policy's own default
     monkeypatch.setenv("NAMM_DEFAULTS__BUDGET", "0.3")

@@ -115,7 +115,8 @@ def test_generation_request_validates_once_and_owns_the_default_prompt():
     assert GenerationRequest(context="d", questions="q?").prompts() == (["q?"], None)
     for bad in ({"context": "  "}, {"context": "d", "questions": ["ok", " "]},
                 {"context": "d", "policy": "nope"}, {"context": "d", "budget": 0},
-                {"context": "d", "max_new_tokens": 0}):
+                {"context": "d", "max_new_tokens": 0}, {"context": "d", "n_up": 100},
+                {"context": "d", "n_up": 0}):
         with pytest.raises(InputError):
             GenerationRequest(**bad)
 
