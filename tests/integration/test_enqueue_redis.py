@@ -59,3 +59,29 @@ def test_metrics_report_the_prefixed_queue(redis_env):
     text = render_metrics()[0].decode()
     assert 'namm_queue_depth{queue="gpu"} 3.0' in text, text
     assert 'namm_component_up{component="broker"} 1.0' in text
+
+
+def test_sweeper_leaves_old_queued_jobs_while_messages_wait(redis_env):
+    """With the depth misread as 0, the sweeper re-sent every old queued job (duplicates)."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from namm.spec import Budget
+    from service.api.keys import get_or_create_tenant
+    from service.core import migrate
+    from service.core.db import session_scope
+    from service.core.queue import enqueue_jobs
+    from service.jobs.models import Job, utcnow
+    from service.jobs.repository import JobRepository, NewJob
+    from workers.tasks import sweep
+
+    migrate.upgrade()
+    with session_scope() as s:
+        tenant = get_or_create_tenant(s, "t")
+        job_id = JobRepository(s).create([NewJob(
+            tenant_id=tenant.id, text="x", content_type="text/plain", size_bytes=1,
+            filename=None, kind="summarize", instruction=None, budget=Budget.fraction(0.5))])[0]
+        s.execute(update(Job).values(enqueued_at=utcnow() - timedelta(hours=1)))
+    assert enqueue_jobs([job_id]) == 1  # its message waits in the prefixed queue
+    assert sweep() == {"stale_running": 0, "lost_queued": 0}
