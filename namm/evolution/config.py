@@ -56,6 +56,9 @@ class EvolveConfig:
 
 
 _KNOWN = {f for f in EvolveConfig.__dataclass_fields__}
+# Keys that configs once had and no longer mean anything: dropped on reading, so that runs and
+# checkpoints saved before their removal still resume and export.
+_RETIRED = {"synthetic_sleep"}
 
 
 def _require(cond: bool, msg: str) -> None:
@@ -80,6 +83,7 @@ def _lengths(value, key: str) -> list[int]:
 def config_from_dict(data: dict) -> EvolveConfig:
     """Validate a config dict; every problem is a ConfigError naming the key."""
     _require(isinstance(data, dict), f"the config must be a JSON object, got {type(data).__name__}")
+    data = {k: v for k, v in data.items() if k not in _RETIRED}
     unknown = sorted(set(data) - _KNOWN)
     _require(not unknown, f"unknown config keys: {', '.join(unknown)}; known: {', '.join(sorted(_KNOWN))}")
     _require("stages" in data, "config needs 'stages': a list of {\"tasks\": [...], \"generations\": N}")
