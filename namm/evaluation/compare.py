@@ -14,6 +14,7 @@ interval (prompts resampled within tasks, the same resample for both policies).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -27,7 +28,10 @@ from .runner import evaluate
 
 
 def sample_key(s) -> str:
-    return f"{s.task}@{s.meta.get('length')}#{s.meta.get('split')}/{s.meta.get('index')}"
+    """Names the prompt and a digest of its text, so a changed task generator is never mistaken
+    for results already recorded."""
+    digest = hashlib.sha256("\x00".join([s.context, s.question, *s.answers]).encode()).hexdigest()[:10]
+    return f"{s.task}@{s.meta.get('length')}#{s.meta.get('split')}/{s.meta.get('index')}:{digest}"
 
 
 def load_results(path: Path) -> dict[tuple, dict]:
@@ -62,9 +66,13 @@ def bootstrap_diff(a: list[dict], b: list[dict], n: int = 2000, seed: int = 0) -
 
 def report(results: dict[tuple, dict], reference: str = "namm") -> str:
     full = {k[2]: r for k, r in results.items() if k[0] == "full"}
-    solved = sorted(s for s, r in full.items() if r["score"] >= 1.0)
     runs = sorted({(k[0], k[1]) for k in results if k[0] != "full"}, key=lambda x: (str(x[1]), x[0]))
-    lines = [f"{len(solved)} of {len(full)} prompts answered right by the full cache; scores over those",
+    # prompts every run has finished (a run in progress is compared on the same prompts)
+    complete = [s for s in full if all((p, b, s) in results for p, b in runs)]
+    solved = sorted(s for s in complete if full[s]["score"] >= 1.0)
+    tasks = sorted({full[s]["task"] for s in solved})
+    lines = [f"{len(solved)} of {len(complete)} prompts answered right by the full cache ({len(full)} started); "
+             f"scores over those; tasks: {', '.join(tasks)}",
              f"{'policy':<16} {'budget':>6} {'n':>4} {'normalised':>10} {'kept':>6} {'s/prompt':>8}   "
              f"{reference} minus policy [95% CI]"]
     for budget in sorted({b for _, b in runs}, key=str):
@@ -111,6 +119,8 @@ def main(argv=None) -> int:
 
         samples = make_samples(args.tasks.split(","), parse_lengths(args.lengths), args.n_per_task, args.split,
                                start=args.start)
+        # interleaved (index, length, task): a stopped run has covered every task alike
+        samples.sort(key=lambda s: (s.meta["index"], s.meta["length"], s.task))
         lm = load_model()
         refs = ReferenceCache(args.reference_cache)
         out.parent.mkdir(parents=True, exist_ok=True)

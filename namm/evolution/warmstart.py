@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -43,15 +44,22 @@ def fit_norm(recs: list[Recording]) -> RunningNorm:
     return norm
 
 
-def example(rec: Recording, update: dict, norm: RunningNorm, sinks: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def protected(pos: torch.Tensor, seen: int, sinks: int, recent: float, fraction: float) -> torch.Tensor:
+    """Slots the policy keeps whatever they score: the sinks and the reserved recent window."""
+    window = int(recent * math.ceil(fraction * seen)) if recent else 0
+    return (pos < sinks) | (pos >= seen - window)
+
+
+def example(rec: Recording, update: dict, norm: RunningNorm, sinks: int = 0, recent: float = 0.0,
+            fraction: float = 0.28) -> tuple[torch.Tensor, torch.Tensor]:
     """One update of one layer: features [H, S, 25] as NAMM sees them, target distribution [H, S].
 
-    The `sinks` first tokens are kept by the policy whatever they score, so they are left out of
-    the target: their attention mass would otherwise dominate it and teach nothing."""
+    Slots the policy keeps whatever they score (sinks, recent window) are left out of the target:
+    the sinks' attention mass would otherwise dominate it, and neither teaches what to choose."""
     pos = update["positions"].long()                        # [H, S], oldest -> newest
     x = torch.cat([norm(update["ema"].float()), recency_embedding(update["seen"] - 1 - pos)], -1)
     y = rec.importance[update["layer"]].float().gather(-1, pos.clamp(max=rec.importance.shape[-1] - 1))
-    y = y.masked_fill(pos < sinks, 0.0)
+    y = y.masked_fill(protected(pos, update["seen"], sinks, recent, fraction), 0.0)
     return x, y / y.sum(-1, keepdim=True).clamp(min=1e-9)
 
 
@@ -63,15 +71,16 @@ def topk_recall(scores: torch.Tensor, y: torch.Tensor, fraction: float) -> float
 
 
 def evaluate_recall(params: torch.Tensor, recs: list[Recording], norm: RunningNorm, block: int | None,
-                    fraction: float, sinks: int = 0) -> dict:
+                    fraction: float, sinks: int = 0, recent: float = 0.0) -> dict:
     w = scorer.unflatten(params)
     got, oracle, recent, streaming = [], [], [], []
     with torch.no_grad():
         for rec in recs:
             for update in rec.updates:
-                x, y = example(rec, update, norm, sinks)
+                x, y = example(rec, update, norm, sinks, recent, fraction)
                 s = scorer.score_tokens(x, w, block=block)
-                s[..., :sinks] = float("inf")  # full-cache recordings: slot i holds position i
+                pos = update["positions"].long()
+                s = s.masked_fill(protected(pos, update["seen"], sinks, recent, fraction), float("inf"))
                 got.append(topk_recall(s, y, fraction))
                 oracle.append(topk_recall(y, y, fraction))
                 age_order = torch.arange(y.shape[-1], dtype=torch.float32).expand_as(y)
@@ -83,7 +92,8 @@ def evaluate_recall(params: torch.Tensor, recs: list[Recording], norm: RunningNo
 
 def train(recs: list[Recording], norm: RunningNorm, *, block: int | None = 256, epochs: int = 3,
           lr: float = 3e-3, init_std: float = 0.05, seed: int = 0, accumulate: int = 16,
-          val: list[Recording] | None = None, fraction: float = 0.28, sinks: int = 0, log=print) -> torch.Tensor:
+          val: list[Recording] | None = None, fraction: float = 0.28, sinks: int = 0, recent: float = 0.0,
+          limit_updates: int | None = None, log=print) -> torch.Tensor:
     torch.manual_seed(seed)
     params = (torch.randn(scorer.num_params()) * init_std).requires_grad_()
     opt = torch.optim.Adam([params], lr=lr)
@@ -92,9 +102,10 @@ def train(recs: list[Recording], norm: RunningNorm, *, block: int | None = 256, 
     for epoch in range(epochs):
         rng.shuffle(items)
         t0, total, n = time.perf_counter(), 0.0, 0
+        epoch_items = items[:limit_updates] if limit_updates else items
         opt.zero_grad()
-        for step, (i, j) in enumerate(items, 1):
-            x, y = example(recs[i], recs[i].updates[j], norm, sinks)
+        for step, (i, j) in enumerate(epoch_items, 1):
+            x, y = example(recs[i], recs[i].updates[j], norm, sinks, recent, fraction)
             s = scorer.score_tokens(x, scorer.unflatten(params), block=block)
             loss = -(y * s.log_softmax(-1)).sum(-1).mean()
             (loss / accumulate).backward()
@@ -104,7 +115,7 @@ def train(recs: list[Recording], norm: RunningNorm, *, block: int | None = 256, 
                 opt.zero_grad()
         msg = f"epoch {epoch + 1}: loss {total / max(n, 1):.4f} ({time.perf_counter() - t0:.0f} s)"
         if val:
-            msg += f", validation recall@{fraction}: {evaluate_recall(params.detach(), val, norm, block, fraction, sinks)}"
+            msg += f", validation recall@{fraction}: {evaluate_recall(params.detach(), val, norm, block, fraction, sinks, recent)}"
         log(msg)
     return params.detach()
 
@@ -121,6 +132,8 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--fraction", type=float, default=0.28)
     p.add_argument("--sinks", type=int, default=4, help="first tokens always kept (and left out of the target)")
+    p.add_argument("--recent", type=float, default=0.5, help="share of the cap reserved for the newest tokens")
+    p.add_argument("--limit-updates", type=int, default=None, help="train on this many random updates per epoch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
@@ -133,13 +146,14 @@ def main(argv=None) -> int:
           f"{sorted({r.task for r in recs})}")
     norm = fit_norm(fit)
     params = train(fit, norm, block=args.block, epochs=args.epochs, lr=args.lr, seed=args.seed, val=val,
-                   fraction=args.fraction, sinks=args.sinks)
+                   fraction=args.fraction, sinks=args.sinks, recent=args.recent,
+                   limit_updates=args.limit_updates)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     from namm.policies.namm import NammPolicy
 
     policy = NammPolicy(params=params.numpy(), budget=args.budget, norm=norm, threshold=False, rows=args.rows,
-                        block=args.block, sinks=args.sinks)
+                        block=args.block, sinks=args.sinks, recent=args.recent)
     policy.save(out, training={"method": "warmstart", "n_fit": len(fit), "n_val": len(val),
                                "epochs": args.epochs, "lr": args.lr, "seed": args.seed, "pool": args.pool})
     print(json.dumps({"saved": str(out)}))

@@ -9,7 +9,7 @@ import torch
 from .. import scorer
 from ..features import (EMA_COEFF, HOP, N_BINS, N_FFT, RunningNorm, frame_count, frame_end_positions, recency_embedding,
                         spectrogram_ema)
-from .base import Policy, UpdateContext
+from .base import Policy, UpdateContext, budget_capacity
 
 
 class NammPolicy(Policy):
@@ -17,8 +17,14 @@ class NammPolicy(Policy):
     needs_attention = True
 
     def __init__(self, params=None, budget=None, norm: RunningNorm | None = None, threshold: bool = True,
-                 rows: int | None = None, block: int | None = None, sinks: int = 0):
+                 rows: int | None = None, block: int | None = None, sinks: int = 0, recent: float = 0.0):
         super().__init__(budget)
+        # recent: the share of the budget cap reserved for the newest tokens (StreamingLLM's
+        # window); the scorer then chooses the rest among older tokens. With sinks and a zero
+        # scorer this is StreamingLLM itself, the starting point evolution can only improve on
+        if not 0.0 <= recent < 1.0:
+            raise ValueError(f"recent must be in [0, 1), got {recent}")
+        self.recent = float(recent)
         # sinks: the first tokens are always kept, as StreamingLLM keeps its attention sinks;
         # every head pours attention there, so the scorer need not spend capacity learning it
         self.sinks = int(sinks)
@@ -94,6 +100,10 @@ class NammPolicy(Policy):
         out = torch.empty_like(sc).scatter_(1, order, sc).reshape(b, h, s)
         if self.sinks:
             out = out.masked_fill(ctx.positions < self.sinks, float("inf"))
+        cap = budget_capacity(self.budget, ctx.seen)
+        if self.recent and cap is not None:
+            window = int(self.recent * cap)
+            out = out.masked_fill(ctx.positions >= ctx.seen - window, float("inf"))
         return out
 
     def threshold(self, ctx, scores):
@@ -103,7 +113,7 @@ class NammPolicy(Policy):
     def state_dict(self) -> dict:
         return {"params": self.params.clone(), "norm": self.norm.state_dict(), "budget": self.budget,
                 "threshold": self.use_threshold, "rows": self.attention_rows, "block": self.block,
-                "sinks": self.sinks}
+                "sinks": self.sinks, "recent": self.recent}
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, budget="checkpoint") -> "NammPolicy":
@@ -113,7 +123,8 @@ class NammPolicy(Policy):
         b = ckpt.get("budget") if budget == "checkpoint" else budget
         threshold = ckpt.get("threshold", True) or b is None  # rank-only needs a budget
         return cls(params=ckpt["params"].numpy(), budget=b, norm=norm, threshold=threshold,
-                   rows=ckpt.get("rows"), block=ckpt.get("block"), sinks=ckpt.get("sinks", 0))
+                   rows=ckpt.get("rows"), block=ckpt.get("block"), sinks=ckpt.get("sinks", 0),
+                   recent=ckpt.get("recent", 0.0))
 
     def save(self, path: str | Path, **extra) -> None:
         torch.save({**self.state_dict(), **extra}, path)

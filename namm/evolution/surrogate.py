@@ -1,0 +1,172 @@
+"""Teacher-forced fitness of a NAMM candidate, open-loop (surrogate) and closed-loop (real).
+
+Both score a candidate by how well the memory it leaves still predicts the reference answers
+(the gold answer and the full cache's own greedy answer): exp(mean log-prob under the candidate
+- mean log-prob under the full cache) over the answer tokens, averaged over the references and
+the prompts. 1.0 = as good as the full cache; a continuous signal, one short forward per prompt.
+
+- `closed_loop_fitness`: the candidate really reads the document (eviction every update).
+- `Surrogate`: the full-cache pass of every prompt is done once (recorded features, see
+  `recording`, and the document's KV recomputed once per prompt and kept); a candidate's keep /
+  evict decisions are computed from the recorded features, update after update, and its score is
+  one forward of the question and answers over the stored KV with the candidate's keep-mask.
+  Masking a slot equals evicting it (same attention, same positions), so the only approximation
+  is that the recorded features are those of the full cache (open loop). Its rank correlation
+  with the closed loop is measured before it is relied on (`python -m namm.evolution.refine
+  --correlation`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from namm import scorer
+from namm.features import RunningNorm, recency_embedding
+from namm.generate import _encode, continuation_logits, prefill
+from namm.memory import NammCache
+from namm.policies import make_policy
+from namm.policies.base import budget_capacity
+from namm.policies.namm import NammPolicy
+from namm.prompts import split_prompt
+from namm.tasks import Sample
+
+from .recording import Recording
+
+
+@dataclass
+class PromptRefs:
+    ctx_ids: torch.Tensor               # [1, T]
+    q_ids: torch.Tensor                 # [1, Q]
+    answers: list[torch.Tensor]         # reference answer ids, each [1, A]
+    full_log_probs: list[float]         # their mean log-prob under the full cache
+
+
+def prompt_refs(lm, rec: Recording) -> PromptRefs:
+    sample = Sample.from_dict(rec.sample)
+    tok = lm.tokenizer
+    parts = split_prompt(tok, sample.context, sample.question, None, query_aware=False)
+    gold = ", ".join(sample.answers) if sample.metric == "contains_all" else sample.answers[0]
+    answers = []
+    for text in dict.fromkeys([gold, rec.prediction]):  # the full cache's answer, when it differs
+        ids = tok.encode(text, add_special_tokens=False)[:32]
+        if ids:
+            answers.append(torch.tensor([ids]))
+    return PromptRefs(_encode(tok, parts.context), _encode(tok, parts.question), answers, [])
+
+
+def answer_log_prob(logits: torch.Tensor, answer: torch.Tensor) -> float:
+    """Mean log-prob of `answer` [1, A] given logits [A, V] where row i predicts token i."""
+    lp = logits.float().log_softmax(-1).gather(-1, answer[0, :, None].to(logits.device))
+    return float(lp.mean())
+
+
+def relative(lp: float, full_lp: float) -> float:
+    return math.exp(min(0.0, lp - full_lp))  # better than the full cache counts as equal
+
+
+@torch.no_grad()
+def closed_loop_fitness(lm, refs: list[PromptRefs], policy: NammPolicy, n_up: int = 512) -> float:
+    """The real fitness: the candidate reads each document with eviction, then the answers are
+    teacher-forced. Needs `refs[i].full_log_probs` (see `Surrogate.prepare`)."""
+    vals = []
+    for ref in refs:
+        for ans, full_lp in zip(ref.answers, ref.full_log_probs):
+            cont = torch.cat([ref.q_ids, ans], 1)
+            logits = continuation_logits(lm, ref.ctx_ids, cont, policy=policy, n_up=n_up)
+            vals.append(relative(answer_log_prob(logits[-ans.shape[1]:], ans), full_lp))  # row i predicts token i
+    return sum(vals) / len(vals)
+
+
+class Surrogate:
+    """Open-loop fitness over recorded prompts; the document KV is computed once per prompt."""
+
+    def __init__(self, lm, recs: list[Recording], norm: RunningNorm, budget: float, block: int | None,
+                 sinks: int, recent: float = 0.0, n_up: int = 512):
+        self.lm, self.recs, self.norm = lm, recs, norm
+        self.budget, self.block, self.sinks, self.recent, self.n_up = budget, block, sinks, recent, n_up
+        self.refs: list[PromptRefs] = [prompt_refs(lm, r) for r in recs]
+        self._kv: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._features: dict[int, list[list[tuple]]] = {}
+
+    @torch.no_grad()
+    def prepare(self, i: int) -> None:
+        """Candidate-independent work for prompt i: its KV, its features, the full cache's log-probs."""
+        if i in self._kv:
+            return
+        ref = self.refs[i]
+        cache = NammCache(self.lm.model.config, make_policy("full"), n_up=self.n_up)
+        prefill(self.lm, cache, ref.ctx_ids)
+        self._kv[i] = [(layer.keys[:, :, :layer.length].clone(), layer.values[:, :, :layer.length].clone())
+                       for layer in cache.layers]
+        by_layer: list[list[tuple]] = [[] for _ in cache.layers]
+        for u in self.recs[i].updates:
+            pos = u["positions"].long()
+            x = torch.cat([self.norm(u["ema"].float()), recency_embedding(u["seen"] - 1 - pos)], -1)
+            by_layer[u["layer"]].append((u["seen"], x))
+        self._features[i] = [sorted(f, key=lambda t: t[0]) for f in by_layer]
+        ref.full_log_probs = [self._answer_log_prob(i, None, a) for a in ref.answers]
+
+    def keep_masks(self, i: int, weights: dict) -> list[torch.Tensor]:
+        """Per layer [H, T] bool: what the candidate keeps after reading prompt i (open loop)."""
+        length = self.refs[i].ctx_ids.shape[1]
+        masks = []
+        for updates in self._features[i]:
+            keep = torch.ones(updates[0][1].shape[0] if updates else 1, length, dtype=torch.bool)
+            for seen, x in updates:
+                keep[:, :seen] = self._select(keep[:, :seen], x, weights, seen)
+            masks.append(keep)
+        return masks
+
+    def _select(self, alive: torch.Tensor, x: torch.Tensor, weights: dict, seen: int) -> torch.Tensor:
+        h, s = alive.shape
+        cap = budget_capacity(self.budget, seen)
+        counts = alive.sum(-1)
+        if cap is None or int(counts.max()) <= cap:
+            return alive
+        # kept slots of each head, oldest -> newest, left-padded as scorer.score_tokens expects
+        n = int(counts.max())
+        order = torch.sort((~alive).to(torch.uint8), dim=-1, stable=True).indices[:, :n]  # kept slots first
+        pad = n - counts
+        slot = torch.arange(n)[None, :] - pad[:, None]           # position in the padded row
+        idx = torch.where(slot >= 0, order.gather(1, slot.clamp(min=0)), torch.zeros_like(slot))
+        feats = x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
+        sc = scorer.score_tokens(feats, weights, block=self.block)
+        sc = sc.masked_fill(slot < 0, float("-inf"))
+        sc = sc.masked_fill((idx < self.sinks) & (slot >= 0), float("inf"))
+        sc[:, -1] = float("inf")                                  # the newest token is always kept
+        if self.recent:
+            window = int(self.recent * cap)
+            sc = sc.masked_fill((idx >= seen - window) & (slot >= 0), float("inf"))
+        top = sc.topk(min(cap, n), dim=-1).indices
+        chosen = torch.zeros_like(alive)
+        chosen.scatter_(1, idx.gather(1, top), True)
+        return chosen & alive
+
+    @torch.no_grad()
+    def _answer_log_prob(self, i: int, masks: list[torch.Tensor] | None, answer: torch.Tensor) -> float:
+        ref = self.refs[i]
+        cache = NammCache(self.lm.model.config, make_policy("full"), n_up=self.n_up)
+        for layer, (k, v), m in zip(cache.layers, self._kv[i], masks or [None] * len(cache.layers)):
+            layer.lazy_initialization(k, v)
+            layer._reserve(k.shape[2])
+            t = k.shape[2]
+            layer.keys[:, :, :t], layer.values[:, :, :t] = k, v
+            layer.valid[:, :, :t] = True if m is None else m[None]
+            layer.positions[:, :, :t] = torch.arange(t)
+            layer.length = layer.seen = t
+            layer.n_invalid = 0 if m is None else int((~m).sum())
+        cont = torch.cat([ref.q_ids, answer], 1).to(self.lm.device)
+        logits = self.lm.model(input_ids=cont, past_key_values=cache, use_cache=True).logits[0]
+        return answer_log_prob(logits[-answer.shape[1] - 1:-1], answer)
+
+    def fitness(self, params, prompts: list[int]) -> float:
+        weights = scorer.unflatten(torch.as_tensor(params, dtype=torch.float32).flatten())
+        vals = []
+        for i in prompts:
+            self.prepare(i)
+            masks = self.keep_masks(i, weights)
+            for ans, full_lp in zip(self.refs[i].answers, self.refs[i].full_log_probs):
+                vals.append(relative(self._answer_log_prob(i, masks, ans), full_lp))
+        return sum(vals) / len(vals)
