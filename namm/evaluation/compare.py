@@ -23,8 +23,8 @@ import numpy as np
 
 from namm.tasks import make_samples, parse_lengths
 
-from .references import ReferenceCache
-from .runner import evaluate
+from .references import ReferenceCache, _Reference, reference_key
+from .runner import DEFAULT_MAX_NEW_TOKENS, evaluate
 
 
 def sample_key(s) -> str:
@@ -93,6 +93,18 @@ def report(results: dict[tuple, dict], reference: str = "namm") -> str:
     return "\n".join(lines)
 
 
+def _reuse_full_row(refs: ReferenceCache, lm, sample, row: dict | None) -> None:
+    """Hand a full-cache result already in the results file to `evaluate` (no second full run)."""
+    if row is None:
+        return
+    mnt = sample.meta.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS
+    key = reference_key(lm.name, sample, mnt, False, 512)
+    if refs.get(key) is None:
+        refs.put(key, _Reference(prediction=row["prediction"], score=row["score"], kept_fraction=1.0,
+                                 kv_bytes_peak=None, kv_bytes_full_peak=None, tokens_in=None,
+                                 seconds=row["seconds"]))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--split", default="validation")
@@ -128,12 +140,14 @@ def main(argv=None) -> int:
         runs = [("full", None)] + [(pol, b) for pol in args.policies.split(",") for b in budgets]
         for sample in samples:
             key = sample_key(sample)
+            results.update(load_results(out))  # another process may be filling the same file
             for policy, budget in runs:
                 if (policy, budget, key) in results:
                     continue
                 pol = policy
                 if policy == "namm" and args.namm_checkpoint:
                     pol = NammPolicy.from_checkpoint(args.namm_checkpoint, budget=budget)
+                _reuse_full_row(refs, lm, sample, results.get(("full", None, key)))
                 rec = evaluate(lm, [sample], pol, budget, reference_cache=refs)
                 r = rec.samples[0]
                 row = {"policy": policy, "budget": budget, "sample": key, "task": sample.task,

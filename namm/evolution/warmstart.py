@@ -73,7 +73,7 @@ def topk_recall(scores: torch.Tensor, y: torch.Tensor, fraction: float) -> float
 def evaluate_recall(params: torch.Tensor, recs: list[Recording], norm: RunningNorm, block: int | None,
                     fraction: float, sinks: int = 0, recent: float = 0.0) -> dict:
     w = scorer.unflatten(params)
-    got, oracle, recent, streaming = [], [], [], []
+    got, oracle, newest, streaming = [], [], [], []
     with torch.no_grad():
         for rec in recs:
             for update in rec.updates:
@@ -84,10 +84,10 @@ def evaluate_recall(params: torch.Tensor, recs: list[Recording], norm: RunningNo
                 got.append(topk_recall(s, y, fraction))
                 oracle.append(topk_recall(y, y, fraction))
                 age_order = torch.arange(y.shape[-1], dtype=torch.float32).expand_as(y)
-                recent.append(topk_recall(age_order, y, fraction))
+                newest.append(topk_recall(age_order, y, fraction))
                 streaming.append(topk_recall(age_order.clone().index_fill_(-1, torch.arange(4), 1e9), y, fraction))
     return {"recall": round(float(np.mean(got)), 4), "oracle": round(float(np.mean(oracle)), 4),
-            "recency": round(float(np.mean(recent)), 4), "sinks+recent": round(float(np.mean(streaming)), 4)}
+            "recency": round(float(np.mean(newest)), 4), "sinks+recent": round(float(np.mean(streaming)), 4)}
 
 
 def train(recs: list[Recording], norm: RunningNorm, *, block: int | None = 256, epochs: int = 3,
