@@ -3,9 +3,10 @@
 The context is a set of real documents of the split (Python reference sections, stdlib module
 docs), each under a ``Document N: title`` header.
 
-* ``doc_qa``: short biographical facts are planted in the documents; the asked fact has
-  distractors of the same shape (other people with the same relation, one of them sharing the
-  first name) and the person's other facts. The answer is the planted value.
+* ``doc_qa``: three short facts about one person (home city, profession, instrument) are
+  planted in the documents; one is asked. The fact and the question use the same words ("The
+  home city of X is Y." / "What is the home city of X?"), and the other two facts are the
+  distractors. The answer is the planted value.
 * ``doc_source``: a sentence of the real text is quoted; the answer is the title of the only
   document that contains it.
 """
@@ -22,13 +23,18 @@ from namm.tasks.metrics import contains
 from namm.tasks.sources import ProseDoc
 from namm.tasks.words import CITIES, FIRST_NAMES, INSTRUMENTS, LAST_NAMES, PROFESSIONS
 
-# relation -> (fact template, question template, value pool)
+# relation -> (fact template, question template, value pool). The question repeats the fact's
+# words: asked "In which city was X born?" about "X was born in Y.", SmolLM2 with the full cache
+# mostly talked about the documents instead (train split, 2k tokens, one person: 0 of 6 right);
+# asked "What is the home city of X?" about "The home city of X is Y.", 4 of 6 even at 4k. Other
+# people with the asked relation (the first version had three, one sharing the first name)
+# defeat it with the full cache (2k: 1 of 6 with three, 4 of 6 with one; 4k: 1 of 6 with one),
+# so the only distractors are the person's other two facts.
 RELATIONS = {
-    "city": ("{name} was born in {value}.", "In which city was {name} born?", CITIES),
-    "profession": ("{name} works as a {value}.", "What is the profession of {name}?", PROFESSIONS),
-    "instrument": ("{name} plays the {value}.", "Which instrument does {name} play?", INSTRUMENTS),
+    "city": ("The home city of {name} is {value}.", "What is the home city of {name}?", CITIES),
+    "profession": ("The profession of {name} is {value}.", "What is the profession of {name}?", PROFESSIONS),
+    "instrument": ("The instrument of {name} is the {value}.", "What is the instrument of {name}?", INSTRUMENTS),
 }
-N_SAME_RELATION = 4  # the asked fact and three distractors of the same relation
 
 
 def render_documents(docs: list[ProseDoc]) -> str:
@@ -36,12 +42,6 @@ def render_documents(docs: list[ProseDoc]) -> str:
                        for i, d in enumerate(docs, 1))
 
 
-def _people(rng: random.Random) -> list[str]:
-    """The target, a namesake (same first name), and two others; all full names distinct."""
-    first = rng.choice(FIRST_NAMES)
-    lasts = rng.sample(LAST_NAMES, 4)
-    others = rng.sample([f for f in FIRST_NAMES if f != first], 2)
-    return [f"{first} {lasts[0]}", f"{first} {lasts[1]}", f"{others[0]} {lasts[2]}", f"{others[1]} {lasts[3]}"]
 
 
 def _plant(docs: list[ProseDoc], facts: list[str], rng: random.Random) -> list[ProseDoc]:
@@ -54,24 +54,17 @@ def _plant(docs: list[ProseDoc], facts: list[str], rng: random.Random) -> list[P
 
 
 @register("doc_qa", family="doc_qa", metric="contains", max_new_tokens=24,
-          description="a planted fact about a person among similar distractor facts, in real documents")
+          description="one of three planted facts about a person, in real documents")
 def doc_qa(rng: random.Random, length: int, split: str) -> Sample:
     relation = rng.choice(sorted(RELATIONS))
-    people = _people(rng)
-    facts, truth = [], {}
-    for rel, (template, _q, pool) in RELATIONS.items():
-        # the target has every relation; the others only the asked one
-        holders = people if rel == relation else people[:1]
-        values = rng.sample(pool, len(holders))
-        for person, value in zip(holders, values):
-            facts.append(template.format(name=person, value=value))
-            truth[(person, rel)] = value
+    target = f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
+    truth = {rel: rng.choice(pool) for rel, (_t, _q, pool) in RELATIONS.items()}
+    facts = [template.format(name=target, value=truth[rel]) for rel, (template, _q, _p) in RELATIONS.items()]
     rng.shuffle(facts)
     budget = chars_for_tokens(length, "prose") - sum(len(f) + 1 for f in facts)
     docs = _plant(prose_documents(split, budget, rng), facts, rng)
-    target = people[0]
     question = RELATIONS[relation][1].format(name=target)
-    return Sample("doc_qa", render_documents(docs), question, truth[(target, relation)],
+    return Sample("doc_qa", render_documents(docs), question, truth[relation],
                   {"haystack": "prose", "person": target, "relation": relation, "facts": facts,
                    "sources": [d.source_id for d in docs]})
 

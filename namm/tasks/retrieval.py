@@ -16,6 +16,7 @@ from namm.tasks.words import ADJECTIVES, NOUNS
 
 NEEDLE = "The special magic number for {key} is: {value}."
 MULTI_VALUE_NEEDLE = "One of the special magic numbers for {key} is: {value}."
+PASSKEY_QUESTION = "What is the pass key? Answer with the number only."
 
 
 def _number(rng: random.Random, digits: int = 7) -> str:
@@ -54,7 +55,9 @@ def passkey(rng: random.Random, length: int, split: str) -> Sample:
     paragraphs = insert_sentences(noise_paragraphs(budget), [needle], rng)
     context = ("There is an important piece of information hidden inside a lot of irrelevant "
                "text. Find it and memorize it.\n\n" + join_paragraphs(paragraphs))
-    return Sample("passkey", context, "What is the pass key?", key, {"haystack": "noise"})
+    # asked as "What is the pass key?" alone, SmolLM2 answers "The pass key is the pass key." on
+    # most prompts (test split, 1.2k tokens: 1 of 4 right); naming the answer's form fixes it
+    return Sample("passkey", context, PASSKEY_QUESTION, key, {"haystack": "noise"})
 
 
 @register("niah_single", family="retrieval", metric="contains", max_new_tokens=24,

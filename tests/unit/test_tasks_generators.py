@@ -51,6 +51,9 @@ def test_passkey():
     for s in samples("passkey"):
         found = set(re.findall(r"The pass key is (\d+)\.", s.context))
         assert found == {s.answer}
+        # the answer's form is part of the question (without it SmolLM2 answers "The pass key
+        # is the pass key." on most prompts)
+        assert s.question == "What is the pass key? Answer with the number only."
 
 
 def test_niah_single():
@@ -91,18 +94,20 @@ def test_common_words_are_the_most_frequent():
         assert ranked[9][1] > ranked[10][1]  # no tie at the cut
 
 
-def test_doc_qa_fact_is_unique_and_has_distractors():
+def test_doc_qa_fact_is_unique_and_the_question_repeats_its_words():
+    from namm.tasks.doc_qa import RELATIONS
+
     for s in samples("doc_qa"):
         person, relation = s.meta["person"], s.meta["relation"]
-        assert person in s.question
-        pattern = {"city": r"{} was born in (\w+)\.", "profession": r"{} works as a (\w+)\.",
-                   "instrument": r"{} plays the (\w+)\."}[relation]
-        assert re.findall(pattern.format(re.escape(person)), s.context) == [s.answer]
-        # same relation for three other people (one shares the first name), other values
-        others = re.findall(pattern.format(r"(?:[A-Z]\w+ [A-Z]\w+)"), s.context)
-        assert len(others) == 4 and len(set(others)) == 4
-        first = person.split()[0]
-        assert len(re.findall(pattern.format(re.escape(first) + r" \w+"), s.context)) == 2
+        fact, question, _pool = RELATIONS[relation]
+        assert s.question == question.format(name=person)
+        pattern = re.escape(fact.format(name=person, value="@@")).replace("@@", r"(\w+)")
+        assert re.findall(pattern, s.context) == [s.answer]
+        # the question is the fact's own words up to the value: "What is the home city of X?"
+        assert fact.format(name=person, value="").lower().startswith(question.format(name=person)[8:-1].lower())
+        # the distractors: the person's two other facts, one per other relation
+        assert len(s.meta["facts"]) == 3 and all(f in s.context for f in s.meta["facts"])
+        assert sum(person in f for f in s.meta["facts"]) == 3
 
 
 def test_doc_source_sentence_lies_in_the_answered_document():
