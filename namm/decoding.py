@@ -21,6 +21,8 @@ did not lower the full cache's scores.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
 
 import torch
 from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
@@ -76,13 +78,20 @@ def next_token(logits: torch.Tensor, answer: list[int], processors: LogitsProces
     return int(logits[0].argmax())
 
 
-def loop_cut(tokens: list[int], min_tokens: int) -> int | None:
+Twins = Callable[[int, int], bool]
+
+
+def loop_cut(tokens: list[int], min_tokens: int, twins: Twins | None = None) -> int | None:
     """Where to cut ``tokens`` if they end in a loop, else None.
 
     A loop: the last ``r + p`` tokens have period ``p`` (each equals the token ``p`` before it),
     with at least two whole copies (``r >= p``) and ``r + p >= min_tokens``. The cut keeps
     everything before the loop and one copy of it. Checked after every new token, so the loop
     is caught when it first qualifies.
+
+    ``twins(a, b)`` says that two different tokens are one word (``The`` opening the answer and
+    `` The`` opening its repeat): then the copy kept starts with the first of them, so that
+    "The key is X. The key is X. The" is cut to "The key is X." and not "... X. The".
     """
     n = len(tokens)
     if min_tokens <= 0 or n < min_tokens:
@@ -92,5 +101,20 @@ def loop_cut(tokens: list[int], min_tokens: int) -> int | None:
         while r < n - p and tokens[n - 1 - r] == tokens[n - 1 - r - p]:
             r += 1
         if r >= p and r + p >= min_tokens:
-            return n - r  # the loop starts at n - r - p; keep one copy: up to n - r
+            start = n - r - p  # the loop's first copy is tokens[start:start + p]
+            if start > 0 and twins is not None and twins(tokens[start - 1], tokens[start - 1 + p]):
+                start -= 1  # the copy really began one token earlier, in another form
+            return start + p
     return None
+
+
+def word_twins(tokenizer) -> Twins | None:
+    """``twins`` for ``loop_cut``: two tokens that decode to the same word up to case and spaces."""
+    if tokenizer is None or not hasattr(tokenizer, "decode"):
+        return None
+
+    @lru_cache(maxsize=4096)
+    def word(token: int) -> str:
+        return tokenizer.decode([token]).strip().lower()
+
+    return lambda a, b: a != b and bool(word(a)) and word(a) == word(b)

@@ -49,15 +49,15 @@ def _step(lm, cache, token: int):
 
 def _greedy_from(lm, cache, logits, out: list[int], mnt: int, stop: set[int], decoding: Decoding) -> list[int]:
     """``greedy_decode`` continued from an answer prefix ``out`` whose logits were consumed."""
-    from namm.decoding import loop_cut, next_token
+    from namm.decoding import loop_cut, next_token, word_twins
 
-    procs = decoding.processors()
+    procs, twins = decoding.processors(), word_twins(getattr(lm, "tokenizer", None))
     while len(out) < mnt:
         token = next_token(logits, out, procs)
         if token in stop:
             break
         out.append(token)
-        cut = loop_cut(out, decoding.stop_on_loop)
+        cut = loop_cut(out, decoding.stop_on_loop, twins)
         if cut is not None:
             return out[:cut]
         if len(out) == mnt:
@@ -75,7 +75,7 @@ def decode_settings(lm, cache, snap, q_ids, mnt: int, stop: set[int], settings: 
     again from the snapshot ``snap`` of the document, in one batched forward)."""
     import torch
 
-    from namm.decoding import loop_cut, next_token
+    from namm.decoding import loop_cut, next_token, word_twins
     from namm.generate import prefill
 
     cache.restore(snap)
@@ -90,6 +90,7 @@ def decode_settings(lm, cache, snap, q_ids, mnt: int, stop: set[int], settings: 
         if len(plain) == mnt:
             break
         logits = _step(lm, cache, token)
+    twins = word_twins(getattr(lm, "tokenizer", None))
     result = {}
     for name, decoding in settings.items():
         procs, out = decoding.processors(), []
@@ -98,7 +99,7 @@ def decode_settings(lm, cache, snap, q_ids, mnt: int, stop: set[int], settings: 
             if token in stop:
                 break
             out.append(token)
-            cut = loop_cut(out, decoding.stop_on_loop)
+            cut = loop_cut(out, decoding.stop_on_loop, twins)
             if cut is not None:
                 out = out[:cut]
                 break

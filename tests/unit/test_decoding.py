@@ -59,6 +59,30 @@ def test_a_short_loop_is_cut_once_it_covers_the_minimum():
     assert seen == 1 + 12 and tokens[:cut] == [5, 6, 7, 8]
 
 
+def test_a_loop_whose_first_word_changed_form_is_cut_before_the_repeat():
+    # "The pass key is the pass key. The pass key is ..." where "The" opening the answer and
+    # " The" opening each repeat are two tokens of one word
+    the, the_spaced = 30, 31
+    twins = lambda a, b: {a, b} == {the, the_spaced}  # noqa: E731
+    unit = [40, 41, 42, 43, 44, 45, 46]
+    tokens = [the] + unit + ([the_spaced] + unit) * 3
+    assert first_cut(tokens, 12) == (1 + 7 + 8 + 1, 1 + 7 + 1)  # caught one token late: " The"
+    n, _ = first_cut(tokens, 12)
+    assert loop_cut(tokens[:n], 12, twins) == 1 + 7  # "The pass key is the pass key."
+
+
+def test_word_twins_compare_decoded_words():
+    from namm.decoding import word_twins
+
+    class Tok:
+        def decode(self, ids):
+            return {1: "The", 2: " The", 3: " the", 4: " cat", 5: " "}[ids[0]]
+
+    twins = word_twins(Tok())
+    assert twins(1, 2) and twins(2, 3) and not twins(1, 4) and not twins(5, 5) and not twins(2, 2)
+    assert word_twins(None) is None
+
+
 @pytest.mark.parametrize("tokens", [
     [3, 4, 7, 7, 4, 6, 2],  # a number with repeated digits: "The pass key is 67746."
     [9, 9, 9, 9, 9, 9],  # fewer repeats than the minimum
