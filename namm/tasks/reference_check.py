@@ -25,14 +25,20 @@ from namm.tasks.base import available_tasks, get_task, make_sample
 from namm.tasks.lengths import length_label, parse_lengths
 from namm.tasks.metrics import score_answer
 
-# the settings compared (name -> Decoding); "default" is DEFAULT_DECODING
+# the settings compared, named by what they add to plain greedy decoding
 SETTINGS = {
     "plain": Decoding.plain(),
-    "default": DEFAULT_DECODING,
-    "rp1.1": Decoding(repetition_penalty=1.1),
-    "rp1.2": Decoding(repetition_penalty=1.2),
-    "ng5": Decoding(no_repeat_ngram_size=5),
+    "stop12": Decoding(stop_on_loop=12),
+    "stop12+rp1.05": Decoding(repetition_penalty=1.05, stop_on_loop=12),
+    "stop12+rp1.1": Decoding(repetition_penalty=1.1, stop_on_loop=12),
+    "stop12+ng4": Decoding(no_repeat_ngram_size=4, stop_on_loop=12),
+    "stop12+ng8": Decoding(no_repeat_ngram_size=8, stop_on_loop=12),
 }
+
+
+def default_setting(names: list[str]) -> str:
+    """The compared setting that is today's DEFAULT_DECODING (else the first)."""
+    return next((n for n in names if SETTINGS.get(n) == DEFAULT_DECODING), names[0])
 
 
 def digest(sample) -> str:
@@ -152,7 +158,7 @@ def summarise(records: list[dict], settings: list[str], strong: float) -> str:
         cell[(r["task"], r["length"])].append(r)
     tasks = list(dict.fromkeys(r["task"] for r in records))
     lengths = sorted({r["length"] for r in records})
-    ref = "default" if "default" in settings else settings[0]
+    ref = default_setting(settings)
     lines = [f"full-cache score ({ref} decoding), n prompts per cell; * = strong (>= {strong})", "",
              "| task | " + " | ".join(length_label(L) for L in lengths) + " |",
              "|---|" + "---|" * len(lengths)]

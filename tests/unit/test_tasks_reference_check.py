@@ -33,6 +33,6 @@ def test_replayed_settings_equal_greedy_decode(seed):
 
 def test_summary_marks_strong_cells():
     rec = lambda task, length, score: {"task": task, "length": length,  # noqa: E731
-                                       "answers": {"default": {"score": score, "tokens": 3}}}
-    table = summarise([rec("a", 1024, 1.0), rec("a", 1024, 0.5), rec("a", 2048, 0.0)], ["default"], 0.7)
+                                       "answers": {"x": {"score": score, "tokens": 3}}}
+    table = summarise([rec("a", 1024, 1.0), rec("a", 1024, 0.5), rec("a", 2048, 0.0)], ["x"], 0.7)
     assert "| a | 0.75* (2) | 0.00 (1) |" in table
