@@ -56,7 +56,10 @@ def sample_document() -> str:
             + "\n\n".join(notes[half:]) + "\n")
 
 
-SAMPLE_QUESTION = "Which company signed the largest contract this quarter, and what was it worth?"
+# The default model answers this one right with the full cache ("The board approved a dividend
+# of 0.40 euros per share."); asked which company signed the largest contract, it named the
+# Lyon depot (docs/evaluation.md, "The demo").
+SAMPLE_QUESTION = "What dividend did the board approve?"
 
 
 def curl_example(url: str, key: str = "$NAMM_API_KEY") -> str:
