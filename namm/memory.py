@@ -119,6 +119,7 @@ class NammLayer(CacheLayerMixin):
         return self.length + query_length, 0
 
     def get_max_length(self) -> int:
+        # abstract in transformers' CacheLayerMixin: the layer cannot be built without it
         return -1
 
     def reset(self) -> None:

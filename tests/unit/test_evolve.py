@@ -201,9 +201,11 @@ def test_make_policy_loads_the_shipped_checkpoint():
     import torch
 
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    assert "config" in ckpt and ckpt["config"]["population"] >= 2
-    assert torch.equal(pol.params, ckpt["params"]) and ckpt["training"]["which"] in ("mean", "best-validated", "zero")
+    assert torch.equal(pol.params, ckpt["params"])
     assert pol.use_threshold == ckpt.get("threshold", True)  # the mode it was trained in
-    # what ships was validated: not worse than the zero-parameter NAMM with the same budget
-    val = ckpt["training"]["zero_validation"]
-    assert val is not None and "normalised" in val
+    assert (pol.attention_rows, pol.block, pol.sinks, pol.recent) == (
+        ckpt.get("rows"), ckpt.get("block"), ckpt.get("sinks", 0), ckpt.get("recent", 0.0))
+    # what ships was chosen closed-loop on validation prompts, against the same architecture with
+    # a zero scorer (StreamingLLM with sinks and recent window): never worse than it
+    val = ckpt["training"]["validation"]
+    assert val["prompts"] > 0 and val["namm"] >= val["zero_scorer"]
