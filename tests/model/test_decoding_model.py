@@ -1,0 +1,37 @@
+"""Decoding defaults and fixed task wording on the real default model (short prompts)."""
+import pytest
+
+import namm
+from namm.decoding import Decoding
+from namm.tasks import make_sample, score_answer
+
+# train passkey prompts (512 tokens) on which the old question "What is the pass key?" made
+# plain greedy decoding loop: #5 answers "The pass key is the pass key." four times
+LOOPING = [2, 5]
+
+
+def _answer(lm, sample, question=None, decoding=None, max_new_tokens=32):
+    return namm.generate(lm, sample.context, [question or sample.question], policy="full",
+                         max_new_tokens=max_new_tokens, decoding=decoding).text
+
+
+def test_default_decoding_stops_a_real_loop_and_keeps_one_copy(lm):
+    s = make_sample("passkey", 512, "train", 5)
+    plain = _answer(lm, s, "What is the pass key?", Decoding.plain())
+    assert plain.count("The pass key is the pass key.") >= 3
+    assert _answer(lm, s, "What is the pass key?") == "The pass key is the pass key."
+
+
+@pytest.mark.parametrize("index", LOOPING)
+def test_the_fixed_passkey_question_is_answered_and_defaults_change_nothing(lm, index):
+    s = make_sample("passkey", 512, "train", index)
+    text = _answer(lm, s)
+    assert score_answer(text, s.answers, s.metric) == 1.0
+    assert text == _answer(lm, s, decoding=Decoding.plain())
+
+
+def test_the_demo_question_is_answered_with_the_full_cache(lm):
+    from service.dev.demo import SAMPLE_QUESTION, sample_document
+
+    text = namm.generate(lm, sample_document(), [SAMPLE_QUESTION], policy="full", max_new_tokens=48).text
+    assert "0.40 euros" in text
