@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable
 
 import torch
 from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
@@ -78,20 +77,43 @@ def next_token(logits: torch.Tensor, answer: list[int], processors: LogitsProces
     return int(logits[0].argmax())
 
 
-Twins = Callable[[int, int], bool]
+class TokenWords:
+    """What ``loop_cut`` may know about the text of tokens, from a tokenizer.
+
+    ``twins(a, b)``: two different tokens of one word, up to case and spaces (``The`` opening
+    the answer, `` The`` opening its repeat). ``ends_unit(t)``: the token ends a line or a
+    sentence, a natural end for the copy that is kept.
+    """
+
+    def __init__(self, tokenizer):
+        self._decode = lru_cache(maxsize=8192)(lambda t: tokenizer.decode([t]))
+
+    def twins(self, a: int, b: int) -> bool:
+        word = self._decode(a).strip().lower()
+        return a != b and bool(word) and word == self._decode(b).strip().lower()
+
+    def ends_unit(self, token: int) -> bool:
+        text = self._decode(token)
+        return text.endswith("\n") or text.rstrip().endswith((".", "!", "?"))
 
 
-def loop_cut(tokens: list[int], min_tokens: int, twins: Twins | None = None) -> int | None:
+def token_words(tokenizer) -> TokenWords | None:
+    return TokenWords(tokenizer) if tokenizer is not None and hasattr(tokenizer, "decode") else None
+
+
+def loop_cut(tokens: list[int], min_tokens: int, words: TokenWords | None = None) -> int | None:
     """Where to cut ``tokens`` if they end in a loop, else None.
 
     A loop: the last ``r + p`` tokens have period ``p`` (each equals the token ``p`` before it),
-    with at least two whole copies (``r >= p``) and ``r + p >= min_tokens``. The cut keeps
-    everything before the loop and one copy of it. Checked after every new token, so the loop
-    is caught when it first qualifies.
+    with at least two whole copies (``r >= p``) and ``r + p >= min_tokens``. Checked after every
+    new token, so the loop is caught when it first qualifies. The cut keeps everything before
+    the loop and one whole copy of it.
 
-    ``twins(a, b)`` says that two different tokens are one word (``The`` opening the answer and
-    `` The`` opening its repeat): then the copy kept starts with the first of them, so that
-    "The key is X. The key is X. The" is cut to "The key is X." and not "... X. The".
+    Where one copy ends is ambiguous (in "- 1379422\n- 1787712\n- 1787712" the period can be
+    read as "2\n- 178771"), so with ``words`` the cut moves on to the first token that ends a
+    line or a sentence within the next copy, and a copy whose first word changed form ("The
+    key is X. The key is X.") starts at that word; without them, or with no such token, it
+    keeps exactly one period from where the loop starts.
     """
     n = len(tokens)
     if min_tokens <= 0 or n < min_tokens:
@@ -102,19 +124,10 @@ def loop_cut(tokens: list[int], min_tokens: int, twins: Twins | None = None) -> 
             r += 1
         if r >= p and r + p >= min_tokens:
             start = n - r - p  # the loop's first copy is tokens[start:start + p]
-            if start > 0 and twins is not None and twins(tokens[start - 1], tokens[start - 1 + p]):
+            if words is None:
+                return start + p
+            if start > 0 and words.twins(tokens[start - 1], tokens[start - 1 + p]):
                 start -= 1  # the copy really began one token earlier, in another form
-            return start + p
+            ends = (c for c in range(start + p, min(n, start + 2 * p) + 1) if words.ends_unit(tokens[c - 1]))
+            return next(ends, start + p)
     return None
-
-
-def word_twins(tokenizer) -> Twins | None:
-    """``twins`` for ``loop_cut``: two tokens that decode to the same word up to case and spaces."""
-    if tokenizer is None or not hasattr(tokenizer, "decode"):
-        return None
-
-    @lru_cache(maxsize=4096)
-    def word(token: int) -> str:
-        return tokenizer.decode([token]).strip().lower()
-
-    return lambda a, b: a != b and bool(word(a)) and word(a) == word(b)

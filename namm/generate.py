@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .decoding import DEFAULT_DECODING, Decoding, loop_cut, next_token, word_twins
+from .decoding import DEFAULT_DECODING, Decoding, loop_cut, next_token, token_words
 from .errors import ContextTooLongError
 from .memory import NammCache
 from .models import LoadedModel
@@ -90,7 +90,7 @@ def greedy_decode(lm: LoadedModel, cache: NammCache, first_logits: torch.Tensor,
     (`namm.decoding.DEFAULT_DECODING` when None; `Decoding.plain()` for plain greedy)."""
     decoding = DEFAULT_DECODING if decoding is None else decoding
     processors = decoding.processors()
-    twins = word_twins(getattr(lm, "tokenizer", None)) if decoding.stop_on_loop else None
+    words = token_words(getattr(lm, "tokenizer", None)) if decoding.stop_on_loop else None
     out: list[int] = []
     logits = first_logits
     for _ in range(max_new_tokens):
@@ -98,7 +98,7 @@ def greedy_decode(lm: LoadedModel, cache: NammCache, first_logits: torch.Tensor,
         if token in stop_ids:
             break
         out.append(token)
-        cut = loop_cut(out, decoding.stop_on_loop, twins)
+        cut = loop_cut(out, decoding.stop_on_loop, words)
         if cut is not None:  # the answer repeats itself: keep one copy, stop
             return out[:cut]
         if len(out) == max_new_tokens:

@@ -34,6 +34,9 @@ SETTINGS = {
     "stop12+ng4": Decoding(no_repeat_ngram_size=4, stop_on_loop=12),
     "stop12+ng8": Decoding(no_repeat_ngram_size=8, stop_on_loop=12),
 }
+# compared by default: rp1.1 and ng4 cut numbers short on validation prompts at 1k (a
+# penalised or banned repeated digit: "3681751" -> "368175", "1000000" -> "100001")
+COMPARED = ("plain", "stop12", "stop12+rp1.05", "stop12+ng8")
 
 
 def default_setting(names: list[str]) -> str:
@@ -55,15 +58,15 @@ def _step(lm, cache, token: int):
 
 def _greedy_from(lm, cache, logits, out: list[int], mnt: int, stop: set[int], decoding: Decoding) -> list[int]:
     """``greedy_decode`` continued from an answer prefix ``out`` whose logits were consumed."""
-    from namm.decoding import loop_cut, next_token, word_twins
+    from namm.decoding import loop_cut, next_token, token_words
 
-    procs, twins = decoding.processors(), word_twins(getattr(lm, "tokenizer", None))
+    procs, words = decoding.processors(), token_words(getattr(lm, "tokenizer", None))
     while len(out) < mnt:
         token = next_token(logits, out, procs)
         if token in stop:
             break
         out.append(token)
-        cut = loop_cut(out, decoding.stop_on_loop, twins)
+        cut = loop_cut(out, decoding.stop_on_loop, words)
         if cut is not None:
             return out[:cut]
         if len(out) == mnt:
@@ -81,7 +84,7 @@ def decode_settings(lm, cache, snap, q_ids, mnt: int, stop: set[int], settings: 
     again from the snapshot ``snap`` of the document, in one batched forward)."""
     import torch
 
-    from namm.decoding import loop_cut, next_token, word_twins
+    from namm.decoding import loop_cut, next_token, token_words
     from namm.generate import prefill
 
     cache.restore(snap)
@@ -96,7 +99,7 @@ def decode_settings(lm, cache, snap, q_ids, mnt: int, stop: set[int], settings: 
         if len(plain) == mnt:
             break
         logits = _step(lm, cache, token)
-    twins = word_twins(getattr(lm, "tokenizer", None))
+    words = token_words(getattr(lm, "tokenizer", None))
     result = {}
     for name, decoding in settings.items():
         procs, out = decoding.processors(), []
@@ -105,7 +108,7 @@ def decode_settings(lm, cache, snap, q_ids, mnt: int, stop: set[int], settings: 
             if token in stop:
                 break
             out.append(token)
-            cut = loop_cut(out, decoding.stop_on_loop, twins)
+            cut = loop_cut(out, decoding.stop_on_loop, words)
             if cut is not None:
                 out = out[:cut]
                 break
@@ -147,7 +150,7 @@ def answer_with_settings(lm, sample, settings: dict[str, Decoding]) -> dict:
     for name, answer in ids.items():
         text = tok.decode(answer, skip_special_tokens=True).strip()
         out["answers"][name] = {"text": text, "score": score_answer(text, sample.answers, sample.metric),
-                                "tokens": len(answer)}
+                                "tokens": len(answer), "ids": answer}
     return out
 
 
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--split", default="validation")
     ap.add_argument("--families", default="retrieval,doc_qa,code")
     ap.add_argument("--tasks", default=None, help="task names (instead of --families)")
-    ap.add_argument("--settings", default=",".join(SETTINGS), help=f"of {', '.join(SETTINGS)}")
+    ap.add_argument("--settings", default=",".join(COMPARED), help=f"of {', '.join(SETTINGS)}")
     ap.add_argument("--strong", type=float, default=0.7)
     ap.add_argument("--out", default="runs/refcheck.jsonl")
     ap.add_argument("--summary-only", action="store_true", help="print the tables of --out, run nothing")

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from namm.decoding import DEFAULT_DECODING, Decoding, loop_cut, next_token
+from namm.decoding import DEFAULT_DECODING, Decoding, loop_cut, next_token, token_words
 from namm.generate import greedy_decode
 
 V = 64
@@ -59,28 +59,43 @@ def test_a_short_loop_is_cut_once_it_covers_the_minimum():
     assert seen == 1 + 12 and tokens[:cut] == [5, 6, 7, 8]
 
 
+class Tok:
+    """Token ids to text: a stand-in tokenizer for TokenWords."""
+
+    TEXT = {30: "The", 31: " The", 32: " the", 33: " ", 40: " pass", 41: " key", 42: " is", 46: ".",
+            50: "\n", 51: "-", 52: " ", **{60 + d: str(d) for d in range(10)}}
+
+    def decode(self, ids):
+        return self.TEXT[ids[0]]
+
+
 def test_a_loop_whose_first_word_changed_form_is_cut_before_the_repeat():
-    # "The pass key is the pass key. The pass key is ..." where "The" opening the answer and
-    # " The" opening each repeat are two tokens of one word
-    the, the_spaced = 30, 31
-    twins = lambda a, b: {a, b} == {the, the_spaced}  # noqa: E731
-    unit = [40, 41, 42, 43, 44, 45, 46]
-    tokens = [the] + unit + ([the_spaced] + unit) * 3
-    assert first_cut(tokens, 12) == (1 + 7 + 8 + 1, 1 + 7 + 1)  # caught one token late: " The"
-    n, _ = first_cut(tokens, 12)
-    assert loop_cut(tokens[:n], 12, twins) == 1 + 7  # "The pass key is the pass key."
+    # "The pass key is the pass key. The pass key is ...": "The" opening the answer and " The"
+    # opening each repeat are two tokens of one word
+    unit = [40, 41, 42, 32, 40, 41, 46]
+    tokens = [30] + unit + ([31] + unit) * 3
+    n, cut = first_cut(tokens, 12)
+    assert (n, cut) == (1 + 7 + 8 + 1, 1 + 7 + 1)  # without words: caught one token late, " The" kept
+    assert loop_cut(tokens[:n], 12, token_words(Tok())) == 1 + 7  # "The pass key is the pass key."
 
 
-def test_word_twins_compare_decoded_words():
-    from namm.decoding import word_twins
+def test_a_repeated_list_item_is_cut_after_a_whole_item():
+    # "- 1379422\n- 1787712\n- 1787712": the period read from the loop's start is "2\n- 178771"
+    digits = lambda number: [60 + int(d) for d in number]  # noqa: E731
+    item = lambda number: [51, 52] + digits(number) + [50]  # noqa: E731
+    tokens = [30, 50] + item("1379422") + item("1787712") + item("1787712")
+    n, cut = first_cut(tokens, 12)
+    assert 60 <= tokens[cut - 1] < 70 and tokens[cut] != 50  # one period from its start: inside the number
+    kept = tokens[:loop_cut(tokens[:n], 12, token_words(Tok()))]
+    assert kept == [30, 50] + item("1379422") + item("1787712")
 
-    class Tok:
-        def decode(self, ids):
-            return {1: "The", 2: " The", 3: " the", 4: " cat", 5: " "}[ids[0]]
 
-    twins = word_twins(Tok())
-    assert twins(1, 2) and twins(2, 3) and not twins(1, 4) and not twins(5, 5) and not twins(2, 2)
-    assert word_twins(None) is None
+def test_token_words_compare_decoded_words():
+    words = token_words(Tok())
+    assert words.twins(30, 31) and words.twins(31, 32) and not words.twins(30, 40)
+    assert not words.twins(33, 33) and not words.twins(31, 31)
+    assert words.ends_unit(46) and words.ends_unit(50) and not words.ends_unit(41)
+    assert token_words(None) is None
 
 
 @pytest.mark.parametrize("tokens", [
