@@ -10,8 +10,9 @@ the prompts. 1.0 = as good as the full cache; a continuous signal, one short for
   `recording`, and the document's KV recomputed once per prompt and kept); a candidate's keep /
   evict decisions are computed from the recorded features, update after update, and its score is
   one forward of the question and answers over the stored KV with the candidate's keep-mask.
-  Masking a slot equals evicting it (same attention, same positions), so the only approximation
-  is that the recorded features are those of the full cache (open loop). Its rank correlation
+  Masking a slot equals evicting it (same attention, same positions; exact when the document
+  is read before the only eviction, tested); the approximation is the open loop: the recorded
+  features, and the keys of tokens read after an eviction, are those of the full cache. Its rank correlation
   with the closed loop is measured before it is relied on (`python -m namm.evolution.refine
   --correlation`).
 """
@@ -139,7 +140,10 @@ class Surrogate:
         if self.recent:
             window = int(self.recent * cap)
             sc = sc.masked_fill((idx >= seen - window) & (slot >= 0), float("inf"))
-        top = sc.topk(min(cap, n), dim=-1).indices
+        # ties go to the newer token, as in Policy.select: newest first, then a stable sort by score
+        newest_first = sc.flip(-1)
+        order_desc = newest_first.argsort(dim=-1, descending=True, stable=True)[:, :min(cap, n)]
+        top = n - 1 - order_desc
         chosen = torch.zeros_like(alive)
         chosen.scatter_(1, idx.gather(1, top), True)
         return chosen & alive
