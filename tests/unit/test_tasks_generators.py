@@ -70,6 +70,13 @@ def test_niah_multikey_has_distractors():
         assert len(others) == 3 and all(len(v) == 1 and v[0] != s.answer for v in others)
 
 
+def test_niah_multikey_needles_lie_in_different_quarters():
+    for s in samples("niah_multikey"):
+        keys = [re.search(r"number for (\S+)\?", s.question).group(1)] + s.meta["distractor_keys"]
+        depths = sorted(s.context.index(f"magic number for {k} is:") / len(s.context) for k in keys)
+        assert [int(d * 4) for d in depths] == [0, 1, 2, 3]
+
+
 def test_niah_multivalue():
     for s in samples("niah_multivalue"):
         assert sorted(needle_values(s.context, MULTI_VALUE_NEEDLE, s.meta["key"])) == sorted(s.answer)
