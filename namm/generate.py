@@ -85,15 +85,16 @@ def prefill(lm: LoadedModel, cache: NammCache, input_ids: torch.Tensor,
 
 @torch.no_grad()
 def greedy_decode(lm: LoadedModel, cache: NammCache, first_logits: torch.Tensor, max_new_tokens: int,
-                  stop_ids: set[int], decoding: Decoding | None = None) -> list[int]:
+                  stop_ids: set[int], decoding: Decoding | None = None, prefix: Sequence[int] = ()) -> list[int]:
     """Greedy answer tokens (stop tokens left out), with `decoding`'s guards against loops
-    (`namm.decoding.DEFAULT_DECODING` when None; `Decoding.plain()` for plain greedy)."""
+    (`namm.decoding.DEFAULT_DECODING` when None; `Decoding.plain()` for plain greedy).
+    `prefix`: answer tokens already emitted (and read by the cache); `first_logits` follow them."""
     decoding = DEFAULT_DECODING if decoding is None else decoding
     processors = decoding.processors()
     words = token_words(getattr(lm, "tokenizer", None)) if decoding.stop_on_loop else None
-    out: list[int] = []
+    out: list[int] = list(prefix)
     logits = first_logits
-    for _ in range(max_new_tokens):
+    while len(out) < max_new_tokens:
         token = next_token(logits, out, processors)
         if token in stop_ids:
             break

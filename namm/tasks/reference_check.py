@@ -56,25 +56,6 @@ def _step(lm, cache, token: int):
     return lm.model(input_ids=ids, past_key_values=cache, use_cache=True).logits[:, -1]
 
 
-def _greedy_from(lm, cache, logits, out: list[int], mnt: int, stop: set[int], decoding: Decoding) -> list[int]:
-    """``greedy_decode`` continued from an answer prefix ``out`` whose logits were consumed."""
-    from namm.decoding import loop_cut, next_token, token_words
-
-    procs, words = decoding.processors(), token_words(getattr(lm, "tokenizer", None))
-    while len(out) < mnt:
-        token = next_token(logits, out, procs)
-        if token in stop:
-            break
-        out.append(token)
-        cut = loop_cut(out, decoding.stop_on_loop, words)
-        if cut is not None:
-            return out[:cut]
-        if len(out) == mnt:
-            break
-        logits = _step(lm, cache, token)
-    return out
-
-
 def decode_settings(lm, cache, snap, q_ids, mnt: int, stop: set[int], settings: dict[str, Decoding]) -> dict:
     """Token ids per setting, as ``greedy_decode`` would give them after ``q_ids``.
 
@@ -85,7 +66,7 @@ def decode_settings(lm, cache, snap, q_ids, mnt: int, stop: set[int], settings: 
     import torch
 
     from namm.decoding import loop_cut, next_token, token_words
-    from namm.generate import prefill
+    from namm.generate import greedy_decode, prefill
 
     cache.restore(snap)
     logits = prefill(lm, cache, q_ids)
@@ -118,7 +99,7 @@ def decode_settings(lm, cache, snap, q_ids, mnt: int, stop: set[int], settings: 
                 cache.restore(snap)
                 with torch.no_grad():
                     logits = prefill(lm, cache, torch.cat([q_ids, torch.tensor([out])], dim=1))
-                    out = _greedy_from(lm, cache, logits, out, mnt, stop, decoding)
+                    out = greedy_decode(lm, cache, logits, mnt, stop, decoding, prefix=out)
                 break
         result[name] = out
     return result
