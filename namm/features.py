@@ -100,6 +100,12 @@ def recency_embedding(age: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
+def scorer_inputs(norm: "RunningNorm", ema: torch.Tensor, positions: torch.Tensor, seen: int) -> torch.Tensor:
+    """The scorer's 25 inputs per slot: the normalised EMA spectrogram, then the recency embedding."""
+    age = (seen - 1 - positions).clamp(min=0)
+    return torch.cat([norm(ema), recency_embedding(age)], dim=-1)
+
+
 class RunningNorm:
     """Per-bin z-normalisation whose statistics accumulate until frozen (then they are constants)."""
 

@@ -23,17 +23,27 @@ from dataclasses import dataclass
 
 import torch
 
-from namm import scorer
-from namm.features import RunningNorm, recency_embedding
+from namm.features import RunningNorm, scorer_inputs
 from namm.generate import _encode, continuation_logits, prefill
 from namm.memory import NammCache
 from namm.policies import make_policy
-from namm.policies.base import budget_capacity
+from namm.policies.base import UpdateContext
 from namm.policies.namm import NammPolicy
 from namm.prompts import split_prompt
 from namm.tasks import Sample
 
 from .recording import Recording
+
+
+class ReplayNamm(NammPolicy):
+    """A NAMM that reads recorded features instead of computing them (open loop), so that the
+    surrogate's keep/evict decisions are `NammPolicy.select` itself: sinks, recent window, cap,
+    newest token and tie-break all as in the real policy."""
+
+    features: torch.Tensor  # [1, H, S, 25] of the update being replayed
+
+    def token_features(self, ctx):
+        return self.features
 
 
 @dataclass
@@ -85,8 +95,8 @@ class Surrogate:
 
     def __init__(self, lm, recs: list[Recording], norm: RunningNorm, budget: float, block: int | None,
                  sinks: int, recent: float = 0.0, n_up: int = 512):
-        self.lm, self.recs, self.norm = lm, recs, norm
-        self.budget, self.block, self.sinks, self.recent, self.n_up = budget, block, sinks, recent, n_up
+        self.lm, self.recs, self.norm, self.n_up = lm, recs, norm, n_up
+        self.policy = ReplayNamm(budget=budget, norm=norm, threshold=False, block=block, sinks=sinks, recent=recent)
         self.refs: list[PromptRefs] = [prompt_refs(lm, r) for r in recs]
         self._kv: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._features: dict[int, list[list[tuple]]] = {}
@@ -103,50 +113,35 @@ class Surrogate:
                        for layer in cache.layers]
         by_layer: list[list[tuple]] = [[] for _ in cache.layers]
         for u in self.recs[i].updates:
-            pos = u["positions"].long()
-            x = torch.cat([self.norm(u["ema"].float()), recency_embedding(u["seen"] - 1 - pos)], -1)
+            x = scorer_inputs(self.norm, u["ema"].float(), u["positions"].long(), u["seen"])
             by_layer[u["layer"]].append((u["seen"], x))
         self._features[i] = [sorted(f, key=lambda t: t[0]) for f in by_layer]
         ref.full_log_probs = [self._answer_log_prob(i, None, a) for a in ref.answers]
 
-    def keep_masks(self, i: int, weights: dict) -> list[torch.Tensor]:
-        """Per layer [H, T] bool: what the candidate keeps after reading prompt i (open loop)."""
+    @property
+    def budget(self):
+        return self.policy.budget
+
+    def keep_masks(self, i: int) -> list[torch.Tensor]:
+        """Per layer [H, T] bool: what the current parameters keep after reading prompt i (open loop)."""
         length = self.refs[i].ctx_ids.shape[1]
         masks = []
-        for updates in self._features[i]:
+        for layer, updates in enumerate(self._features[i]):
             keep = torch.ones(updates[0][1].shape[0] if updates else 1, length, dtype=torch.bool)
             for seen, x in updates:
-                keep[:, :seen] = self._select(keep[:, :seen], x, weights, seen)
+                keep[:, :seen] = self.select(keep[:, :seen], x, seen, layer)
             masks.append(keep)
         return masks
 
-    def _select(self, alive: torch.Tensor, x: torch.Tensor, weights: dict, seen: int) -> torch.Tensor:
+    def select(self, alive: torch.Tensor, x: torch.Tensor, seen: int, layer: int = 0) -> torch.Tensor:
+        """[H, S] keep-mask of one update: `NammPolicy.select` over the recorded features `x`
+        [H, S, 25] of the slots still `alive` (slot i of a full-cache recording is position i)."""
         h, s = alive.shape
-        cap = budget_capacity(self.budget, seen)
-        counts = alive.sum(-1)
-        if cap is None or int(counts.max()) <= cap:
-            return alive
-        # kept slots of each head, oldest -> newest, left-padded as scorer.score_tokens expects
-        n = int(counts.max())
-        order = torch.sort((~alive).to(torch.uint8), dim=-1, stable=True).indices[:, :n]  # kept slots first
-        pad = n - counts
-        slot = torch.arange(n)[None, :] - pad[:, None]           # position in the padded row
-        idx = torch.where(slot >= 0, order.gather(1, slot.clamp(min=0)), torch.zeros_like(slot))
-        feats = x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
-        sc = scorer.score_tokens(feats, weights, block=self.block)
-        sc = sc.masked_fill(slot < 0, float("-inf"))
-        sc = sc.masked_fill((idx < self.sinks) & (slot >= 0), float("inf"))
-        sc[:, -1] = float("inf")                                  # the newest token is always kept
-        if self.recent:
-            window = int(self.recent * cap)
-            sc = sc.masked_fill((idx >= seen - window) & (slot >= 0), float("inf"))
-        # ties go to the newer token, as in Policy.select: newest first, then a stable sort by score
-        newest_first = sc.flip(-1)
-        order_desc = newest_first.argsort(dim=-1, descending=True, stable=True)[:, :min(cap, n)]
-        top = n - 1 - order_desc
-        chosen = torch.zeros_like(alive)
-        chosen.scatter_(1, idx.gather(1, top), True)
-        return chosen & alive
+        empty = x.new_empty(1, h, s, 0)
+        ctx = UpdateContext(layer_idx=layer, keys=empty, values=empty,
+                            positions=torch.arange(s).expand(1, h, s), valid=alive[None], seen=seen, n_new=0)
+        self.policy.features = x[None]
+        return self.policy.select(ctx)[0] & alive
 
     @torch.no_grad()
     def _answer_log_prob(self, i: int, masks: list[torch.Tensor] | None, answer: torch.Tensor) -> float:
@@ -166,11 +161,11 @@ class Surrogate:
         return answer_log_prob(logits[-answer.shape[1] - 1:-1], answer)
 
     def fitness(self, params, prompts: list[int]) -> float:
-        weights = scorer.unflatten(torch.as_tensor(params, dtype=torch.float32).flatten())
+        self.policy.set_params(params)
         vals = []
         for i in prompts:
             self.prepare(i)
-            masks = self.keep_masks(i, weights)
+            masks = self.keep_masks(i)
             for ans, full_lp in zip(self.refs[i].answers, self.refs[i].full_log_probs):
                 vals.append(relative(self._answer_log_prob(i, masks, ans), full_lp))
         return sum(vals) / len(vals)

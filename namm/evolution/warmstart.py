@@ -13,8 +13,8 @@ the shipping choice is always made closed-loop on validation prompts.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from namm import scorer
-from namm.features import RunningNorm, recency_embedding
+from namm.features import RunningNorm, scorer_inputs
 from namm.evolution.pool import read_index
 from namm.evolution.recording import Recording
+from namm.policies.namm import NammPolicy
 
 
 def load_pool(pool: Path, solved_only: bool = False, limit: int | None = None) -> list[Recording]:
@@ -44,10 +45,14 @@ def fit_norm(recs: list[Recording]) -> RunningNorm:
     return norm
 
 
+@functools.lru_cache(maxsize=8)
+def _keep_rule(sinks: int, recent: float, fraction: float) -> NammPolicy:
+    return NammPolicy(budget=fraction, threshold=False, sinks=sinks, recent=recent)
+
+
 def protected(pos: torch.Tensor, seen: int, sinks: int, recent: float, fraction: float) -> torch.Tensor:
     """Slots the policy keeps whatever they score: the sinks and the reserved recent window."""
-    window = int(recent * math.ceil(fraction * seen)) if recent else 0
-    return (pos < sinks) | (pos >= seen - window)
+    return _keep_rule(sinks, recent, fraction).protected(pos, seen)
 
 
 def example(rec: Recording, update: dict, norm: RunningNorm, sinks: int = 0, recent: float = 0.0,
@@ -57,7 +62,7 @@ def example(rec: Recording, update: dict, norm: RunningNorm, sinks: int = 0, rec
     Slots the policy keeps whatever they score (sinks, recent window) are left out of the target:
     the sinks' attention mass would otherwise dominate it, and neither teaches what to choose."""
     pos = update["positions"].long()                        # [H, S], oldest -> newest
-    x = torch.cat([norm(update["ema"].float()), recency_embedding(update["seen"] - 1 - pos)], -1)
+    x = scorer_inputs(norm, update["ema"].float(), pos, update["seen"])
     y = rec.importance[update["layer"]].float().gather(-1, pos.clamp(max=rec.importance.shape[-1] - 1))
     y = y.masked_fill(protected(pos, update["seen"], sinks, recent, fraction), 0.0)
     return x, y / y.sum(-1, keepdim=True).clamp(min=1e-9)
@@ -150,8 +155,6 @@ def main(argv=None) -> int:
                    limit_updates=args.limit_updates)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from namm.policies.namm import NammPolicy
-
     policy = NammPolicy(params=params.numpy(), budget=args.budget, norm=norm, threshold=False, rows=args.rows,
                         block=args.block, sinks=args.sinks, recent=args.recent)
     policy.save(out, training={"method": "warmstart", "n_fit": len(fit), "n_val": len(val),

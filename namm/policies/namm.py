@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from .. import scorer
-from ..features import (EMA_COEFF, HOP, N_BINS, N_FFT, RunningNorm, frame_count, frame_end_positions, recency_embedding,
+from ..features import (EMA_COEFF, HOP, N_BINS, N_FFT, RunningNorm, frame_count, frame_end_positions, scorer_inputs,
                         spectrogram_ema)
 from .base import Policy, UpdateContext, budget_capacity
 
@@ -85,8 +85,7 @@ class NammPolicy(Policy):
         ctx.state["namm_prev_rows"] = rows[:, -HOP:].transpose(1, 2).reshape(b, h, s, HOP)
         if not self.norm.frozen:
             self.norm.update(ema[ctx.valid])
-        age = (ctx.seen - 1 - ctx.positions).clamp(min=0)
-        return torch.cat([self.norm(ema), recency_embedding(age)], dim=-1)
+        return scorer_inputs(self.norm, ema, ctx.positions, ctx.seen)
 
     # ---- scoring --------------------------------------------------------------------------
     def scores(self, ctx: UpdateContext) -> torch.Tensor:
@@ -98,13 +97,13 @@ class NammPolicy(Policy):
         xs = x.reshape(b * h, s, d).gather(1, order[..., None].expand(-1, -1, d))
         sc = scorer.score_tokens(xs, self.weights, block=self.block)
         out = torch.empty_like(sc).scatter_(1, order, sc).reshape(b, h, s)
-        if self.sinks:
-            out = out.masked_fill(ctx.positions < self.sinks, float("inf"))
-        cap = budget_capacity(self.budget, ctx.seen)
-        if self.recent and cap is not None:
-            window = int(self.recent * cap)
-            out = out.masked_fill(ctx.positions >= ctx.seen - window, float("inf"))
-        return out
+        return out.masked_fill(self.protected(ctx.positions, ctx.seen), float("inf"))
+
+    def protected(self, positions: torch.Tensor, seen: int) -> torch.Tensor:
+        """Slots kept whatever they score: the sinks and the recent window reserved in the cap."""
+        cap = budget_capacity(self.budget, seen)
+        window = int(self.recent * cap) if self.recent and cap is not None else 0
+        return (positions < self.sinks) | (positions >= seen - window)
 
     def threshold(self, ctx, scores):
         return scores >= 0 if self.use_threshold else None

@@ -4,24 +4,25 @@ import math
 import torch
 
 from namm import scorer
-from namm.evolution.surrogate import Surrogate, relative
+from namm.evolution.surrogate import ReplayNamm, Surrogate, relative
 
 
-def _bare_surrogate(budget, block, sinks):
+def _bare_surrogate(budget, block, sinks, params=None):
     sur = Surrogate.__new__(Surrogate)  # only the selection rule is exercised: no model, no prompts
-    sur.budget, sur.block, sur.sinks, sur.recent = budget, block, sinks, 0.0
+    sur.policy = ReplayNamm(params=params, budget=budget, threshold=False, block=block, sinks=sinks)
     return sur
 
 
 def test_select_keeps_each_heads_top_scores_among_its_surviving_slots():
     torch.manual_seed(0)
-    weights = scorer.unflatten(torch.randn(scorer.num_params()) * 0.2)
+    params = torch.randn(scorer.num_params()) * 0.2
+    weights = scorer.unflatten(params)
     h, s, sinks = 3, 60, 2
     x = torch.randn(h, s, 25)
     alive = torch.rand(h, s) > 0.3
     alive[:, -1] = True
-    sur = _bare_surrogate(budget=0.25, block=16, sinks=sinks)
-    got = sur._select(alive, x, weights, seen=s)
+    sur = _bare_surrogate(budget=0.25, block=16, sinks=sinks, params=params.numpy())
+    got = sur.select(alive, x, seen=s)
     cap = math.ceil(0.25 * s)
     for head in range(h):
         slots = alive[head].nonzero().flatten()
@@ -37,7 +38,7 @@ def test_select_keeps_everything_under_the_cap():
     alive = torch.zeros(2, 40, dtype=torch.bool)
     alive[:, -5:] = True
     sur = _bare_surrogate(budget=0.25, block=None, sinks=0)
-    assert torch.equal(sur._select(alive, torch.randn(2, 40, 25), scorer.unflatten(torch.zeros(scorer.num_params())), 40), alive)
+    assert torch.equal(sur.select(alive, torch.randn(2, 40, 25), 40), alive)
 
 
 def test_relative_fitness_is_one_at_the_full_cache_and_never_above():
