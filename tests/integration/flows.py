@@ -32,16 +32,18 @@ def wait_for(client: httpx.Client, job_id: str, timeout_s: float = 420.0) -> dic
 def submit_and_read_answer(stack) -> dict:
     with httpx.Client(base_url=stack.url, headers={"X-API-Key": stack.keys[0]}, timeout=30) as c:
         r = c.post("/v1/jobs", json={"document": SHORT_DOCUMENT, "questions": [QUESTION],
-                                     "policy": "namm", "budget": 0.5, "max_new_tokens": 8})
+                                     "policy": "namm", "budget": 0.5, "max_new_tokens": 16})
         assert r.status_code == 202, r.text
         job = wait_for(c, r.json()["id"])
     assert job["status"] == "done", (job, stack.procs.log_tail("worker"))
     assert job["attempts"] == 1 and job["progress"] == 1.0
     assert job["result"]["text"].strip()
-    assert "4711" in job["result"]["text"]  # the default model finds this in a short document
+    # the shipped NAMM at 0.5 answers "The vault code is 4711." (the code alone is 4 tokens, the
+    # sentence 10: 8 new tokens cut it at "471")
+    assert "4711" in job["result"]["text"]
     usage = job["usage"]
     assert usage["model"].startswith("SmolLM2")
-    assert usage["tokens_in"] > 40 and 1 <= usage["tokens_out"] <= 8
+    assert usage["tokens_in"] > 40 and 1 <= usage["tokens_out"] <= 16
     assert 0 < usage["kv_kept_fraction"] <= 1 and usage["kv_bytes_peak"] > 0
     assert usage["kv_bytes_full_peak"] > 0 and usage["seconds"] > 0
     assert usage["cost_micro_usd"] > 0
