@@ -156,6 +156,9 @@ class Job(HasBudget, Base):
     max_new_tokens: Mapped[int] = mapped_column(Integer)
     truncate: Mapped[bool] = mapped_column(Boolean, default=False)
     model: Mapped[str | None] = mapped_column(String(200))  # set by the worker that ran it
+    # the repository batch this job summarises a file of (service/repos); NULL for plain jobs
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="SET NULL"),
+                                                 index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -203,3 +206,8 @@ class UsageRecord(HasBudget, Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="usage")
+
+
+# The batch tables (service/repos/models.py) join Base.metadata wherever the jobs' models are
+# imported: jobs.batch_id refers to them, and Alembic compares the whole metadata.
+from service.repos import models as _repos_models  # noqa: E402,F401

@@ -1,0 +1,1 @@
+"""Repository batches: sources (archive, server path, git), ingestion filters, batches, schedules."""
