@@ -84,7 +84,14 @@ class LimitsSettings(BaseModel):
     max_new_tokens: int = 1024
     max_questions: int = 32
     max_instruction_chars: int = 4000
+    # the rest of a request beside its document (issue 13): every text field is bounded
+    max_question_chars: int = 4000
+    max_filename_chars: int = 255
+    max_options_bytes: int = 256 * 1024  # questions + instruction + file name, UTF-8
     page_size_max: int = 200
+    # PDFs are parsed in a child process with these limits (service/api/pdf_child.py)
+    pdf_timeout_s: float = 20.0
+    pdf_memory_mb: int = 1024
 
 
 class PricesSettings(BaseModel):
@@ -100,10 +107,13 @@ class WorkerSettings(BaseModel):
     soft_time_limit_s: int = 3 * 3600
     time_limit_s: int = 3 * 3600 + 300
     progress_interval_s: float = 0.5  # at most one progress write per interval
-    requeue_after_s: int = 600  # beat re-enqueues jobs queued this long (a lost enqueue)
-    heartbeat_interval_s: float = 15.0  # a running job's row is touched this often
-    stale_after_s: float = 45.0  # no heartbeat for this long: the worker running it is gone
-    sweep_interval_s: int = 60
+    # Recovery within a minute (docs/service.md, "Recovery"): a job queued this long whose
+    # message is in no broker queue is enqueued again; a running job without a heartbeat for
+    # stale_after_s is queued again; beat runs the sweeper every sweep_interval_s.
+    requeue_after_s: int = 20
+    heartbeat_interval_s: float = 5.0  # a running job's row is touched this often
+    stale_after_s: float = 20.0  # no heartbeat for this long: the worker running it is gone
+    sweep_interval_s: int = 10
     preload_model: bool = False  # load the model when the child starts instead of on first job
 
 
@@ -117,6 +127,16 @@ class ApiSettings(BaseModel):
     # Operator key for /metrics (same X-API-Key header). Unset: /metrics is open (local use).
     metrics_key: SecretStr | None = None
     log_level: str = "warning"
+    # SIGTERM: uvicorn finishes open requests for this long, then every child is stopped
+    drain_timeout_s: float = 20.0
+    idempotency_ttl_s: int = 24 * 3600  # an Idempotency-Key answers the same job this long
+
+
+class QuotaSettings(BaseModel):
+    """Per-tenant quotas (None: unlimited), answered with 429 and Retry-After."""
+
+    max_active_jobs: int | None = None  # queued + running jobs of one tenant
+    max_tokens_per_day: int | None = None  # tokens_in + tokens_out of finished jobs, UTC day
 
 
 class Settings(BaseSettings):
@@ -136,6 +156,7 @@ class Settings(BaseSettings):
     prices: PricesSettings = Field(default_factory=PricesSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    quotas: QuotaSettings = Field(default_factory=QuotaSettings)
 
     @field_validator("worker")
     @classmethod
