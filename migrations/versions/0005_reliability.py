@@ -1,7 +1,5 @@
-"""Idempotency keys, tenancy roles and quotas (issue 13).
-
-Reserved in the chain so that the three pieces of work can land in any order; the owner fills
-in upgrade() and downgrade().
+"""Idempotency keys of submissions (issue 13): one row per (tenant, key), the sha256 of the
+request it was first used with and the job it made (service/jobs/idempotency.py).
 
 Revision ID: 0005
 Revises: 0004
@@ -12,6 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
+from alembic import op
+
 revision: str = "0005"
 down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
@@ -19,8 +20,24 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    pass
+    op.create_table(
+        "idempotency_keys",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("tenant_id", sa.Integer(), nullable=False),
+        sa.Column("key", sa.String(length=255), nullable=False),
+        sa.Column("request_sha256", sa.String(length=64), nullable=False),
+        sa.Column("job_id", sa.String(length=36), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], ondelete="CASCADE",
+                                name=op.f("fk_idempotency_keys_tenant_id_tenants")),
+        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], ondelete="CASCADE",
+                                name=op.f("fk_idempotency_keys_job_id_jobs")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_idempotency_keys")),
+        sa.UniqueConstraint("tenant_id", "key", name="uq_idempotency_keys_tenant_key"),
+    )
+    op.create_index("ix_idempotency_keys_created_at", "idempotency_keys", ["created_at"])
 
 
 def downgrade() -> None:
-    pass
+    op.drop_index("ix_idempotency_keys_created_at", table_name="idempotency_keys")
+    op.drop_table("idempotency_keys")

@@ -211,3 +211,6 @@ class UsageRecord(HasBudget, Base):
 # The batch tables (service/repos/models.py) join Base.metadata wherever the jobs' models are
 # imported: jobs.batch_id refers to them, and Alembic compares the whole metadata.
 from service.repos import models as _repos_models  # noqa: E402,F401
+
+# Idempotency keys of submissions (issue 13, migration 0005) join Base.metadata here too.
+from service.jobs import idempotency as _idempotency_models  # noqa: E402,F401
