@@ -25,12 +25,31 @@ Progress = Callable[[int, int], None]
 
 @dataclass
 class GenerationStats:
+    """What one generation read, wrote, held and spent (exact counts from `NammCache`).
+
+    kv_bytes_peak: peak bytes of the cache slots in use (ragged-head padding included,
+      allocation headroom not); kv_bytes_full_peak: what a full cache holds for every token
+      read, the same measure, so the `full` policy has kv_bytes_peak == kv_bytes_full_peak;
+      kv_bytes_allocated_peak: peak storage allocated, headroom included (up to 64 slots per
+      layer beyond the slots in use).
+    kv_token_steps: for every token read (document, question, and each decoded token fed
+      back), the KV entries it attended to, itself included, averaged over layers and KV heads;
+      kv_token_steps_full: the same for a full cache over the same tokens. The attention work of
+      the run and of the full cache, exactly, in token units.
+    kv_updates: one row per policy update round, [tokens read, entries before, entries after]
+      (entries per layer and KV head, averaged).
+    """
+
     tokens_in: int = 0
     tokens_out: int = 0
     kv_kept_per_layer: list[float] = field(default_factory=list)
     kv_kept_fraction: float = 1.0
     kv_bytes_peak: int = 0
     kv_bytes_full_peak: int = 0
+    kv_bytes_allocated_peak: int = 0
+    kv_token_steps: float = 0.0
+    kv_token_steps_full: float = 0.0
+    kv_updates: list[list[float]] = field(default_factory=list)
     seconds_prefill: float = 0.0
     seconds_decode: float = 0.0
     seconds_policy: float = 0.0
@@ -198,13 +217,20 @@ def generate(lm: LoadedModel, context: str | GenerationRequest, questions: str |
         stats.seconds_decode += time.perf_counter() - t0
         stats.tokens_out += len(out_ids)
         answers.append(tok.decode(out_ids, skip_special_tokens=True).strip())
-        stats.kv_bytes_peak = max(stats.kv_bytes_peak, cache.peak_bytes)
+        stats.kv_bytes_peak = max(stats.kv_bytes_peak, cache.peak_used_bytes)
         stats.kv_bytes_full_peak = max(stats.kv_bytes_full_peak, cache.full_cache_bytes())
-        stats.seconds_policy += cache.policy_seconds
-        stats.policy_updates += cache.n_updates
-        cache.policy_seconds, cache.n_updates = 0.0, 0
+        stats.kv_bytes_allocated_peak = max(stats.kv_bytes_allocated_peak, cache.peak_bytes)
+        _add_work(stats, cache.take_work())
     stats.seconds = time.perf_counter() - started
     return GenerationResult(answers=answers, policy=pol.name, budget=pol.budget, stats=stats)
+
+
+def _add_work(stats: GenerationStats, work: dict) -> None:
+    stats.kv_token_steps += work["kv_token_steps"]
+    stats.kv_token_steps_full += work["kv_token_steps_full"]
+    stats.kv_updates.extend(work["kv_updates"])
+    stats.seconds_policy += work["policy_seconds"]
+    stats.policy_updates += work["policy_updates"]
 
 
 @torch.no_grad()
@@ -230,6 +256,7 @@ def continuation_logits(lm: LoadedModel, context_ids: torch.Tensor, continuation
         out = lm.model(input_ids=cont[:, :-1], past_key_values=cache, use_cache=True)
         rows.append(out.logits[0])
     if stats is not None:
-        stats.kv_bytes_peak = cache.peak_bytes
+        stats.kv_bytes_peak = cache.peak_used_bytes
         stats.kv_bytes_full_peak = cache.full_cache_bytes()
+        stats.kv_bytes_allocated_peak = cache.peak_bytes
     return torch.cat([r.reshape(-1, r.shape[-1]) for r in rows], dim=0).float()

@@ -85,6 +85,8 @@ class NammLayer(CacheLayerMixin):
         self.pending_queries: list[torch.Tensor] = []
         self.state: dict[str, torch.Tensor] = {}
         self.scale: float | None = None
+        self.slot_bytes = 0      # bytes of one slot (keys + values, every batch row and head)
+        self.valid_count = 0     # valid entries summed over batch rows and heads
 
     # ---- transformers CacheLayerMixin interface -----------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -94,6 +96,7 @@ class NammLayer(CacheLayerMixin):
         self.values = value_states.new_empty((b, h, 0, value_states.shape[-1]))
         self.valid = torch.zeros((b, h, 0), dtype=torch.bool, device=self.device)
         self.positions = torch.zeros((b, h, 0), dtype=torch.long, device=self.device)
+        self.slot_bytes = b * h * (key_states.shape[-1] + value_states.shape[-1]) * key_states.element_size()
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -101,6 +104,7 @@ class NammLayer(CacheLayerMixin):
             self.lazy_initialization(key_states, value_states)
         q = key_states.shape[2]
         self._reserve(self.length + q)
+        self.cache._count_work(self, q)
         new = slice(self.length, self.length + q)
         self.keys[:, :, new] = key_states
         self.values[:, :, new] = value_states
@@ -109,6 +113,8 @@ class NammLayer(CacheLayerMixin):
         self.length += q
         self.seen += q
         self.since_update += q
+        self.valid_count += q * self.keys.shape[0] * self.keys.shape[1]
+        self.cache._use(q * self.slot_bytes)
         _just_updated.set(self)
         return self.keys[:, :, : self.length], self.values[:, :, : self.length]
 
@@ -124,6 +130,7 @@ class NammLayer(CacheLayerMixin):
 
     def reset(self) -> None:
         self.cache._account(-self.nbytes())
+        self.cache._use(-self.length * self.slot_bytes)
         self.__init__(self.cache, self.layer_idx)
 
     # ---- storage ------------------------------------------------------------------------------
@@ -210,8 +217,11 @@ class NammLayer(CacheLayerMixin):
             ctx.attn = self._window_attention(policy, ctx)
         keep = policy.select(ctx) & ctx.valid
         self.state = ctx.state
+        before = self.valid_count
         if not bool((keep == ctx.valid).all()):  # only copy when something was evicted
             self._compact(keep)
+            self.valid_count = int(keep.sum())
+        self.cache._log_update(self, before)
         self.since_update = 0
         self.pending_queries = []
         self.cache.policy_seconds += time.perf_counter() - started
@@ -248,6 +258,7 @@ class NammLayer(CacheLayerMixin):
         positions[:, :, :kept] = gather(self.positions)
         self.state = {name: gather(t) for name, t in self.state.items()}
         self._replace_storage(keys, values, valid, positions)
+        self.cache._use((kept - self.length) * self.slot_bytes)
         self.length = kept
         self.n_invalid = int((~valid[:, :, :kept]).sum())
 
@@ -267,22 +278,38 @@ class NammLayer(CacheLayerMixin):
             "since_update": self.since_update, "n_invalid": self.n_invalid, "scale": self.scale,
             "pending": [q.clone() for q in self.pending_queries],
             "state": {k: v.clone() for k, v in self.state.items()},
-            "is_initialized": self.is_initialized,
+            "is_initialized": self.is_initialized, "slot_bytes": self.slot_bytes,
+            "valid_count": self.valid_count,
         }
 
     def load(self, snap: dict) -> None:
-        before = self.nbytes()
+        before, used_before = self.nbytes(), self.length * self.slot_bytes
         s = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in snap.items()}
         self.keys, self.values, self.valid, self.positions = s["keys"], s["values"], s["valid"], s["positions"]
         self.length, self.seen, self.since_update = s["length"], s["seen"], s["since_update"]
         self.n_invalid, self.scale, self.is_initialized = s["n_invalid"], s["scale"], s["is_initialized"]
         self.pending_queries = [q.clone() for q in s["pending"]]
         self.state = {k: v.clone() for k, v in s["state"].items()}
+        self.slot_bytes, self.valid_count = s["slot_bytes"], s["valid_count"]
         self.cache._account(self.nbytes() - before)
+        self.cache._use(self.length * self.slot_bytes - used_before)
 
 
 class NammCache(Cache):
-    """A KV cache that forgets: one `NammLayer` per decoder layer, all driven by one policy."""
+    """A KV cache that forgets: one `NammLayer` per decoder layer, all driven by one policy.
+
+    Besides the bytes allocated (`current_bytes`, `peak_bytes`: storage with its headroom), it
+    counts the work done, exactly, for usage records:
+      `used_bytes` / `peak_used_bytes`: bytes of the slots in use (valid entries and the padding
+        of ragged heads; allocation headroom left out), the figure comparable with
+        `full_cache_bytes()`, which a full cache of the same tokens holds;
+      `kv_entry_steps`: for every token read, the valid entries it attends to (itself included),
+        summed over layers, batch rows and KV heads; `full_entry_steps` the same for a full cache
+        over the same tokens. Divided by layers x rows x heads they are KV token-steps;
+      `update_log`: per update round (every layer at once), tokens read and valid entries
+        before and after, summed over layers, rows and heads.
+    `take_work()` hands these counters over and zeroes them.
+    """
 
     def __init__(self, config, policy: Policy, n_up: int = 512):
         if n_up <= 0 or n_up % 16:
@@ -294,6 +321,11 @@ class NammCache(Cache):
         self.peak_bytes = 0
         self.policy_seconds = 0.0
         self.n_updates = 0
+        self.used_bytes = 0
+        self.peak_used_bytes = 0
+        self.kv_entry_steps = 0
+        self.full_entry_steps = 0
+        self.update_log: list[list[int]] = []
         n_layers = text_config.num_hidden_layers
         self.kv_heads = text_config.num_key_value_heads
         self.head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
@@ -302,6 +334,41 @@ class NammCache(Cache):
     def _account(self, delta: int) -> None:
         self.current_bytes += delta
         self.peak_bytes = max(self.peak_bytes, self.current_bytes)
+
+    def _use(self, delta: int) -> None:
+        self.used_bytes += delta
+        self.peak_used_bytes = max(self.peak_used_bytes, self.used_bytes)
+
+    def _count_work(self, layer: NammLayer, q: int) -> None:
+        """`q` tokens join `layer`: token i of them (1-based) attends to the valid entries
+        already there plus i (itself and the new tokens before it)."""
+        heads = layer.keys.shape[0] * layer.keys.shape[1]
+        new = heads * q * (q + 1) // 2
+        self.kv_entry_steps += q * layer.valid_count + new
+        self.full_entry_steps += q * layer.seen * heads + new
+
+    def _log_update(self, layer: NammLayer, before: int) -> None:
+        """One row per update round: [tokens read, entries before, entries after]."""
+        if layer.layer_idx == 0 or not self.update_log or self.update_log[-1][0] != layer.seen:
+            self.update_log.append([layer.seen, 0, 0])
+        self.update_log[-1][1] += before
+        self.update_log[-1][2] += layer.valid_count
+
+    def take_work(self) -> dict:
+        """The work counted since the last call (see the class docstring), then zeroed.
+        Entry counts are divided by layers x batch rows x KV heads: per-head token units."""
+        first = self.layers[0]
+        heads = len(self.layers) * (first.keys.shape[0] * first.keys.shape[1] if first.keys is not None else 1)
+        work = {
+            "kv_token_steps": self.kv_entry_steps / heads,
+            "kv_token_steps_full": self.full_entry_steps / heads,
+            "kv_updates": [[seen, round(b / heads, 2), round(a / heads, 2)] for seen, b, a in self.update_log],
+            "policy_seconds": self.policy_seconds, "policy_updates": self.n_updates,
+        }
+        self.kv_entry_steps = self.full_entry_steps = 0
+        self.update_log = []
+        self.policy_seconds, self.n_updates = 0.0, 0
+        return work
 
     def flush(self) -> None:
         """Run a policy update now on every layer (e.g. once a whole document has been read)."""

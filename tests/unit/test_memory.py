@@ -6,6 +6,7 @@ import torch
 import namm
 from namm.memory import NammCache, window_attention
 from namm.policies import make_policy
+from namm.spec import Budget
 
 from exactness import (MaskOnlyCache, PositionHashPolicy, RecordingPolicy, chunked_logits,
                        masked_reference_logits)
@@ -141,3 +142,37 @@ def test_memory_attention_is_plain_sdpa_for_ordinary_caches(tiny):
         finally:
             tiny.model.set_attn_implementation("namm_sdpa")
     assert torch.equal(ours, ref)
+
+
+def test_work_counters_are_exact_by_hand(tiny):
+    """KV token-steps: token t attends to the valid entries held when it is read, itself
+    included. recency keeps 10 of each 32-token window: tokens 1-32 see 1..32 entries (528),
+    tokens 33-64 see 11..42 (848); a full cache sees 1..64 (2080)."""
+    cache = NammCache(tiny.model.config, make_policy("recency", 10), n_up=N_UP)
+    chunked_logits(tiny.model, cache, _ids(2 * N_UP), N_UP)
+    layers = len(cache.layers)
+    work = cache.take_work()
+    assert work["kv_token_steps"] == 528 + 848 and work["kv_token_steps_full"] == 2080
+    assert work["kv_updates"] == [[32, 32.0, 10.0], [64, 42.0, 10.0]]
+    assert work["policy_updates"] == 2 * layers
+    assert cache.take_work()["kv_token_steps"] == 0  # handed over once
+    slot = cache.layers[0].slot_bytes
+    assert cache.used_bytes == layers * 10 * slot
+    # each layer evicts right after its own attention: at most one layer holds 42 at a time
+    assert cache.peak_used_bytes == ((layers - 1) * 10 + 42) * slot
+
+
+def test_full_cache_peak_equals_the_full_cache_figure(tiny):
+    """The `full` policy holds exactly what a full cache holds: the same peak bytes (allocation
+    headroom is reported apart) and the same KV token-steps; no update is logged."""
+    res = namm.generate(tiny, "lorem ipsum " * 20, ["q1?", "q2?"], policy="full",
+                        max_new_tokens=6, n_up=N_UP)
+    s = res.stats
+    assert s.kv_bytes_peak == s.kv_bytes_full_peak > 0
+    assert s.kv_bytes_allocated_peak > s.kv_bytes_peak  # headroom: what the old figure showed
+    assert s.kv_token_steps == s.kv_token_steps_full > 0 and s.kv_updates == []
+    evicting = namm.generate(tiny, "lorem ipsum " * 20, ["q1?", "q2?"], policy="recency",
+                             budget=Budget.tokens(16), max_new_tokens=6, n_up=N_UP)
+    e = evicting.stats
+    assert e.kv_bytes_peak < e.kv_bytes_full_peak and e.kv_token_steps < e.kv_token_steps_full
+    assert e.kv_updates and all(after <= 16 for _, _, after in e.kv_updates)
