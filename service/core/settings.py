@@ -117,6 +117,23 @@ class WorkerSettings(BaseModel):
     preload_model: bool = False  # load the model when the child starts instead of on first job
 
 
+class BatchSettings(BaseModel):
+    """Repository batches (service/repos): what a source may hold, what ingestion keeps."""
+
+    # server directories a batch may read (a `path` source, or a `file://` git URL); none: off
+    allowed_roots: list[str] = Field(default_factory=list)
+    max_archive_bytes: int = 100 * 1024 * 1024  # an upload, compressed
+    max_unpacked_bytes: int = 500 * 1024 * 1024  # everything an archive or clone expands to
+    max_ratio: float = 200.0  # unpacked / compressed above this (and above 10 MB): a bomb
+    max_entries: int = 20_000  # files and folders in an archive
+    max_file_bytes: int = 256 * 1024  # a larger source file is skipped (too_large)
+    max_total_bytes: int = 16 * 1024 * 1024  # source text read per batch; the rest is skipped
+    max_files: int = 2_000  # files summarised per batch; the rest is skipped
+    file_attempts: int = 2  # a file whose job failed is tried this often in all
+    git_timeout_s: int = 300
+    overview_max_chars: int = 24_000  # the file summaries the overview is written from
+
+
 class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -156,6 +173,7 @@ class Settings(BaseSettings):
     prices: PricesSettings = Field(default_factory=PricesSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    batches: BatchSettings = Field(default_factory=BatchSettings)
     quotas: QuotaSettings = Field(default_factory=QuotaSettings)
 
     @field_validator("worker")
