@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 
 import litserve as ls
-from fastapi import HTTPException, Request, Security
+from fastapi import Request, Security
 
 from service.api.auth import api_key_header, require_tenant
+from service.api.intake import Refusal  # noqa: F401  (re-exported: the refusal type of this API)
 from service.api.litserve import GreedyBatchLoop, JobServer, RouteSpec
 from service.api.schemas import JobSubmitted, JsonJobRequest
 from service.core.settings import get_settings
@@ -25,15 +26,6 @@ from service.core.settings import get_settings
 logger = logging.getLogger(__name__)
 
 JOBS_PATH = "/v1/jobs"
-
-
-class Refusal(dict):
-    """A submission refused in decode_request. Returned, not raised: in a batch, an exception
-    would fail every request of the batch. SubmissionHandler turns it into the HTTP error."""
-
-    @classmethod
-    def of(cls, exc: HTTPException) -> Refusal:
-        return cls(error={"status_code": exc.status_code, "detail": exc.detail})
 
 
 class SubmitJobAPI(ls.LitAPI):
@@ -57,41 +49,16 @@ class SubmitJobAPI(ls.LitAPI):
         await require_tenant(request, x_api_key)
 
     def decode_request(self, request, **kwargs):
-        from service.api.submission import parse_submission
+        from service.api.intake import decode
 
-        try:
-            return parse_submission(request, self.settings)
-        except HTTPException as exc:
-            return Refusal.of(exc)
-        except Exception:  # a bug here is ours: a 500 for this request alone, never a 4xx
-            logger.exception("could not parse a submission")
-            return Refusal(error={"status_code": 500, "detail": "internal error; see the API log"})
+        return decode(request, self.settings)
 
     def predict(self, specs, **kwargs) -> list[dict]:
-        """Store a batch of submissions in one transaction, then enqueue each job."""
-        from sqlalchemy.exc import SQLAlchemyError
+        """Store a batch of submissions, each item answered on its own (service/api/intake.py),
+        then enqueue the new jobs."""
+        from service.api.intake import store
 
-        from service.api.metrics import ENQUEUE_FAILURES, JOBS_SUBMITTED
-        from service.core.db import session_scope
-        from service.core.queue import enqueue_jobs
-        from service.jobs.repository import JobRepository
-
-        accepted = [spec for spec in specs if not isinstance(spec, Refusal)]
-        try:
-            with session_scope() as session:
-                job_ids = JobRepository(session).create(accepted)
-        except SQLAlchemyError as exc:
-            logger.error("could not store jobs: %s", type(exc).__name__)
-            raise HTTPException(503, "the database is unavailable; retry shortly") from None
-        # only after the commit: a worker must find the row when the message arrives
-        JOBS_SUBMITTED.inc(len(job_ids))
-        failed = len(job_ids) - enqueue_jobs(job_ids)
-        if failed:
-            ENQUEUE_FAILURES.inc(failed)
-        ids = iter(job_ids)
-        return [spec if isinstance(spec, Refusal) else
-                {"id": (job_id := next(ids)), "status": "queued", "url": f"{JOBS_PATH}/{job_id}"}
-                for spec in specs]
+        return store(specs, self.settings)
 
     def encode_response(self, output, **kwargs):
         return output
@@ -113,6 +80,11 @@ def _submit_openapi() -> dict:
         "type": "string", "description": 'a fraction ("0.3") or a JSON budget object '
         '(\'{"tokens": 2048}\'); see the JSON body\'s budget'}
     return {
+        "parameters": [{
+            "name": "Idempotency-Key", "in": "header", "required": False,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            "description": "retries with the same key and body answer the first job (for "
+                           "24 h); the same key with another body is a 409"}],
         "requestBody": {
             "required": True,
             "content": {
@@ -145,7 +117,10 @@ def build_server() -> JobServer:
             responses={400: {"description": "unreadable body"}, 401: {"description": "bad key"},
                        413: {"description": "document too large"},
                        415: {"description": "unsupported content type"},
-                       422: {"description": "invalid options or document"}}),
+                       409: {"description": "Idempotency-Key used with another request"},
+                       422: {"description": "invalid options or document"},
+                       429: {"description": "tenant quota reached (see Retry-After)"},
+                       503: {"description": "database unavailable; retry"}}),
         accelerator="cpu",
         workers_per_device=settings.api.inference_workers,
         timeout=30,

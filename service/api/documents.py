@@ -6,13 +6,18 @@ status to answer with: bad input is a 4xx with a clear message, never a 500.
 
 from __future__ import annotations
 
-import io
 import logging
+import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from namm.errors import InputError
+from service.api.text_checks import normalise_extracted
 
 logger = logging.getLogger(__name__)
+
+PDF_CHILD = Path(__file__).with_name("pdf_child.py")
 
 TEXT_TYPES = {"text/plain": "text", "text/markdown": "markdown", "text/x-markdown": "markdown",
               "text/html": "html", "application/xhtml+xml": "html", "application/pdf": "pdf"}
@@ -70,8 +75,10 @@ def decode_text(data: bytes) -> str:
             422, f"the document is not valid {'UTF-16' if encoding == 'utf-16' else 'UTF-8'} text "
             f"(bad byte at offset {exc.start})"
         ) from None
-    if "\x00" in text:
-        raise DocumentError(422, "the document contains NUL bytes: it looks binary, not text")
+    nul = text.find("\x00")
+    if nul >= 0:
+        raise DocumentError(422, f"the document contains NUL bytes (first at character offset "
+                                 f"{nul}): it looks binary, not text")
     return text
 
 
@@ -85,33 +92,44 @@ def html_to_text(html: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def pdf_to_text(data: bytes) -> str:
-    from pypdf import PdfReader
-    from pypdf.errors import PyPdfError
+def pdf_to_text(data: bytes, *, timeout_s: float = 20.0, memory_mb: int = 1024) -> str:
+    """The text of a PDF, parsed in a child process (service/api/pdf_child.py) bounded in
+    time, memory and recursion: any failure of the parser is a 422, never this process's."""
+    import json
+    import subprocess
+    import sys
 
+    argv = [sys.executable, "-I", str(PDF_CHILD), str(max(1, math.ceil(timeout_s))), str(memory_mb)]
     try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted:
-            raise DocumentError(422, "the PDF is encrypted; send an unencrypted file")
-        pages = [page.extract_text() or "" for page in reader.pages]
-    except DocumentError:
-        raise
-    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError) as exc:
-        # pypdf reports malformed files through many exception types
-        logger.info("unreadable PDF: %s: %s", type(exc).__name__, exc)
-        raise DocumentError(422, "the PDF could not be read (damaged or not a PDF)") from None
-    return "\n\n".join(p.strip() for p in pages if p.strip())
+        done = subprocess.run(argv, input=data, capture_output=True, timeout=timeout_s,
+                              env={"PATH": os.environ.get("PATH", "")})
+    except subprocess.TimeoutExpired:
+        logger.info("PDF parse timed out after %.0f s", timeout_s)
+        raise DocumentError(422, f"the PDF could not be read within {timeout_s:.0f} s") from None
+    try:
+        result = json.loads(done.stdout)
+    except ValueError:  # killed (CPU limit: SIGXCPU; memory) or crashed before answering
+        logger.info("PDF parser exited with %s: %s", done.returncode, done.stderr[-500:])
+        raise DocumentError(422, "the PDF could not be read (it needs more time or memory "
+                                 "than allowed, or is damaged)") from None
+    if result.get("error") == "encrypted":
+        raise DocumentError(422, "the PDF is encrypted; send an unencrypted file")
+    if "error" in result:
+        logger.info("unreadable PDF: %s", result.get("type"))
+        raise DocumentError(422, "the PDF could not be read (damaged or not a PDF)")
+    return normalise_extracted(result["text"])
 
 
 def extract_text(data: bytes, content_type: str | None = None, filename: str | None = None,
-                 *, max_bytes: int) -> ExtractedDocument:
+                 *, max_bytes: int, pdf_timeout_s: float = 20.0,
+                 pdf_memory_mb: int = 1024) -> ExtractedDocument:
     if not data:
         raise DocumentError(422, "the document is empty")
     if len(data) > max_bytes:
         raise DocumentError(413, f"the document is {len(data)} bytes; the limit is {max_bytes}")
     fmt = detect_format(data, content_type, filename)
     if fmt == "pdf":
-        text = pdf_to_text(data)
+        text = pdf_to_text(data, timeout_s=pdf_timeout_s, memory_mb=pdf_memory_mb)
         ctype = "application/pdf"
     else:
         text = decode_text(data)

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from namm.spec import NON_EVICTING_POLICIES, Budget, default_budget
 from service.api.documents import DocumentError, extract_text, html_to_text
 from service.api.schemas import JobOptions, JsonJobRequest, validation_message
+from service.api.text_checks import check_text, check_tree
 from service.core.settings import Settings
 from service.jobs.repository import NewJob
 
@@ -34,7 +35,8 @@ LIST_FIELDS = {"questions"}
 
 def _body_limit(settings: Settings) -> int:
     # JSON escaping can double a text's size; never accept more than that
-    return 2 * settings.limits.max_document_bytes + FORM_OVERHEAD_BYTES
+    limits = settings.limits
+    return 2 * (limits.max_document_bytes + limits.max_options_bytes) + FORM_OVERHEAD_BYTES
 
 
 async def read_body(request: Request, settings: Settings) -> dict[str, Any]:
@@ -47,8 +49,10 @@ async def read_body(request: Request, settings: Settings) -> dict[str, Any]:
     if declared and declared.isdigit() and int(declared) > _body_limit(settings):
         raise HTTPException(413, f"request body too large; documents are limited to "
                                  f"{settings.limits.max_document_bytes} bytes")
+    # the Idempotency-Key is checked with the rest in the inference worker (service/api/intake.py)
+    key = request.headers.get("idempotency-key")
     if media_type == "application/json":
-        return {"tenant_id": tenant_id, "format": "json",
+        return {"tenant_id": tenant_id, "format": "json", "idempotency_key": key,
                 "body": await _read_limited(request, _body_limit(settings))}
     if media_type == "multipart/form-data":
         try:
@@ -73,7 +77,8 @@ async def read_body(request: Request, settings: Settings) -> dict[str, Any]:
                     fields.setdefault(name, []).append(value)
         finally:
             await form.close()
-        return {"tenant_id": tenant_id, "format": "multipart", "fields": fields, "file": upload}
+        return {"tenant_id": tenant_id, "format": "multipart", "idempotency_key": key,
+                "fields": fields, "file": upload}
     if not media_type:
         raise HTTPException(415, "missing Content-Type: send application/json or "
                                  "multipart/form-data")
@@ -140,6 +145,7 @@ def parse_submission(payload: dict[str, Any], settings: Settings) -> NewJob:
             raise HTTPException(400, f"the body is not valid JSON ({exc.__class__.__name__})") from None
         if not isinstance(data, dict):
             raise HTTPException(422, "the body must be a JSON object")
+        check_tree(data)  # NUL and lone surrogates, before anything quotes or stores them
         request = _validate(JsonJobRequest, data)
         assert isinstance(request, JsonJobRequest)
         raw = request.document.encode("utf-8")
@@ -156,6 +162,12 @@ def parse_submission(payload: dict[str, Any], settings: Settings) -> NewJob:
     else:
         fields = dict(payload["fields"])
         upload = payload.get("file")
+        for name, values in fields.items():
+            check_text("a form field name", name)
+            for value in values:
+                check_text(name, value)
+        if upload is not None and upload["filename"]:
+            check_text("filename", upload["filename"])
         form = _form_options(fields)
         inline = form.pop("document", None)
         fmt_field = form.pop("document_format", None)
@@ -172,12 +184,30 @@ def parse_submission(payload: dict[str, Any], settings: Settings) -> NewJob:
             data = inline.encode("utf-8")
             declared = {"html": "text/html", "markdown": "text/markdown"}.get(fmt_field or "", "text/plain")
         try:
-            doc = extract_text(data, declared, filename, max_bytes=limits.max_document_bytes)
+            doc = extract_text(data, declared, filename, max_bytes=limits.max_document_bytes,
+                               pdf_timeout_s=limits.pdf_timeout_s,
+                               pdf_memory_mb=limits.pdf_memory_mb)
         except DocumentError as exc:
             raise HTTPException(exc.status_code, exc.message) from None
         text, content_type, size = doc.text, doc.content_type, len(data)
     return _new_job(payload["tenant_id"], options, text=text, content_type=content_type,
                     size=size, filename=filename, settings=settings)
+
+
+def _check_option_sizes(options: JobOptions, filename: str | None, limits) -> None:
+    """Limits over the rest of the request: each question, the file name, and all of it."""
+    for i, question in enumerate(options.questions):
+        if len(question) > limits.max_question_chars:
+            raise HTTPException(422, f"questions[{i}]: {len(question)} characters; a question is "
+                                     f"limited to {limits.max_question_chars}")
+    if filename and len(filename) > limits.max_filename_chars:
+        raise HTTPException(422, f"filename: {len(filename)} characters; the limit is "
+                                 f"{limits.max_filename_chars}")
+    total = sum(len(q.encode("utf-8")) for q in options.questions)
+    total += len((options.instruction or "").encode("utf-8")) + len((filename or "").encode("utf-8"))
+    if total > limits.max_options_bytes:
+        raise HTTPException(413, f"questions, instruction and file name are {total} bytes "
+                                 f"together; the limit is {limits.max_options_bytes}")
 
 
 def default_budget_for(policy: str, settings: Settings) -> Budget | None:
@@ -206,6 +236,7 @@ def _new_job(tenant_id: int, options: JobOptions, *, text: str, content_type: st
     if options.instruction and len(options.instruction) > limits.max_instruction_chars:
         raise HTTPException(422, f"the instruction is limited to {limits.max_instruction_chars} "
                                  "characters")
+    _check_option_sizes(options, filename, limits)
     max_new_tokens = options.max_new_tokens or defaults.max_new_tokens
     if max_new_tokens > limits.max_new_tokens:
         raise HTTPException(422, f"max_new_tokens is limited to {limits.max_new_tokens}")
@@ -217,7 +248,7 @@ def _new_job(tenant_id: int, options: JobOptions, *, text: str, content_type: st
         budget = None  # the full cache keeps everything whatever the budget says
     return NewJob(
         tenant_id=tenant_id, text=text, content_type=content_type, size_bytes=size,
-        filename=(filename or None) and filename[:500], kind=kind,
+        filename=filename or None, kind=kind,
         instruction=options.instruction, questions=options.questions, policy=policy,
         budget=budget, max_new_tokens=max_new_tokens,
         truncate=options.truncate, max_attempts=settings.worker.max_attempts,

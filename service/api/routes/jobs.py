@@ -3,15 +3,32 @@ takes the tenant of its X-API-Key and one session; other tenants' jobs look like
 
 from __future__ import annotations
 
-from typing import Literal
+import uuid
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException
+from fastapi import Path as PathParam
+from fastapi import Query
 
 from service.api.deps import JobsDep, TenantDep
 from service.api.schemas import JobOut, JobPage, job_out, job_summary
 from service.core.settings import get_settings
 
 StatusFilter = Literal["queued", "running", "done", "failed", "cancelled"]
+# every parameter is bounded (issue 13): a 23-digit offset was a 500 (SQLite) / 503 (PostgreSQL)
+MAX_OFFSET = 10_000_000
+MAX_LIMIT = 10_000  # accepted, then cut to limits.page_size_max
+JobId = Annotated[str, PathParam(max_length=64, description="the job's id (a UUID)")]
+
+
+def job_id_or_404(job_id: str) -> str:
+    """A job id is a UUID; anything else (a NUL, a path) is no job, answered without a query."""
+    try:
+        if str(uuid.UUID(job_id)) == job_id.lower():
+            return job_id.lower()
+    except ValueError:
+        pass
+    raise HTTPException(404, "job not found")
 
 
 def job_router() -> APIRouter:
@@ -22,8 +39,8 @@ def job_router() -> APIRouter:
         tenant_id: TenantDep,
         jobs: JobsDep,
         status: StatusFilter | None = Query(None, description="only jobs in this status"),
-        offset: int = Query(0, ge=0),
-        limit: int = Query(50, ge=1),
+        offset: int = Query(0, ge=0, le=MAX_OFFSET),
+        limit: int = Query(50, ge=1, le=MAX_LIMIT),
     ) -> JobPage:
         limit = min(limit, get_settings().limits.page_size_max)
         rows, total = jobs.page(tenant_id, status=status, offset=offset, limit=limit)
@@ -32,16 +49,16 @@ def job_router() -> APIRouter:
 
     @router.get("/{job_id}", response_model=JobOut,
                 summary="Status, progress, result and usage of one job")
-    def get_route(job_id: str, tenant_id: TenantDep, jobs: JobsDep) -> JobOut:
-        job = jobs.get(tenant_id, job_id)
+    def get_route(job_id: JobId, tenant_id: TenantDep, jobs: JobsDep) -> JobOut:
+        job = jobs.get(tenant_id, job_id_or_404(job_id))
         if job is None:
             raise HTTPException(404, "job not found")
         return job_out(job, jobs.document_info(job.document_id))
 
     @router.post("/{job_id}/cancel", response_model=JobOut,
                  summary="Cancel a queued or running job (finished jobs are unchanged)")
-    def cancel_route(job_id: str, tenant_id: TenantDep, jobs: JobsDep) -> JobOut:
-        job = jobs.cancel(tenant_id, job_id)
+    def cancel_route(job_id: JobId, tenant_id: TenantDep, jobs: JobsDep) -> JobOut:
+        job = jobs.cancel(tenant_id, job_id_or_404(job_id))
         jobs.session.commit()
         if job is None:
             raise HTTPException(404, "job not found")

@@ -1,0 +1,112 @@
+"""Issue 13 in-process: text a database refuses is named with its offset, PDFs are parsed in a
+bounded child process, a batch that the database refuses is stored item by item, and
+Idempotency-Key rows expire. Over HTTP, concurrently, on SQLite and PostgreSQL:
+tests/integration/test_isolation.py."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi import HTTPException
+from pdf_samples import NESTED_ARRAYS, UNKNOWN_FILTER
+from test_service_documents import minimal_pdf
+
+from service.api.documents import DocumentError, pdf_to_text
+from service.api.text_checks import bad_character, check_text, check_tree, normalise_extracted
+from service.core.state import reset_process_state
+
+
+def test_bad_characters_are_named_with_their_offset():
+    assert bad_character("fine – text") is None
+    assert bad_character("ab\ud800c") == (2, "a lone surrogate (U+D800)")
+    assert bad_character("a\x00b\udc00") == (1, "a NUL character (U+0000)")
+    assert bad_character("ab\udc00\x00") == (2, "a lone surrogate (U+DC00)")
+    with pytest.raises(HTTPException) as err:
+        check_tree({"document": "ok", "questions": ["fine", "x\x00"]})
+    assert err.value.status_code == 422
+    assert err.value.detail.startswith("questions[1]: a NUL character (U+0000) at character "
+                                       "offset 1")
+    with pytest.raises(HTTPException) as err:
+        check_tree({"budget": {"t\ud800": 1}})
+    assert "budget (a key)" in err.value.detail
+    with pytest.raises(HTTPException):
+        check_text("filename", "\udc80.txt")
+    assert normalise_extracted("a\x00b\udc80c") == "ab\ufffdc"
+
+
+def test_pdfs_are_parsed_in_a_bounded_child():
+    assert "Revenue 5" in pdf_to_text(minimal_pdf("Revenue 5"))
+    for pdf in (UNKNOWN_FILTER, NESTED_ARRAYS):  # NotImplementedError, RecursionError in pypdf
+        with pytest.raises(DocumentError) as err:
+            pdf_to_text(pdf)
+        assert err.value.status_code == 422
+    with pytest.raises(DocumentError) as err:  # the memory limit: pypdf cannot even load
+        pdf_to_text(minimal_pdf("x"), memory_mb=16)
+    assert err.value.status_code == 422
+    with pytest.raises(DocumentError) as err:  # the wall-clock limit
+        pdf_to_text(minimal_pdf("x"), timeout_s=0.001)
+    assert err.value.status_code == 422 and "within" in err.value.message
+
+
+@pytest.fixture()
+def database(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAMM_DATABASE__URL", f"sqlite:///{tmp_path / 'namm.db'}")
+    monkeypatch.setenv("NAMM_BROKER__URL", f"sqla+sqlite:///{tmp_path / 'broker.db'}")
+    reset_process_state()
+    from service.api.keys import get_or_create_tenant
+    from service.core import migrate
+    from service.core.db import session_scope
+
+    migrate.upgrade()
+    with session_scope() as s:
+        tenant = get_or_create_tenant(s, "acme").id
+    yield tenant
+    reset_process_state()
+
+
+def _job(tenant_id: int, **kw):
+    from service.jobs.repository import NewJob
+
+    fields = dict(tenant_id=tenant_id, text="a document", content_type="text/plain",
+                  size_bytes=10, filename=None, kind="summarize", instruction=None)
+    fields.update(kw)
+    return NewJob(**fields)
+
+
+def test_a_row_the_database_refuses_fails_alone(database):
+    """Past the checks (a bug in them, say), the batch is stored again item by item."""
+    from sqlalchemy import func, select
+
+    from service.api.intake import Refusal, Submission, store
+    from service.core.db import session_scope
+    from service.core.settings import get_settings
+    from service.jobs.models import Job
+
+    items = [Submission(_job(database)) for _ in range(5)]
+    items[2] = Submission(_job(database, filename="\udc80.txt"))  # SQLite's driver refuses it
+    items.insert(4, Refusal.status(422, "refused before"))
+    answers = store(items, get_settings())
+    assert [a.get("status") if not isinstance(a, Refusal) else a["error"]["status_code"]
+            for a in answers] == ["queued", "queued", 422, "queued", 422, "queued"]
+    assert "database refused" in answers[2]["error"]["detail"]
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 4
+
+
+def test_idempotency_keys_expire(database):
+    from service.api.intake import Submission, store
+    from service.core.db import session_scope
+    from service.core.settings import get_settings
+    from service.jobs import idempotency
+
+    settings = get_settings()
+    first = store([Submission(_job(database), "k1", "a" * 64)], settings)[0]
+    again = store([Submission(_job(database), "k1", "a" * 64)], settings)[0]
+    assert again["id"] == first["id"]
+    conflict = store([Submission(_job(database), "k1", "b" * 64)], settings)[0]
+    assert conflict["error"]["status_code"] == 409
+    with session_scope() as s:  # past the TTL the key is forgotten: a new job
+        assert idempotency.find(s, database, "k1", "b" * 64, ttl_s=0) is None
+    later = store([Submission(_job(database), "k1", "b" * 64)], settings)[0]
+    assert later["id"] != first["id"]
+    with session_scope() as s:
+        assert idempotency.purge_expired(s, ttl_s=0) == 1
