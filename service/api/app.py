@@ -131,5 +131,8 @@ def build_server() -> JobServer:
     server.app.include_router(job_router())
     server.app.include_router(ops_router(server.inference_workers_ready))
     install_error_handlers(server.app)
+    from service.api.docs_ui import install_docs
+
+    install_docs(server.app)  # /docs with local assets, no CDN
     server.app.add_middleware(MetricsMiddleware)  # outermost: times everything
     return server
