@@ -43,6 +43,16 @@ def generation_request(job: ClaimedJob, n_up: int) -> GenerationRequest:
     )
 
 
+def device_name(lm) -> str:
+    """'cpu', or 'cuda:<GPU name>' (the usage record's device; its kind picks price and rate)."""
+    device = str(getattr(lm, "device", "") or "unknown")
+    if device.startswith("cuda"):
+        import torch
+
+        return f"cuda:{torch.cuda.get_device_name(lm.device)}"
+    return device
+
+
 def heartbeat(job_id: str, progress: float | None = None) -> bool:
     with session_scope() as session:
         return JobRepository(session).heartbeat(job_id, progress)
@@ -121,6 +131,7 @@ def run_job(job_id: str, *, load_model: Callable | None = None,
             result = generate(lm, request,
                               progress=ProgressReporter(job.id, settings.worker.progress_interval_s))
             output = result.to_dict()
+            output["device"] = device_name(lm)  # the price and the rate depend on it
     except JobStopped:
         logger.info("job %s stopped: no longer running (cancelled)", job.id)
         return "cancelled"

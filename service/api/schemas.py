@@ -74,19 +74,36 @@ class ResultOut(BaseModel):
 
 
 class UsageOut(BaseModel):
+    """The job's usage record (docs/service.md, "Cost reports"). Counts are exact; money is
+    billed by work done. full_cache_cost_micro_usd and saved_micro_usd are null where no method
+    applies, and an estimate where counterfactual_estimated is true; a negative saving is a loss."""
+
     model: str
     policy: str
     budget: BudgetField
+    device: str
     tokens_in: int
     tokens_out: int
     kv_kept_fraction: float
     kv_bytes_peak: int
     kv_bytes_full_peak: int
+    kv_bytes_allocated_peak: int | None
     kv_bytes_saved_fraction: float
+    kv_token_steps: float | None
+    kv_token_steps_full: float | None
+    kv_updates: list[list[float]] | None
     seconds: float
+    seconds_prefill: float
+    seconds_decode: float
+    seconds_policy: float
+    price_id: str | None
+    device_hour_micro_usd: int | None
+    billed_device_seconds: float | None
     cost_micro_usd: int
-    full_cache_cost_micro_usd: int
-    saved_micro_usd: int
+    full_cache_cost_micro_usd: int | None
+    saved_micro_usd: int | None
+    counterfactual_method: str | None
+    counterfactual_estimated: bool
 
 
 class JobOut(BaseModel):
@@ -154,12 +171,19 @@ def job_out(job, document=None) -> JobOut:
         if u.kv_bytes_full_peak > 0:
             saved_fraction = 1.0 - u.kv_bytes_peak / u.kv_bytes_full_peak
         usage = UsageOut(
-            model=u.model, policy=u.policy, budget=u.budget, tokens_in=u.tokens_in,
-            tokens_out=u.tokens_out, kv_kept_fraction=u.kv_kept_fraction,
+            model=u.model, policy=u.policy, budget=u.budget, device=u.device,
+            tokens_in=u.tokens_in, tokens_out=u.tokens_out, kv_kept_fraction=u.kv_kept_fraction,
             kv_bytes_peak=u.kv_bytes_peak, kv_bytes_full_peak=u.kv_bytes_full_peak,
-            kv_bytes_saved_fraction=saved_fraction, seconds=u.seconds,
-            cost_micro_usd=u.cost_micro_usd, full_cache_cost_micro_usd=u.full_cache_cost_micro_usd,
-            saved_micro_usd=u.full_cache_cost_micro_usd - u.cost_micro_usd,
+            kv_bytes_allocated_peak=u.kv_bytes_allocated_peak,
+            kv_bytes_saved_fraction=saved_fraction, kv_token_steps=u.kv_token_steps,
+            kv_token_steps_full=u.kv_token_steps_full, kv_updates=u.kv_updates,
+            seconds=u.seconds, seconds_prefill=u.seconds_prefill,
+            seconds_decode=u.seconds_decode, seconds_policy=u.seconds_policy,
+            price_id=u.price_id, device_hour_micro_usd=u.device_hour_micro_usd,
+            billed_device_seconds=u.billed_device_seconds, cost_micro_usd=u.cost_micro_usd,
+            full_cache_cost_micro_usd=u.full_cache_cost_micro_usd,
+            saved_micro_usd=u.saved_micro_usd, counterfactual_method=u.counterfactual_method,
+            counterfactual_estimated=u.counterfactual_estimated,
         )
     return JobOut(
         id=job.id, status=job.status, progress=job.progress, attempts=job.attempts,

@@ -2,17 +2,18 @@
 
 Examples: NAMM_DATABASE__URL=postgresql+psycopg://u:p@db/namm, NAMM_BROKER__URL=redis://redis:6379/0,
 NAMM_MODEL__PATH=/models/llama3-8b, NAMM_DEFAULTS__POLICY=namm, NAMM_DEFAULTS__BUDGET='{"tokens": 2048}',
-NAMM_PRICES__GPU_SECOND_MICRO_USD=600.
+NAMM_PRICES__DEVICE_HOUR_MICRO_USD=2160000.
 A `.env` file in the working directory is read too. URLs may hold passwords: they are SecretStr
 and only `safe_url()` (password masked) may be logged.
 """
 
 from __future__ import annotations
 
+from datetime import date
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -94,12 +95,39 @@ class LimitsSettings(BaseModel):
     pdf_memory_mb: int = 1024
 
 
+class PriceVersion(BaseModel):
+    """One version of the prices, in integer micro-dollars (1 USD = 1_000_000), applying to
+    jobs finished from `effective_from` (00:00 UTC) until a later version of the same device."""
+
+    id: str = Field(min_length=1, max_length=64)
+    effective_from: date
+    device: str = "*"  # a device kind ('cpu', 'cuda') or '*' for any
+    device_hour_micro_usd: int = Field(ge=0)
+    input_per_1k_tokens_micro_usd: int = Field(ge=0)
+    output_per_1k_tokens_micro_usd: int = Field(ge=0)
+
+
 class PricesSettings(BaseModel):
-    """Prices for cost reports, in integer micro-dollars (1 USD = 1_000_000)."""
+    """The versioned price table (service/jobs/pricing.py): the three figures below are the
+    first version ('default', from 1970-01-01, any device); `versions` add later ones, e.g.
+    NAMM_PRICES__VERSIONS='[{"id": "2027-q1", "effective_from": "2027-01-01",
+    "device_hour_micro_usd": 2000000, "input_per_1k_tokens_micro_usd": 80,
+    "output_per_1k_tokens_micro_usd": 240}]'. A usage record keeps the price it was billed at.
+    `rates_path`: the measured device rates (seconds per token, per KV token-step, per scored
+    entry) that bill work done; None: service/jobs/device_rates.json."""
 
     input_per_1k_tokens_micro_usd: int = 100
     output_per_1k_tokens_micro_usd: int = 300
-    gpu_second_micro_usd: int = 700  # about 2.50 USD per GPU-hour
+    device_hour_micro_usd: int = 2_520_000  # 2.52 USD per device-hour
+    gpu_second_micro_usd: int | None = None  # older setting: sets device_hour_micro_usd (x 3600)
+    versions: list[PriceVersion] = Field(default_factory=list)
+    rates_path: str | None = None
+
+    @model_validator(mode="after")
+    def _legacy_second_price(self) -> PricesSettings:
+        if self.gpu_second_micro_usd is not None:
+            self.device_hour_micro_usd = self.gpu_second_micro_usd * 3600
+        return self
 
 
 class WorkerSettings(BaseModel):

@@ -117,9 +117,14 @@ def run_demo(url: str, key: str, *, policy: str = "namm", budget: Budget | None 
     print(f"KV cache kept at answer time: {usage['kv_kept_fraction']:.0%}; peak "
           f"{usage['kv_bytes_peak'] / 2**20:.1f} MiB vs {usage['kv_bytes_full_peak'] / 2**20:.1f} "
           f"MiB for a full cache ({usage['kv_bytes_saved_fraction']:.0%} saved)")
-    print(f"cost {_micro_usd(usage['cost_micro_usd'])} vs "
-          f"{_micro_usd(usage['full_cache_cost_micro_usd'])} with a full cache "
-          f"(saved {_micro_usd(usage['saved_micro_usd'])})")
+    if usage["full_cache_cost_micro_usd"] is None:
+        print(f"cost {_micro_usd(usage['cost_micro_usd'])} (no full-cache estimate for this "
+              "model and device)")
+    else:
+        label = "estimated" if usage["counterfactual_estimated"] else "measured"
+        print(f"cost {_micro_usd(usage['cost_micro_usd'])} vs "
+              f"{_micro_usd(usage['full_cache_cost_micro_usd'])} with a full cache ({label}, "
+              f"{usage['counterfactual_method']}; saved {_micro_usd(usage['saved_micro_usd'])})")
     return 0
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -117,6 +118,8 @@ class ApiKey(Base):
     label: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # an admin key reads every tenant's reports (service/api/principal.py); tenant keys: own only
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     tenant: Mapped[Tenant] = relationship(back_populates="api_keys")
 
@@ -184,7 +187,14 @@ class Result(Base):
 
 
 class UsageRecord(HasBudget, Base):
-    """What one job consumed and cost, next to what a full KV cache would have cost."""
+    """What one job did and cost, next to what a full KV cache would have cost.
+
+    Work is counted exactly by namm (GenerationStats): tokens, KV token-steps of the run and of
+    a full cache over the same tokens, kept entries per update, peak bytes of slots in use.
+    Money is billed by work done at a measured device rate and the price version in force
+    (service/jobs/pricing.py); the counterfactual names its method, and is NULL where none
+    applies (rows from before revision 0004, whose counterfactual scaled the run's own seconds
+    by its memory share). The `full` policy's record has no budget and a zero saving."""
 
     __tablename__ = "usage_records"
     __table_args__ = (Index("ix_usage_records_tenant_created", "tenant_id", "created_at"),
@@ -202,10 +212,32 @@ class UsageRecord(HasBudget, Base):
     kv_bytes_full_peak: Mapped[int] = mapped_column(BigInteger)
     seconds: Mapped[float] = mapped_column(Float)
     cost_micro_usd: Mapped[int] = mapped_column(BigInteger)
-    full_cache_cost_micro_usd: Mapped[int] = mapped_column(BigInteger)
+    full_cache_cost_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
+    seconds_prefill: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    seconds_decode: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    seconds_policy: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    device: Mapped[str] = mapped_column(String(100), default="unknown", server_default="unknown")
+    kv_token_steps: Mapped[float | None] = mapped_column(Float)
+    kv_token_steps_full: Mapped[float | None] = mapped_column(Float)
+    kv_updates: Mapped[list | None] = mapped_column(JSONType)  # [[tokens read, before, after]]
+    kv_bytes_allocated_peak: Mapped[int | None] = mapped_column(BigInteger)
+    policy_entries_scored: Mapped[float | None] = mapped_column(Float)
+    price_id: Mapped[str | None] = mapped_column(String(64))
+    device_hour_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
+    billed_device_seconds: Mapped[float | None] = mapped_column(Float)
+    counterfactual_method: Mapped[str | None] = mapped_column(String(200))
+    counterfactual_estimated: Mapped[bool] = mapped_column(Boolean, default=False,
+                                                          server_default=false())
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="usage")
+
+    @property
+    def saved_micro_usd(self) -> int | None:
+        """Negative for a loss; None when no counterfactual applies."""
+        if self.full_cache_cost_micro_usd is None:
+            return None
+        return self.full_cache_cost_micro_usd - self.cost_micro_usd
 
 
 # The batch tables (service/repos/models.py) join Base.metadata wherever the jobs' models are

@@ -30,12 +30,11 @@ from service.jobs.models import (
     Job,
     JobStatus,
     Result,
-    UsageRecord,
     budget_columns,
     new_id,
     utcnow,
 )
-from service.jobs.pricing import job_cost
+from service.jobs.usage import usage_record
 
 RUNNING = JobStatus.running.value
 QUEUED = JobStatus.queued.value
@@ -232,27 +231,17 @@ class JobRepository:
         job = self.session.scalar(select(Job).where(Job.id == job_id).with_for_update())
         if job is None or job.status != RUNNING:
             return False
-        tokens_in = int(output["tokens_in"])
-        tokens_out = int(output["tokens_out"])
-        seconds = float(output["seconds"])
-        kv_peak = int(output["kv_bytes_peak"])
-        kv_full = int(output["kv_bytes_full_peak"])
-        cost = job_cost(prices, tokens_in=tokens_in, tokens_out=tokens_out, seconds=seconds,
-                        kv_bytes_peak=kv_peak, kv_bytes_full_peak=kv_full)
+        finished = utcnow()
         stats = {k: v for k, v in output.items() if k not in ("text", "answers")}
         self.session.add(Result(job_id=job.id, text=output.get("text") or "",
                                 answers=list(output.get("answers") or []), stats=stats))
-        self.session.add(UsageRecord(
-            job_id=job.id, tenant_id=job.tenant_id, model=model_name, policy=job.policy,
-            budget=job.budget, tokens_in=tokens_in, tokens_out=tokens_out,
-            kv_kept_fraction=float(output["kv_kept_fraction"]), kv_bytes_peak=kv_peak,
-            kv_bytes_full_peak=kv_full, seconds=seconds, cost_micro_usd=cost.cost_micro_usd,
-            full_cache_cost_micro_usd=cost.full_cache_cost_micro_usd,
-        ))
+        self.session.add(usage_record(job_id=job.id, tenant_id=job.tenant_id, model=model_name,
+                                      policy=job.policy, budget=job.budget, output=output,
+                                      prices=prices, finished_at=finished))
         job.status = JobStatus.done.value
         job.progress = 1.0
         job.model = model_name
-        job.finished_at = utcnow()
+        job.finished_at = finished
         job.error = None
         return True
 

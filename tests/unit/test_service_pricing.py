@@ -1,31 +1,98 @@
-"""Cost model in integer micro-dollars; the API's field types validate through namm.spec."""
+"""Billing by work done, in integer micro-dollars, against hand-computed figures: the price
+version in force, the measured rate, the named counterfactual, losses, rounding; the API's
+field types validate through namm.spec."""
+
+from datetime import date, datetime, timezone
 
 import pytest
 from pydantic import BaseModel, ValidationError
 
 from namm.spec import Budget
 from service.core.contract import BudgetField, PolicyField
-from service.core.settings import PricesSettings
-from service.jobs.pricing import job_cost, memory_share
+from service.core.settings import PricesSettings, PriceVersion
+from service.jobs.pricing import DeviceRate, Work, job_cost, load_rates, price_at
 
-PRICES = PricesSettings(input_per_1k_tokens_micro_usd=100, output_per_1k_tokens_micro_usd=300,
-                        gpu_second_micro_usd=700)
+# 1,000 micro-USD per device-second until June 2026, then 2,000 and dearer tokens
+PRICES = PricesSettings(
+    input_per_1k_tokens_micro_usd=100, output_per_1k_tokens_micro_usd=300,
+    device_hour_micro_usd=3_600_000,
+    versions=[PriceVersion(id="2026-06", effective_from=date(2026, 6, 1),
+                           device_hour_micro_usd=7_200_000, input_per_1k_tokens_micro_usd=200,
+                           output_per_1k_tokens_micro_usd=600)])
+RATES = (DeviceRate(model="m", device="cpu", seconds_per_token=0.001,
+                    seconds_per_kv_token_step=1e-6, policy_seconds_per_entry={"namm": 1e-4}),)
+WORK = Work(tokens_in=10_000, tokens_out=1_000, kv_token_steps=20_000_000,
+            kv_token_steps_full=50_000_000, entries_scored=10_000, seconds_prefill=300.0,
+            seconds_decode=200.0, seconds_policy=100.0)
+MAY = datetime(2026, 5, 31, 23, 59, tzinfo=timezone.utc)
+JUNE = datetime(2026, 6, 1, 0, 0, tzinfo=timezone.utc)
 
 
-def test_cost_and_full_cache_counterfactual():
-    cost = job_cost(PRICES, tokens_in=10_000, tokens_out=1_000, seconds=10.0,
-                    kv_bytes_peak=25, kv_bytes_full_peak=100)
-    tokens = 10 * 100 + 1 * 300
-    assert cost.full_cache_cost_micro_usd == tokens + 7000
-    assert cost.cost_micro_usd == tokens + 7000 // 4
-    assert cost.saved_micro_usd == 7000 - 1750
-    assert isinstance(cost.cost_micro_usd, int)
+def cost(policy="namm", device="cpu", when=MAY, work=WORK, prices=PRICES):
+    return job_cost(prices, policy=policy, model="m", device=device, finished_at=when, work=work,
+                    rates=RATES)
 
 
-def test_memory_share_is_clamped():
-    assert memory_share(150, 100) == 1.0  # a policy never costs more than the full cache
-    assert memory_share(0, 0) == 1.0
-    assert memory_share(30, 100) == pytest.approx(0.3)
+def test_billed_by_work_with_an_estimated_full_cache_counterfactual():
+    c = cost()
+    # tokens 10 x 100 + 1 x 300 = 1,300; device 0.001 x 11,000 + 1e-6 x 2e7 + 1e-4 x 1e4 = 32 s
+    assert c.billed_device_seconds == pytest.approx(32.0)
+    assert c.cost_micro_usd == 1_300 + 32_000
+    # the full cache: the same tokens, 5e7 token-steps, no policy: 11 + 50 = 61 s
+    assert c.full_cache_cost_micro_usd == 1_300 + 61_000
+    assert c.saved_micro_usd == 29_000
+    assert c.counterfactual_method == "kv_token_steps_rate:m:cpu" and c.counterfactual_estimated
+    assert c.price_id == "default" and c.device_hour_micro_usd == 3_600_000
+    # the wall clock (500 s of prefill + decode on a loaded machine) is not what is billed
+    assert isinstance(c.cost_micro_usd, int)
+
+
+def test_a_price_change_applies_from_its_date():
+    c = cost(when=JUNE)
+    assert c.price_id == "2026-06" and c.device_hour_micro_usd == 7_200_000
+    assert c.cost_micro_usd == 2_600 + 64_000 and c.full_cache_cost_micro_usd == 2_600 + 122_000
+    # a version for another device kind does not apply
+    gpu_only = PRICES.model_copy(update={"versions": [
+        PRICES.versions[0].model_copy(update={"device": "cuda"})]})
+    assert price_at(gpu_only, JUNE, "cpu").id == "default"
+    assert price_at(gpu_only, JUNE, "cuda:NVIDIA H100").id == "2026-06"
+
+
+def test_a_policy_dearer_than_what_it_saves_shows_a_loss():
+    heavy = Work(**{**WORK.__dict__, "entries_scored": 400_000})  # 40 s of policy
+    c = cost(work=heavy)
+    assert c.cost_micro_usd == 1_300 + 71_000
+    assert c.saved_micro_usd == -10_000
+
+
+def test_full_policy_is_its_own_counterfactual_with_zero_saving():
+    full = Work(**{**WORK.__dict__, "kv_token_steps": 50_000_000, "entries_scored": 0})
+    c = cost(policy="full", work=full)
+    assert c.cost_micro_usd == c.full_cache_cost_micro_usd == 1_300 + 61_000
+    assert c.saved_micro_usd == 0 and c.counterfactual_method == "self"
+    assert not c.counterfactual_estimated
+
+
+def test_no_measured_rate_bills_device_seconds_and_claims_no_saving():
+    c = cost(device="cuda:NVIDIA H100")
+    assert c.billed_device_seconds == 500.0 and c.cost_micro_usd == 1_300 + 500_000
+    assert c.full_cache_cost_micro_usd is None and c.saved_micro_usd is None
+    assert c.counterfactual_method is None
+
+
+def test_rounding_is_half_up_once_per_job():
+    # 25 tokens in at 100 per 1k: 2.5 micro-USD -> 3 (banker's rounding would give 2)
+    tiny = Work(tokens_in=25, tokens_out=0)
+    free = PRICES.model_copy(update={"versions": []})
+    assert cost(device="cuda", work=tiny, prices=free).cost_micro_usd == 3
+    assert cost(device="cuda", work=Work(tokens_in=15, tokens_out=0), prices=free).cost_micro_usd == 2
+
+
+def test_legacy_second_price_setting_and_shipped_rates():
+    assert PricesSettings(gpu_second_micro_usd=700).device_hour_micro_usd == 2_520_000
+    shipped = load_rates()
+    assert any(r.model.startswith("SmolLM2") and r.device == "cpu" and "namm" in
+               r.policy_seconds_per_entry for r in shipped)
 
 
 class Options(BaseModel):

@@ -99,7 +99,10 @@ def test_job_runs_and_stores_result_and_usage_together(db):
         result = s.scalar(select(Result).where(Result.job_id == job_id))
     assert result.text == "4711" and result.stats["kv_kept_fraction"] == 0.5
     assert usage.tokens_in == 1000 and usage.kv_bytes_peak == 50
-    assert usage.cost_micro_usd < usage.full_cache_cost_micro_usd
+    # no measured rate for the stub model: billed its 2 s of prefill + decode at the default
+    # 2.52 USD/h (1,400) plus 1,000 tokens in (100) and 4 out (1.2), and no saving claimed
+    assert usage.cost_micro_usd == 1501 and usage.price_id == "default"
+    assert usage.full_cache_cost_micro_usd is None and usage.counterfactual_method is None
 
 
 def test_rerun_of_finished_job_is_a_noop(db):
