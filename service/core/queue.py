@@ -79,6 +79,8 @@ def make_celery(settings: Settings | None = None, include: tuple[str, ...] = ())
                                    "interval_max": 0.5},
         beat_schedule={
             "sweep-jobs": {"task": SWEEP_JOBS, "schedule": float(settings.worker.sweep_interval_s)},
+            # repository batches (workers/batches.py): due schedules, lost batch messages
+            "batch-tick": {"task": "namm.batch_tick", "schedule": 30.0},
         },
         worker_hijack_root_logger=False,
         worker_send_task_events=False,

@@ -262,6 +262,9 @@ def check_git_url(url: str, allowed_roots: list[str], ref: str | None = None) ->
                           "https:// or file://")
     if parts.scheme == "https" and not parts.hostname:
         raise SourceError("the https git URL has no host")
+    if parts.username or parts.password:
+        # it would be stored with the batch and shown back: secrets never go in responses
+        raise SourceError("credentials in the git URL are not accepted")
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise SourceError("a file:// git URL must name a local path (file:///...)")

@@ -207,6 +207,7 @@ def test_server_paths_stay_under_the_allowed_roots(tmp_path):
     ("git@example.com:repo.git", "scheme"),
     ("https://example.com/repo.git --upload-pack=x", "spaces"),
     ("https:///nohost", "host"),
+    ("https://user:token@example.com/repo.git", "credentials"),
     ("file://otherhost/srv/repo", "local path"),
     ("file:///etc", "not under an allowed root"),
 ])
