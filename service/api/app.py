@@ -130,6 +130,11 @@ def build_server() -> JobServer:
     server.app.title = "NAMM long-document service"
     server.app.include_router(job_router())
     server.app.include_router(ops_router(server.inference_workers_ready))
+    from service.api.routes.batches import batch_router
+    from service.api.routes.schedules import schedule_router
+
+    server.app.include_router(batch_router())  # repository batches (service/repos)
+    server.app.include_router(schedule_router())
     install_error_handlers(server.app)
     from service.api.docs_ui import install_docs
 

@@ -1,0 +1,225 @@
+"""Request and response shapes of /v1/batches and /v1/schedules (pydantic)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from service.api.schemas import _as_utc
+from service.core.contract import BudgetField, PolicyField
+
+Task = Literal["summaries", "overview"]
+
+
+class PathSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["path"]
+    path: str = Field(..., min_length=1, max_length=4096,
+                      description="a directory under one of NAMM_BATCHES__ALLOWED_ROOTS")
+
+
+class GitSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["git"]
+    url: str = Field(..., min_length=1, max_length=2000,
+                     description="https:// or file:// (under an allowed root); shallow clone")
+    ref: str | None = Field(None, max_length=200, description="branch or tag (default branch)")
+
+
+Source = Annotated[PathSource | GitSource, Field(discriminator="kind")]
+
+
+class BatchOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[Task] = Field(default_factory=lambda: ["summaries", "overview"],
+                              description="summaries (one per file) and overview (from them)")
+    policy: PolicyField | None = Field(None, description="memory policy; default from settings")
+    budget: BudgetField = Field(None, description="as for jobs; null: the policy's default")
+    max_new_tokens: int | None = Field(None, ge=1, description="per file summary")
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, tasks: list[str]) -> list[str]:
+        tasks = list(dict.fromkeys(tasks))
+        if "summaries" not in tasks:
+            raise ValueError("tasks must include 'summaries' (the overview is written from them)")
+        return tasks
+
+
+class JsonBatchRequest(BatchOptions):
+    source: Source
+
+
+class ScheduleRequest(BatchOptions):
+    name: str | None = Field(None, max_length=200)
+    cron: str = Field(..., min_length=9, max_length=100, examples=["0 2 * * *"],
+                      description="5 fields: minute hour day-of-month month day-of-week")
+    timezone: str = Field("UTC", max_length=64, examples=["Europe/Paris"])
+    source: Source
+    enabled: bool = True
+
+
+class ScheduleUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, max_length=200)
+    cron: str | None = Field(None, min_length=9, max_length=100)
+    timezone: str | None = Field(None, max_length=64)
+    source: Source | None = None
+    tasks: list[Task] | None = None
+    policy: PolicyField | None = None
+    budget: BudgetField = None
+    max_new_tokens: int | None = Field(None, ge=1)
+    enabled: bool | None = None
+
+
+class BatchSubmitted(BaseModel):
+    id: str
+    status: str
+    url: str
+
+
+class Progress(BaseModel):
+    files_total: int
+    files_done: int
+    files_failed: int
+    files_skipped: int
+    tokens_read: int
+    fraction: float
+
+
+class FileOut(BaseModel):
+    path: str
+    language: str
+    size_bytes: int
+    status: str
+    attempts: int
+    tokens: int | None
+    summary: str | None
+    error: str | None
+    job_id: str | None
+
+
+class SkippedOut(BaseModel):
+    path: str
+    reason: str
+
+
+class BatchSummary(BaseModel):
+    id: str
+    status: str
+    source: dict[str, Any]
+    schedule_id: str | None
+    progress: Progress
+    created_at: datetime
+    finished_at: datetime | None
+
+    _utc = field_validator("created_at", "finished_at")(_as_utc)
+
+
+class BatchOut(BatchSummary):
+    tasks: list[str]
+    policy: str
+    budget: BudgetField
+    max_new_tokens: int
+    error: str | None
+    overview: str | None
+    started_at: datetime | None
+    files: list[FileOut]
+    skipped: list[SkippedOut]
+    usage: dict[str, int]
+
+    _utc2 = field_validator("started_at")(_as_utc)
+
+
+class BatchPage(BaseModel):
+    items: list[BatchSummary]
+    total: int
+    offset: int
+    limit: int
+
+
+class ScheduleOut(BaseModel):
+    id: str
+    name: str | None
+    cron: str
+    timezone: str
+    source: dict[str, Any]
+    tasks: list[str]
+    policy: str
+    budget: BudgetField
+    max_new_tokens: int
+    enabled: bool
+    last_run_at: datetime | None
+    next_run_at: datetime | None
+    running_batch_id: str | None
+    created_at: datetime
+
+    _utc = field_validator("last_run_at", "next_run_at", "created_at")(_as_utc)
+
+
+class SchedulePage(BaseModel):
+    items: list[ScheduleOut]
+    total: int
+    offset: int
+    limit: int
+
+
+def progress_of(batch) -> Progress:
+    settled = batch.files_done + batch.files_failed
+    return Progress(files_total=batch.files_total, files_done=batch.files_done,
+                    files_failed=batch.files_failed, files_skipped=batch.files_skipped,
+                    tokens_read=batch.tokens_read,
+                    fraction=1.0 if batch.status == "done" else
+                    (settled / batch.files_total if batch.files_total else 0.0))
+
+
+def batch_summary(batch) -> BatchSummary:
+    return BatchSummary(id=batch.id, status=batch.status, source=batch.source,
+                        schedule_id=batch.schedule_id, progress=progress_of(batch),
+                        created_at=batch.created_at, finished_at=batch.finished_at)
+
+
+def batch_out(batch, files, skipped, usage) -> BatchOut:
+    return BatchOut(
+        **batch_summary(batch).model_dump(), tasks=batch.tasks, policy=batch.policy,
+        budget=batch.budget, max_new_tokens=batch.max_new_tokens, error=batch.error,
+        overview=batch.overview, started_at=batch.started_at,
+        files=[FileOut(path=f.path, language=f.language, size_bytes=f.size_bytes,
+                       status=f.status, attempts=f.attempts, tokens=f.tokens, summary=f.result,
+                       error=f.error, job_id=f.job_id) for f in files],
+        skipped=[SkippedOut(path=s.path, reason=s.reason) for s in skipped], usage=usage)
+
+
+def schedule_out(row) -> ScheduleOut:
+    return ScheduleOut(id=row.id, name=row.name, cron=row.cron, timezone=row.timezone,
+                       source=row.source, tasks=row.tasks, policy=row.policy, budget=row.budget,
+                       max_new_tokens=row.max_new_tokens, enabled=row.enabled,
+                       last_run_at=row.last_run_at, next_run_at=row.next_run_at,
+                       running_batch_id=row.running_batch_id, created_at=row.created_at)
+
+
+def report_markdown(out: BatchOut) -> str:
+    """The batch as a Markdown document: overview, per-file summaries, failures, skips."""
+    p = out.progress
+    lines = [f"# Repository report: batch {out.id}", "",
+             f"- source: `{out.source}`", f"- status: {out.status}",
+             f"- files: {p.files_done} done, {p.files_failed} failed, {p.files_skipped} skipped, "
+             f"{p.files_total} read in all", f"- tokens read: {p.tokens_read}",
+             f"- policy: {out.policy}", ""]
+    if out.error:
+        lines += [f"> {out.error}", ""]
+    lines += ["## Overview", "", (out.overview or "(none)").strip(), "", "## Files", ""]
+    for f in out.files:
+        lines += [f"### {f.path}", "", f"*{f.language}, {f.size_bytes} bytes, {f.status}*", ""]
+        if f.summary:
+            lines += [f.summary.strip(), ""]
+        if f.error and f.status != "done":
+            lines += [f"> error: {f.error}", ""]
+    if out.skipped:
+        lines += ["## Skipped", "", "| path | reason |", "|---|---|"]
+        lines += [f"| `{s.path}` | {s.reason} |" for s in out.skipped]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,221 @@
+"""/v1/batches and /v1/schedules in-process (LitServe app, SQLite, kombu's SQLAlchemy broker on
+a SQLite file): auth, validation (every refusal a 4xx with a message, nothing stored), hostile
+archives, tenancy, paging bounds, report formats, cancel, schedules CRUD, OpenAPI."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import zipfile
+
+import pytest
+from fastapi.testclient import TestClient
+from litserve.utils import wrap_litserve_start
+
+from service.core.state import reset_process_state
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("batch-api")
+    root = tmp / "repos"
+    (root / "demo" / "pkg").mkdir(parents=True)
+    (root / "demo" / "pkg" / "a.py").write_text("X = 1\n")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NAMM_DATABASE__URL", f"sqlite:///{tmp / 'namm.db'}")
+    mp.setenv("NAMM_BROKER__URL", f"sqla+sqlite:///{tmp / 'broker.db'}")
+    mp.setenv("NAMM_BATCHES__ALLOWED_ROOTS", f'["{root}"]')
+    mp.setenv("NAMM_BATCHES__MAX_ARCHIVE_BYTES", "200000")
+    mp.setenv("NAMM_BATCHES__MAX_UNPACKED_BYTES", "1000000")
+    mp.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    reset_process_state()
+    from service.core import migrate
+
+    migrate.upgrade()
+    yield root
+    mp.undo()
+    reset_process_state()
+
+
+@pytest.fixture(scope="module")
+def keys(env):
+    from service.api.keys import get_or_create_tenant, issue_key
+    from service.core.db import session_scope
+
+    with session_scope() as s:
+        return (issue_key(s, get_or_create_tenant(s, "acme")).raw_key,
+                issue_key(s, get_or_create_tenant(s, "globex")).raw_key)
+
+
+@pytest.fixture(scope="module")
+def client(env, keys):
+    from service.api.app import build_server
+
+    with wrap_litserve_start(build_server()) as srv, TestClient(srv.app) as c:
+        c.headers["X-API-Key"] = keys[0]
+        yield c
+
+
+def tar_gz(entries: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    return buffer.getvalue()
+
+
+def batch_count() -> int:
+    from sqlalchemy import func, select
+
+    from service.core.db import session_scope
+    from service.repos.models import Batch
+
+    with session_scope() as s:
+        return s.scalar(select(func.count()).select_from(Batch))
+
+
+def test_keys_are_required(client):
+    assert client.get("/v1/batches", headers={"X-API-Key": "nope"}).status_code == 401
+    assert client.post("/v1/schedules", json={}, headers={"X-API-Key": ""}).status_code == 401
+
+
+def test_path_source_is_stored_and_ingestion_enqueued(client, env, keys):
+    from service.core.queue import queue_depths
+
+    before = queue_depths(("cpu",))["cpu"]
+    r = client.post("/v1/batches", json={"source": {"kind": "path", "path": str(env / "demo")},
+                                         "policy": "namm", "budget": 0.25, "max_new_tokens": 8})
+    assert r.status_code == 202, r.text
+    batch_id = r.json()["id"]
+    assert queue_depths(("cpu",))["cpu"] == before + 1
+    b = client.get(f"/v1/batches/{batch_id}").json()
+    assert b["status"] == "queued" and b["budget"] == {"fraction": 0.25}
+    assert b["tasks"] == ["summaries", "overview"] and b["progress"]["files_total"] == 0
+    assert client.get(f"/v1/batches/{batch_id}",
+                      headers={"X-API-Key": keys[1]}).status_code == 404
+    page = client.get("/v1/batches", params={"limit": 1}).json()
+    assert page["total"] >= 1 and len(page["items"]) == 1
+    md = client.get(f"/v1/batches/{batch_id}/report", params={"format": "md"})
+    assert md.status_code == 200 and md.headers["content-type"].startswith("text/markdown")
+    assert md.text.startswith(f"# Repository report: batch {batch_id}")
+    js = client.get(f"/v1/batches/{batch_id}/report", params={"format": "json"})
+    assert js.json()["id"] == batch_id and "attachment" in js.headers["content-disposition"]
+    assert client.get(f"/v1/batches/{batch_id}/report",
+                      params={"format": "pdf"}).status_code == 422
+    cancelled = client.post(f"/v1/batches/{batch_id}/cancel").json()
+    assert cancelled["status"] == "cancelled"
+    assert client.post(f"/v1/batches/{batch_id}/cancel",
+                       headers={"X-API-Key": keys[1]}).status_code == 404
+
+
+@pytest.mark.parametrize("body,status,message", [
+    ({"source": {"kind": "path", "path": "/etc"}}, 422, "not under an allowed root"),
+    ({"source": {"kind": "git", "url": "ssh://host/r.git"}}, 422, "scheme"),
+    ({"source": {"kind": "git", "url": "--upload-pack=touch /tmp/x"}}, 422, "option"),
+    ({"source": {"kind": "git", "url": "file:///etc"}}, 422, "allowed root"),
+    ({"source": {"kind": "ftp", "url": "x"}}, 422, "source"),
+    ({"source": {"kind": "path", "path": "/x"}, "policy": "nope"}, 422, "policy"),
+    ({"source": {"kind": "path", "path": "/x"}, "tasks": ["overview"]}, 422, "summaries"),
+    ({"source": {"kind": "path", "path": "/x"}, "budget": 7}, 422, "budget"),
+    ({"source": {"kind": "path", "path": "/x"}, "surprise": 1}, 422, "surprise"),
+    ({}, 422, "source"),
+])
+def test_bad_json_submissions_are_4xx_and_store_nothing(client, body, status, message):
+    before = batch_count()
+    r = client.post("/v1/batches", json=body)
+    assert r.status_code == status, r.text
+    assert message in r.json()["detail"]
+    assert batch_count() == before
+
+
+def test_too_many_new_tokens_and_wrong_content_type(client, env):
+    r = client.post("/v1/batches", json={"source": {"kind": "path", "path": str(env / "demo")},
+                                         "max_new_tokens": 10**6})
+    assert r.status_code == 422 and "max_new_tokens" in r.json()["detail"]
+    r = client.post("/v1/batches", content=b"x", headers={"content-type": "text/plain"})
+    assert r.status_code == 415
+
+
+@pytest.mark.parametrize("name,data,message", [
+    ("evil.tar.gz", tar_gz({"repo/a.py": b"x", "../evil.py": b"x"}), "traversal"),
+    ("abs.tar.gz", tar_gz({"/etc/evil.py": b"x"}), "absolute"),
+    ("link.tar.gz", tar_gz({"repo/a.py": b"x"}, {"repo/l": "/etc/passwd"}), "link"),
+    ("bomb.tar.gz", tar_gz({"repo/zeros.py": bytes(2_000_000)}), "bomb"),
+    ("corrupt.tar.gz", b"\x1f\x8b\x08\x00garbage-garbage-garbage", "corrupt"),
+    ("notes.txt", b"plain text", "not a .tar.gz or .zip"),
+])
+def test_hostile_archives_are_refused_with_422(client, name, data, message):
+    before = batch_count()
+    r = client.post("/v1/batches", files={"file": (name, data)}, data={"max_new_tokens": "8"})
+    assert r.status_code == 422, r.text
+    assert message in r.json()["detail"]
+    assert batch_count() == before
+
+
+def test_archive_upload_is_stored_and_limited(client):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("demo/a.py", "X = 1\n")
+    r = client.post("/v1/batches", files={"file": ("demo.zip", buffer.getvalue())},
+                    data={"tasks": "summaries", "budget": '{"tokens": 64}',
+                          "policy": "h2o"})
+    assert r.status_code == 202, r.text
+    b = client.get(r.json()["url"]).json()
+    assert b["source"] == {"kind": "archive", "filename": "demo.zip",
+                           "bytes": len(buffer.getvalue())}
+    assert b["tasks"] == ["summaries"] and b["budget"] == {"tokens": 64}
+    r = client.post("/v1/batches", files={"file": ("big.zip", b"PK\x03\x04" + bytes(300_000))})
+    assert r.status_code == 413
+    r = client.post("/v1/batches", files={"other": ("x.zip", buffer.getvalue())})
+    assert r.status_code == 422 and "'file'" in r.json()["detail"]
+
+
+def test_list_parameters_are_bounded(client):
+    for params in ({"limit": 0}, {"limit": 5000}, {"offset": -1}, {"status": "weird"}):
+        assert client.get("/v1/batches", params=params).status_code == 422, params
+
+
+def test_schedules_crud(client, env, keys):
+    body = {"name": "nightly", "cron": "0 2 * * *", "timezone": "Europe/Paris",
+            "source": {"kind": "path", "path": str(env / "demo")}, "max_new_tokens": 8}
+    r = client.post("/v1/schedules", json=body)
+    assert r.status_code == 201, r.text
+    s = r.json()
+    assert s["next_run_at"] and s["enabled"] and s["running_batch_id"] is None
+    assert client.get(f"/v1/schedules/{s['id']}", headers={"X-API-Key": keys[1]}).status_code == 404
+    p = client.patch(f"/v1/schedules/{s['id']}", json={"enabled": False}).json()
+    assert p["enabled"] is False and p["next_run_at"] is None and p["cron"] == "0 2 * * *"
+    p = client.patch(f"/v1/schedules/{s['id']}", json={"enabled": True, "cron": "30 3 * * 1"})
+    assert p.status_code == 200 and p.json()["next_run_at"]
+    assert client.patch(f"/v1/schedules/{s['id']}", json={"cron": "61 * * * *"}).status_code == 422
+    assert client.patch(f"/v1/schedules/{s['id']}", json={"cron": None}).status_code == 422
+    assert client.get("/v1/schedules").json()["total"] == 1
+    assert client.delete(f"/v1/schedules/{s['id']}", headers={"X-API-Key": keys[1]}).status_code == 404
+    assert client.delete(f"/v1/schedules/{s['id']}").status_code == 204
+    assert client.get(f"/v1/schedules/{s['id']}").status_code == 404
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"cron": "every night"}, "cron"), ({"cron": "0 2 * * * *"}, "5 fields"),
+    ({"timezone": "Mars/Olympus"}, "time zone"),
+    ({"source": {"kind": "git", "url": "git://x/y"}}, "scheme"),
+])
+def test_bad_schedules_are_422(client, env, change, message):
+    body = {"cron": "0 2 * * *", "source": {"kind": "path", "path": str(env / "demo")}, **change}
+    r = client.post("/v1/schedules", json=body)
+    assert r.status_code == 422 and message in r.json()["detail"], r.text
+
+
+def test_openapi_lists_the_routes(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/batches", "/v1/batches/{batch_id}", "/v1/batches/{batch_id}/report",
+            "/v1/batches/{batch_id}/cancel", "/v1/schedules",
+            "/v1/schedules/{schedule_id}"} <= set(paths)
+    content = paths["/v1/batches"]["post"]["requestBody"]["content"]
+    assert {"application/json", "multipart/form-data"} <= set(content)
