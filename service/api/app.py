@@ -135,6 +135,11 @@ def build_server() -> JobServer:
 
     server.app.include_router(batch_router())  # repository batches (service/repos)
     server.app.include_router(schedule_router())
+    from service.api.routes.dashboard import install_dashboard
+    from service.api.routes.reports import report_router
+
+    server.app.include_router(report_router())  # cost reports (service/reports)
+    install_dashboard(server.app)  # /dashboard and its static files
     install_error_handlers(server.app)
     from service.api.docs_ui import install_docs
 

@@ -44,9 +44,12 @@ def get_or_create_tenant(session: Session, name: str) -> Tenant:
     return tenant
 
 
-def issue_key(session: Session, tenant: Tenant, label: str | None = None) -> IssuedKey:
+def issue_key(session: Session, tenant: Tenant, label: str | None = None, *,
+              is_admin: bool = False) -> IssuedKey:
+    """`is_admin`: the key also reads every tenant's reports (service/api/principal.py)."""
     raw = new_raw_key()
-    key = ApiKey(tenant_id=tenant.id, key_hash=hash_key(raw), prefix=raw[:12], label=label)
+    key = ApiKey(tenant_id=tenant.id, key_hash=hash_key(raw), prefix=raw[:12], label=label,
+                 is_admin=is_admin)
     session.add(key)
     session.flush()
     return IssuedKey(tenant_id=tenant.id, key_id=key.id, raw_key=raw)
@@ -76,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     create = sub.add_parser("create-tenant", help="create a tenant (if new) and print a new key")
     create.add_argument("name")
     create.add_argument("--label", default=None)
+    create.add_argument("--admin", action="store_true",
+                        help="the key reads every tenant's cost reports")
     revoke = sub.add_parser("revoke", help="revoke all keys of a tenant")
     revoke.add_argument("name")
     args = parser.parse_args(argv)
@@ -83,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     with session_scope() as session:
         tenant = get_or_create_tenant(session, args.name)
         if args.command == "create-tenant":
-            issued = issue_key(session, tenant, label=args.label)
+            issued = issue_key(session, tenant, label=args.label, is_admin=args.admin)
             print(issued.raw_key)
             print(f"tenant {tenant.name!r} (id {tenant.id}): key shown once, store it now",
                   file=sys.stderr)
