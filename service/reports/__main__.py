@@ -1,0 +1,5 @@
+import sys
+
+from service.reports.cli import main
+
+sys.exit(main())
