@@ -1,0 +1,35 @@
+"""A repository batch on the production configuration (PostgreSQL, Redis, a real worker, the
+real default model): a small real code base cloned from a local git repository (file://, under
+the allowed root), the git-URL path of the sources."""
+
+import os
+
+import pytest
+
+from batch_flows import check_batch_stored_once, check_redelivery_is_noop, run_batch, \
+    tiny_git_repo
+
+pytestmark = [pytest.mark.services, pytest.mark.model, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def allowed_root(tmp_path_factory):
+    """Set before the stack starts (the stack's processes copy this environment)."""
+    root = tmp_path_factory.mktemp("repos")
+    old = os.environ.get("NAMM_BATCHES__ALLOWED_ROOTS")
+    os.environ["NAMM_BATCHES__ALLOWED_ROOTS"] = f'["{root}"]'
+    yield root
+    if old is None:
+        os.environ.pop("NAMM_BATCHES__ALLOWED_ROOTS", None)
+    else:
+        os.environ["NAMM_BATCHES__ALLOWED_ROOTS"] = old
+
+
+def test_git_batch_postgres_redis(allowed_root, pg_redis_stack):
+    repo = tiny_git_repo(allowed_root)
+    batch = run_batch(pg_redis_stack, lambda c: c.post("/v1/batches", json={
+        "source": {"kind": "git", "url": f"file://{repo}"}, "policy": "namm", "budget": 0.5,
+        "max_new_tokens": 8}))
+    assert batch["source"] == {"kind": "git", "url": f"file://{repo}"}
+    check_batch_stored_once(batch["id"])
+    check_redelivery_is_noop(pg_redis_stack, batch)
