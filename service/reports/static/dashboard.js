@@ -65,9 +65,13 @@ function drawCharts(report) {
   ]);
   const estimated = report.totals.saved_estimated;
   $("cost-caption").textContent = "Cost vs full cache (USD)" + (estimated ? ", full cache estimated" : "");
+  // the full cache's figure exists only for jobs with a counterfactual: compare it with the cost
+  // of those jobs (no point where a day has none), and show the cost of every job beside them
+  const withCf = (x, value) => (x.jobs_with_counterfactual > 0 ? value / 1e6 : null);
   chart("cost", "line", days, [
-    line("cost", g.map((x) => x.cost_micro_usd / 1e6), COLORS.run),
-    line("full cache" + (estimated ? " (estimated)" : ""), g.map((x) => x.full_cache_cost_micro_usd / 1e6),
+    line("cost, all jobs", g.map((x) => x.cost_micro_usd / 1e6), COLORS.b),
+    line("cost", g.map((x) => withCf(x, x.cost_with_counterfactual_micro_usd)), COLORS.run),
+    line("full cache" + (estimated ? " (estimated)" : ""), g.map((x) => withCf(x, x.full_cache_cost_micro_usd)),
       COLORS.full, { borderDash: estimated ? [6, 4] : [] }),
   ]);
   chart("tokens", "bar", days, [

@@ -1,0 +1,119 @@
+"""The cost dashboard in a real headless Chromium (Debian's `chromium`, driven by Playwright):
+the real API process on SQLite with the known usage records; sign in with a key, the four
+charts have one point per day of the period with the right values, the tables list the models
+and policies; a screenshot is kept in tests/artifacts/ (gitignored) as the test's artefact."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from report_seed import seed
+from service.core.state import reset_process_state
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = os.environ.get("NAMM_TEST_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        message = f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/services does)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from service.api.keys import get_or_create_tenant, issue_key
+    from service.core import migrate
+    from service.core.db import session_scope
+    from service.dev.processes import ServiceProcesses, api_command
+
+    tmp = tmp_path_factory.mktemp("dashboard")
+    env = {**os.environ, "NAMM_DATABASE__URL": f"sqlite:///{tmp / 'namm.db'}",
+           "NAMM_BROKER__URL": f"sqla+sqlite:///{tmp / 'broker.db'}",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"), "NAMM_API__LOG_LEVEL": "warning"}
+    mp = pytest.MonkeyPatch()
+    for name in ("NAMM_DATABASE__URL", "NAMM_BROKER__URL"):
+        mp.setenv(name, env[name])
+    reset_process_state()
+    migrate.upgrade()
+    with session_scope() as s:
+        acme = get_or_create_tenant(s, "acme")
+        seed(s, acme.id, get_or_create_tenant(s, "globex").id)
+        key = issue_key(s, acme).raw_key
+    port = free_port()
+    procs = ServiceProcesses(env=env, log_dir=tmp / "logs")
+    try:
+        procs.start("api", api_command(port, api_servers=1))
+        procs.wait_healthy(f"http://127.0.0.1:{port}", timeout_s=120)
+        yield f"http://127.0.0.1:{port}", key
+    finally:
+        procs.stop()
+        mp.undo()
+        reset_process_state()
+
+
+CHART_DATA = """() => Object.fromEntries(Object.entries(window.nammCharts).map(([name, c]) =>
+    [name, {labels: c.data.labels, series: Object.fromEntries(
+        c.data.datasets.map(d => [d.label, d.data]))}]))"""
+
+
+def test_dashboard_renders_the_report_in_chromium(api):
+    from playwright.sync_api import sync_playwright
+
+    url, key = api
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "dashboard.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1300})
+            page.goto(f"{url}/dashboard?from=2026-03-09&to=2026-03-11&tz=UTC")
+            page.fill("#api-key", "namm_wrong")
+            page.click("#login button[type=submit]")
+            page.wait_for_selector("#login-error:has-text('refused')")
+            page.fill("#api-key", key)
+            page.click("#login button[type=submit]")
+            page.wait_for_selector("body[data-loaded=true]", timeout=30_000)
+            login_hidden = page.is_hidden("#login")
+            charts = page.evaluate(CHART_DATA)
+            models = page.locator("#table-model tbody tr td:first-child").all_inner_texts()
+            policies = page.locator("#table-policy tbody tr td:first-child").all_inner_texts()
+            caption = page.inner_text("#cost-caption")
+            loss = page.locator("#table-policy td.loss").all_inner_texts()
+            stored = page.evaluate("() => sessionStorage.getItem('namm_api_key')")
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    print(f"\ndashboard screenshot: {shot}")
+    days = ["2026-03-09", "2026-03-10", "2026-03-11"]
+    assert set(charts) == {"kv", "cost", "tokens", "status"}
+    for name, chart in charts.items():
+        assert chart["labels"] == days, name
+        assert all(len(series) == 3 for series in chart["series"].values()), name
+    assert charts["kv"]["series"]["kept (this service)"] == [400, 3100, 0]
+    assert charts["kv"]["series"]["full cache"] == [1000, 3200, 0]
+    # the last day's only job predates the usage migration: a cost, no full-cache figure
+    assert charts["cost"]["series"]["cost, all jobs"] == [0.001, 0.0032, 0.0003]
+    assert charts["cost"]["series"]["cost"] == [0.001, 0.0032, None]
+    assert charts["cost"]["series"]["full cache (estimated)"] == [0.0016, 0.00315, None]
+    assert charts["tokens"]["series"]["tokens in"] == [1000, 2500, 1000]
+    assert charts["status"]["series"]["done"] == [1, 2, 1]
+    assert charts["status"]["series"]["failed"] == [0, 1, 0]
+    assert charts["status"]["series"]["queued"] == [0, 0, 1]
+    assert "estimated" in caption
+    assert models == ["m1", "m2", "total"] and policies == ["full", "h2o", "namm", "total"]
+    assert loss == ["-0.000050 (estimated)"]
+    assert stored == key and login_hidden
+    assert shot.stat().st_size > 10_000
