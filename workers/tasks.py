@@ -22,6 +22,19 @@ def _preload_model(**_kwargs) -> None:
         get_model()
 
 
+@worker_process_init.connect
+def _die_with_parent(**_kwargs) -> None:
+    # A child whose parent was SIGKILLed would run on as an orphan, its heartbeat keeping the
+    # job "alive" forever if it hung. Linux kills it with its parent instead; the sweeper
+    # then sees the heartbeat stop and queues the job again (docs/service.md, "Recovery").
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 @app.task(name=RUN_JOB, bind=True, max_retries=1)
 def run_job(self, job_id: str) -> str:
     from workers.runner import run_job as run
@@ -40,27 +53,38 @@ def sweep_jobs() -> dict[str, int]:
 
 
 def sweep() -> dict[str, int]:
-    """Periodic repair (beat -> queue `cpu`): enqueue again the jobs whose message was lost.
-
-    Two ways a job is stranded: the enqueue after the API's commit failed (broker down), or
-    the worker running it vanished without the broker redelivering (no heartbeat any more)."""
+    """Periodic repair (beat -> queue `cpu`), within a minute of a fault (service/jobs/recovery.py):
+    - running jobs without a heartbeat (their worker is gone) are queued and enqueued again;
+    - queued jobs with no message waiting in the broker (lost in a broker restart, a failed
+      enqueue, or taken by a worker parent that was killed) are enqueued again;
+    - Idempotency-Keys past their TTL are deleted."""
+    from service.core.broker_scan import waiting_job_ids
     from service.core.db import session_scope
+    from service.jobs import idempotency
+    from service.jobs.recovery import lost_queued
     from service.jobs.repository import JobRepository
 
-    worker = get_settings().worker
+    settings = get_settings()
+    worker = settings.worker
     with session_scope() as session:
         stale = JobRepository(session).requeue_stale_running(stale_after_s=worker.stale_after_s)
     for job_id in stale:
         enqueue_job(job_id)
     lost: list[str] = []
-    # while messages still wait in the GPU queue, old queued jobs are probably among them
-    if queue_depths((GPU_QUEUE,))[GPU_QUEUE] == 0:
+    waiting = waiting_job_ids(GPU_QUEUE)
+    if waiting is not None:
+        with session_scope() as session:
+            lost = lost_queued(session, waiting, requeue_after_s=worker.requeue_after_s)
+    elif queue_depths((GPU_QUEUE,))[GPU_QUEUE] == 0:
+        # a broker we cannot read: while messages wait, old queued jobs are probably among them
         with session_scope() as session:
             lost = JobRepository(session).requeue_lost_queued(
                 requeue_after_s=worker.requeue_after_s)
-        for job_id in lost:
-            enqueue_job(job_id)
+    for job_id in lost:
+        enqueue_job(job_id)
+    with session_scope() as session:
+        purged = idempotency.purge_expired(session, settings.api.idempotency_ttl_s)
     if stale or lost:
         logger.warning("sweeper re-queued %d stale running and %d lost queued job(s)",
                        len(stale), len(lost))
-    return {"stale_running": len(stale), "lost_queued": len(lost)}
+    return {"stale_running": len(stale), "lost_queued": len(lost), "keys_purged": purged}

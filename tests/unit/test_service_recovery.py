@@ -1,0 +1,92 @@
+"""Issue 13, the sweeper's side of recovery on the embedded broker (SQLite): queued jobs are
+compared with the messages really waiting in the broker, so a lost message is sent again on
+the next sweep (seconds) instead of after ten minutes, and a waiting one is never doubled.
+With a real worker, SIGKILL and a Redis restart: tests/integration/test_faults.py."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from service.core.state import reset_process_state
+
+
+@pytest.fixture
+def db(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAMM_DATABASE__URL", f"sqlite:///{tmp_path / 'w.db'}")
+    monkeypatch.setenv("NAMM_BROKER__URL", f"sqla+sqlite:///{tmp_path / 'b.db'}")
+    reset_process_state()
+    from service.api.keys import get_or_create_tenant
+    from service.core import migrate
+    from service.core.db import session_scope
+
+    migrate.upgrade()
+    with session_scope() as s:
+        tenant = get_or_create_tenant(s, "t").id
+    yield tenant
+    reset_process_state()
+
+
+def _queued_jobs(tenant_id: int, n: int, age_s: float) -> list[str]:
+    from service.core.db import session_scope
+    from service.core.queue import enqueue_jobs
+    from service.jobs.models import Job, utcnow
+    from service.jobs.repository import JobRepository, NewJob
+
+    with session_scope() as s:
+        ids = JobRepository(s).create([NewJob(
+            tenant_id=tenant_id, text="doc", content_type="text/plain", size_bytes=3,
+            filename=None, kind="summarize", instruction=None) for _ in range(n)])
+        s.execute(update(Job).where(Job.id.in_(ids))
+                  .values(enqueued_at=utcnow() - timedelta(seconds=age_s)))
+    assert enqueue_jobs(ids) == n
+    return ids
+
+
+def _drop_messages(job_ids: set[str]) -> None:
+    """What a broker restart without saving does to these jobs' messages."""
+    from service.core.broker_scan import job_id_of
+    from service.core.queue import celery_app
+
+    with celery_app().connection_for_write() as conn:
+        channel = conn.default_channel
+        for row in channel._query_all("gpu").all():
+            if job_id_of(row.payload) in job_ids:
+                channel.session.delete(row)
+        channel.session.commit()
+
+
+def test_waiting_messages_are_read_back_as_job_ids(db):
+    from service.core.broker_scan import waiting_job_ids
+
+    ids = _queued_jobs(db, 3, age_s=0)
+    assert waiting_job_ids("gpu") == set(ids)
+    assert waiting_job_ids("cpu") == set()
+
+
+def test_sweeper_resends_lost_messages_only(db):
+    from service.core.broker_scan import waiting_job_ids
+    from service.core.queue import queue_depths
+    from workers.tasks import sweep
+
+    fresh = _queued_jobs(db, 2, age_s=0)  # just enqueued: never touched
+    waiting = _queued_jobs(db, 3, age_s=3600)  # old, but their messages wait: not doubled
+    lost = _queued_jobs(db, 2, age_s=3600)
+    _drop_messages(set(lost) | {fresh[0]})
+    assert queue_depths(("gpu",))["gpu"] == 4
+    outcome = sweep()
+    assert outcome["lost_queued"] == 2 and outcome["stale_running"] == 0
+    assert waiting_job_ids("gpu") == set(waiting) | set(lost) | {fresh[1]}
+    assert queue_depths(("gpu",))["gpu"] == 6  # one message per job, none doubled
+    assert sweep()["lost_queued"] == 0  # the next sweep finds every old job waiting
+
+
+def test_child_dies_with_its_parent_is_set_in_every_worker_child():
+    from celery.signals import worker_process_init
+
+    from workers import tasks
+
+    receivers = [r[1]() for r in worker_process_init.receivers]
+    assert tasks._die_with_parent in receivers
