@@ -130,3 +130,20 @@ def test_relative_javascript_imports_order_files():
              f("src/z.js", "module.exports = 2;\n", "javascript")]
     order = [x.path for x in reading_order(files)]
     assert order[-1] == "src/app.js"
+
+
+def test_cli_pack_leaves_out_vcs_vendored_and_links(tmp_path):
+    import io
+    import tarfile
+
+    from service.repos.cli import pack
+
+    root = tmp_path / "proj"
+    write(root, "src/a.py", "X = 1\n")
+    write(root, ".git/config", "[core]\n")
+    write(root, "node_modules/x/index.js", "1\n")
+    write(root, "notes.log", "kept: the server applies .gitignore and says so\n")
+    (root / "link.py").symlink_to(root / "src" / "a.py")
+    with tarfile.open(fileobj=io.BytesIO(pack(root)), mode="r:gz") as tar:
+        names = {m.name for m in tar.getmembers() if m.isfile()}
+    assert names == {"proj/src/a.py", "proj/notes.log"}
