@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 
@@ -23,6 +24,10 @@ def _prepare_metrics_dir() -> None:
         path = tempfile.mkdtemp(prefix="namm-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     os.makedirs(path, exist_ok=True)
+
+
+def _interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     from service.api.app import build_server
 
     server = build_server()
+    # SIGTERM (docker stop, systemd, Kubernetes) used to kill this process alone, leaving its
+    # uvicorn and inference children running and accepting jobs. Taken as Ctrl-C instead,
+    # LitServe's own shutdown runs: each uvicorn process gets SIGTERM and finishes its open
+    # requests for up to drain_timeout_s, then the inference workers and the manager stop.
+    server.uvicorn_graceful_timeout = settings.api.drain_timeout_s
+    signal.signal(signal.SIGTERM, _interrupt)
     server.run(host=args.host, port=args.port, num_api_servers=args.api_servers,
                log_level=settings.api.log_level, generate_client_file=False,
                access_log=False)
