@@ -31,6 +31,7 @@ def test_sigterm_stops_the_api_and_all_its_children(tmp_path):
     url = f"http://127.0.0.1:{port}"
     procs = ServiceProcesses(env=env, log_dir=tmp_path / "logs")
     api = procs.start("api", api_command(port, api_servers=2))
+    tree: list[psutil.Process] = []
     try:
         procs.wait_healthy(url, timeout_s=120)
         tree = psutil.Process(api.pid).children(recursive=True)
@@ -51,3 +52,8 @@ def test_sigterm_stops_the_api_and_all_its_children(tmp_path):
             pass
     finally:
         procs.stop()
+        for child in tree:  # had the test failed: no orphans left behind
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
