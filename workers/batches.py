@@ -1,10 +1,11 @@
-"""Batch tasks: ingestion (queue `cpu`), one task per file and the overview (queue `gpu`), and
+"""Batch tasks: ingestion (queue `cpu`), the hook after each job of a batch (queue `gpu`), and
 the beat tick that starts scheduled batches and repairs lost messages (queue `cpu`).
 
-Each file and the overview run as ordinary jobs through workers.runner.run_job (claim, attempt
-cap, heartbeat, idempotent completion, usage record); what is batch-specific is settled in
-service.repos.repository.BatchRepository. See service/repos/queue.py for why the join is a
-compare-and-set in the database rather than a chord.
+Each file and the overview run as ordinary jobs through the `namm.run_job` task (claim, attempt
+cap, heartbeat, idempotent completion, usage record, the sweeper's recovery); that task calls
+`after_job`, and what is batch-specific is settled in service.repos.repository.BatchRepository.
+See service/repos/queue.py for why the join is a compare-and-set in the database rather than a
+chord.
 """
 
 from __future__ import annotations
@@ -17,16 +18,8 @@ from pathlib import Path
 
 from service.core.db import session_scope
 from service.core.settings import get_settings
-from service.repos.queue import (
-    BATCH_FILE,
-    BATCH_OVERVIEW,
-    BATCH_TICK,
-    INGEST_BATCH,
-    enqueue_files,
-    enqueue_ingest,
-    enqueue_overview,
-)
-from service.repos.repository import BatchRepository, FileStep, Settlement
+from service.repos.queue import BATCH_TICK, INGEST_BATCH, enqueue_ingest, enqueue_jobs_group
+from service.repos.repository import BatchRepository, Settlement
 from workers.celery_app import app
 
 logger = logging.getLogger(__name__)
@@ -77,19 +70,47 @@ def run_ingest(batch_id: str) -> str:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     with session_scope() as session:
-        file_ids = BatchRepository(session).record_ingestion(batch_id, ingestion)
-    logger.info("batch %s ingested: %d file(s), %d skipped", batch_id, len(file_ids),
+        job_ids = BatchRepository(session).record_ingestion(batch_id, ingestion)
+    logger.info("batch %s ingested: %d file(s), %d skipped", batch_id, len(job_ids),
                 len(ingestion.skipped))
-    enqueue_files(file_ids)
+    enqueue_jobs_group(job_ids)  # one group on queue gpu, in reading order
     return "ingested"
 
 
-# ---- files and overview ----------------------------------------------------------------------
-def after_settle(settlement: Settlement, file_id: int | None = None) -> None:
-    if settlement.step is FileStep.retry and file_id is not None:
-        enqueue_files([file_id])
+# ---- files and overview (after each job of a batch) ------------------------------------------
+def after_settle(settlement: Settlement) -> None:
+    """Send what the settle asked for: a file's next attempt, or the overview's job."""
+    if settlement.retry_job_id:
+        enqueue_jobs_group([settlement.retry_job_id])
     if settlement.next_action == "overview" and settlement.batch_id:
-        enqueue_overview(settlement.batch_id)
+        start_overview(settlement.batch_id)
+
+
+def start_overview(batch_id: str) -> None:
+    with session_scope() as session:
+        job_id = BatchRepository(session).overview_job(
+            batch_id, max_chars=get_settings().batches.overview_max_chars)
+    if job_id:
+        enqueue_jobs_group([job_id])
+
+
+def after_job(job_id: str) -> str | None:
+    """Called by the `namm.run_job` task after every job: settle the batch file the job
+    summarises, or finish the batch whose overview it wrote. None for a plain job."""
+    with session_scope() as session:
+        repo = BatchRepository(session)
+        target = repo.job_target(job_id)
+        if target is None:
+            return None
+        kind, ident = target
+        if kind == "overview":
+            finished = repo.finish(ident)
+            logger.info("batch %s overview job %s: batch finished %s", ident, job_id, finished)
+            return "finished" if finished else "waiting"
+    settlement = settle(int(ident))
+    after_settle(settlement)
+    logger.info("batch file %s (job %s): %s", ident, job_id, settlement.step.value)
+    return settlement.step.value
 
 
 def settle(file_id: int) -> Settlement:
@@ -98,46 +119,11 @@ def settle(file_id: int) -> Settlement:
             file_id, file_attempts=get_settings().batches.file_attempts)
 
 
-def run_file(file_id: int) -> str:
-    """Run the file's job (a no-op when it already ran), then settle the file."""
-    from workers.runner import run_job
-
-    with session_scope() as session:
-        job_id = BatchRepository(session).file_job(file_id)
-    if job_id is None:
-        logger.info("batch file %s not run: finished or its batch is not running", file_id)
-        return "finished"
-    outcome = run_job(job_id)
-    if outcome == "busy":
-        return outcome
-    settlement = settle(file_id)
-    after_settle(settlement, file_id)
-    logger.info("batch file %s: job %s %s, file %s", file_id, job_id, outcome,
-                settlement.step.value)
-    return settlement.step.value
-
-
-def run_overview(batch_id: str) -> str:
-    from workers.runner import run_job
-
-    with session_scope() as session:
-        job_id = BatchRepository(session).overview_job(
-            batch_id, max_chars=get_settings().batches.overview_max_chars)
-    if job_id is None:
-        return "skipped"
-    outcome = run_job(job_id)
-    if outcome == "busy":
-        return outcome
-    with session_scope() as session:
-        finished = BatchRepository(session).finish(batch_id)
-    logger.info("batch %s overview: job %s %s; batch finished: %s", batch_id, job_id, outcome,
-                finished)
-    return "done" if finished else outcome
-
-
 # ---- beat ------------------------------------------------------------------------------------
 def tick(now: datetime | None = None) -> dict[str, int]:
-    """Due schedules become batches; lost messages are sent again (see the repository)."""
+    """Due schedules become batches; what lost messages left behind is repaired: files whose
+    job finished but which were never settled, queued batches never ingested, aggregating
+    batches without an overview job or whose overview finished unnoticed."""
     from service.repos.schedules import start_due_schedules
 
     started = start_due_schedules(now)
@@ -152,32 +138,17 @@ def tick(now: datetime | None = None) -> dict[str, int]:
     for batch_id in queued:
         enqueue_ingest(batch_id)
     for batch_id in aggregating:
-        enqueue_overview(batch_id)
+        with session_scope() as session:
+            finished = BatchRepository(session).finish(batch_id)
+        if not finished:
+            start_overview(batch_id)  # no job yet: made and sent; one waiting: the sweeper's
     return {"scheduled": len(started), "settled": len(unsettled), "ingest_resent": len(queued),
-            "overview_resent": len(aggregating)}
+            "aggregating_checked": len(aggregating)}
 
 
 @app.task(name=INGEST_BATCH)
 def batch_ingest(batch_id: str) -> str:
     return run_ingest(batch_id)
-
-
-@app.task(name=BATCH_FILE, bind=True, max_retries=1)
-def batch_file(self, file_id: int) -> str:
-    outcome = run_file(file_id)
-    if outcome == "busy" and self.request.retries == 0:
-        # another delivery runs the job, or its worker just died: look again once the
-        # heartbeat would be stale (as workers.tasks.run_job does)
-        raise self.retry(countdown=get_settings().worker.stale_after_s + 5)
-    return outcome
-
-
-@app.task(name=BATCH_OVERVIEW, bind=True, max_retries=1)
-def batch_overview(self, batch_id: str) -> str:
-    outcome = run_overview(batch_id)
-    if outcome == "busy" and self.request.retries == 0:
-        raise self.retry(countdown=get_settings().worker.stale_after_s + 5)
-    return outcome
 
 
 @app.task(name=BATCH_TICK)

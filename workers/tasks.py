@@ -44,6 +44,9 @@ def run_job(self, job_id: str) -> str:
         # Another delivery looks alive. If its worker just died (the message came back after a
         # crash), its heartbeat goes stale soon: look once more after that.
         raise self.retry(countdown=get_settings().worker.stale_after_s + 5)
+    from workers.batches import after_job
+
+    after_job(job_id)  # a repository batch's file or overview: settle it (plain jobs: nothing)
     return outcome
 
 

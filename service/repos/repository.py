@@ -79,6 +79,7 @@ class Settlement:
     step: FileStep
     batch_id: str | None = None
     next_action: str | None = None  # "overview" | "done" | None: what the batch needs now
+    retry_job_id: str | None = None  # step retry: the new job to send
 
 
 def _text_of(path: str, text: str) -> str:
@@ -181,8 +182,8 @@ class BatchRepository:
 
     def record_ingestion(self, batch_id: str, ingestion: Ingestion) -> list[int]:
         """queued -> running: one job per kept file, the files in reading order, the skipped
-        files with their reasons. Returns the file ids to enqueue ([] if another delivery got
-        here first). A batch with no file to read is done at once."""
+        files with their reasons. Returns the job ids to send, in reading order ([] if another
+        delivery got here first). A batch with no file to read is done at once."""
         batch = self.session.scalar(select(Batch).where(Batch.id == batch_id).with_for_update())
         if batch is None or batch.status != BatchStatus.queued.value:
             return []
@@ -215,10 +216,20 @@ class BatchRepository:
                 overview="The repository has no file to read." if done else None))
         self.session.execute(delete(BatchUpload).where(BatchUpload.batch_id == batch_id))
         self.session.flush()
-        return list(self.session.scalars(select(BatchFile.id).where(
-            BatchFile.batch_id == batch_id).order_by(BatchFile.position)))
+        return job_ids
 
     # ---- files -----------------------------------------------------------------------------
+    def job_target(self, job_id: str) -> tuple[str, Any] | None:
+        """("file", file id) or ("overview", batch id) for a job of a batch; None otherwise."""
+        batch_id = self.session.scalar(select(Job.batch_id).where(Job.id == job_id))
+        if batch_id is None:
+            return None
+        file_id = self.session.scalar(select(BatchFile.id).where(BatchFile.job_id == job_id))
+        if file_id is not None:
+            return "file", file_id
+        overview = self.session.scalar(select(Batch.id).where(Batch.overview_job_id == job_id))
+        return ("overview", overview) if overview else None
+
     def file_job(self, file_id: int) -> str | None:
         """The job to run for a queued file of a running batch; None otherwise."""
         row = self.session.execute(
@@ -264,7 +275,7 @@ class BatchRepository:
             self.session.execute(update(Job).where(Job.id == new_job).values(batch_id=batch_id))
             self.session.execute(update(BatchFile).where(BatchFile.id == file_id).values(
                 job_id=new_job, attempts=BatchFile.attempts + 1, error=job.error))
-            return Settlement(FileStep.retry, batch_id)
+            return Settlement(FileStep.retry, batch_id, retry_job_id=new_job)
         else:  # failed for good, or cancelled
             status = FileStatus.cancelled if job.status == JobStatus.cancelled.value \
                 else FileStatus.failed

@@ -2,8 +2,8 @@
 project's own sources, plus files ingestion must skip) goes in as an archive or a git clone, a
 real worker ingests it on `cpu`, summarises each file and writes the overview on `gpu` with the
 real default model; progress, per-file results, the Markdown and JSON reports, usage by batch
-and the absence of duplicates are checked, then each file task is delivered again (as after a
-lost acknowledgement) and nothing changes."""
+and the absence of duplicates are checked, then each job of the batch is delivered again (as
+after a lost acknowledgement) and nothing changes."""
 
 from __future__ import annotations
 
@@ -131,18 +131,19 @@ def check_batch_stored_once(batch_id: str) -> None:
 
 
 def check_redelivery_is_noop(stack, batch: dict) -> None:
-    """Each file task and the overview delivered again: nothing is run or counted twice."""
+    """Every job of the batch delivered again (as after a lost acknowledgement): nothing is
+    run or counted twice."""
     from flows import wait_for_worker_log
 
     from service.core.db import session_scope
-    from service.repos.models import BatchFile
-    from service.repos.queue import enqueue_files, enqueue_overview
+    from service.jobs.models import Job
+    from service.repos.queue import enqueue_jobs_group
 
     with session_scope() as s:
-        file_ids = list(s.scalars(select(BatchFile.id).where(BatchFile.batch_id == batch["id"])))
-    assert enqueue_files(file_ids) and enqueue_overview(batch["id"])
-    for file_id in file_ids:
-        wait_for_worker_log(stack, f"batch file {file_id} not run: finished")
+        job_ids = list(s.scalars(select(Job.id).where(Job.batch_id == batch["id"])))
+    assert len(job_ids) == 5 and enqueue_jobs_group(job_ids)
+    for job_id in job_ids:
+        wait_for_worker_log(stack, f"job {job_id} not run: finished")
     again = httpx.get(f"{stack.url}/v1/batches/{batch['id']}",
                       headers={"X-API-Key": stack.keys[0]}).json()
     assert again["progress"] == batch["progress"] and again["files"] == batch["files"]

@@ -50,10 +50,14 @@ def new_batch(tenant: int, n_files: int = 3, tasks=("summaries", "overview")) ->
                                  for i in range(n_files)],
                           skipped=[("node_modules/", "vendored"), ("a.png", "unsupported")])
     with session_scope() as s:
-        ids = BatchRepository(s).record_ingestion(batch_id, ingestion)
+        job_ids = BatchRepository(s).record_ingestion(batch_id, ingestion)
     with session_scope() as s:  # a second delivery of the ingestion task: nothing more
         assert BatchRepository(s).record_ingestion(batch_id, ingestion) == []
-    return batch_id, ids
+        files = BatchRepository(s).files(batch_id)
+        assert [f.job_id for f in files] == job_ids  # sent in reading order
+        assert [BatchRepository(s).job_target(j) for j in job_ids] == [("file", f.id)
+                                                                        for f in files]
+    return batch_id, [f.id for f in files]
 
 
 def run(job_id: str, ok: bool = True) -> None:
@@ -111,6 +115,7 @@ def test_files_settle_once_and_the_last_one_starts_the_overview(db):
         overview_job = BatchRepository(s).overview_job(batch_id, max_chars=10_000)
     with session_scope() as s:  # asked again (a second overview delivery): the same job
         assert BatchRepository(s).overview_job(batch_id, max_chars=10_000) == overview_job
+        assert BatchRepository(s).job_target(overview_job) == ("overview", batch_id)
         text = s.get(Job, overview_job).document.text
     assert "## pkg/m0.py" in text and "## pkg/m2.py" in text
     run(overview_job)
@@ -135,7 +140,7 @@ def test_a_failed_file_is_retried_up_to_the_cap_then_failed_without_failing_the_
     step = settle(bad, attempts=2)
     assert step.step is FileStep.retry
     second_job = job_of(bad)
-    assert second_job and second_job != first_job  # a new job for the second attempt
+    assert second_job == step.retry_job_id and second_job != first_job  # a new job
     run(second_job, ok=False)
     assert settle(bad, attempts=2).step is FileStep.settled
     run(job_of(good))
