@@ -47,7 +47,10 @@ def check_usage_migration(url: str) -> None:
                 "price_id, billed_device_seconds, device, seconds_prefill, kv_token_steps "
                 "FROM usage_records"))}
             admin = conn.execute(text("SELECT is_admin FROM api_keys")).scalar()
+            rate = conn.execute(text("SELECT shadow_rate FROM tenants")).scalar()
+            shadows = conn.execute(text("SELECT count(*) FROM shadow_runs")).scalar()
         assert admin is False or admin == 0
+        assert rate == 0 and shadows == 0  # shadow runs are off until a tenant's rate is set
         namm, full = rows["n"], rows["f"]
         # no method stood behind the old counterfactual: no saving is claimed any more
         assert namm.full_cache_cost_micro_usd is None and namm.counterfactual_method is None

@@ -8,4 +8,4 @@ from __future__ import annotations
 
 from service.core.queue import make_celery
 
-app = make_celery(include=("workers.tasks", "workers.batches"))
+app = make_celery(include=("workers.tasks", "workers.batches", "workers.shadow"))

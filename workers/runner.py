@@ -156,4 +156,8 @@ def run_job(job_id: str, *, load_model: Callable | None = None,
     except IntegrityError:
         logger.info("job %s already has a result; nothing stored", job.id)
         stored = False
+    if stored:  # a sample of the tenant's jobs is rerun with the full cache, to measure
+        from workers.shadow import schedule_shadow
+
+        schedule_shadow(job.id)
     return "done" if stored else "cancelled"

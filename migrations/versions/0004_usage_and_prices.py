@@ -3,7 +3,8 @@
 usage_records gains the measured work (seconds per phase, device, KV token-steps of the run and
 of a full cache, kept entries per update, allocated peak, entries the policy scored), the price
 it was billed at (price id and device-hour price), the billed device seconds and the
-counterfactual's method. api_keys gains is_admin (reports across tenants).
+counterfactual's method. api_keys gains is_admin (reports across tenants); tenants gain
+shadow_rate, and shadow_runs holds the full-cache reruns of sampled jobs (service/jobs/shadow.py).
 
 Existing rows are kept and converted:
   - their counterfactual multiplied the run's own seconds by its memory share, which is no
@@ -76,9 +77,40 @@ def upgrade() -> None:
     with op.batch_alter_table("api_keys") as batch:
         batch.add_column(sa.Column("is_admin", sa.Boolean(), nullable=False,
                                    server_default=sa.false()))
+    with op.batch_alter_table("tenants") as batch:
+        batch.add_column(sa.Column("shadow_rate", sa.Float(), nullable=False, server_default="0"))
+    op.create_table(
+        "shadow_runs",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("job_id", sa.String(length=36), nullable=False),
+        sa.Column("tenant_id", sa.Integer(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("seconds_run", sa.Float(), nullable=True),
+        sa.Column("seconds_full", sa.Float(), nullable=True),
+        sa.Column("cost_run_micro_usd", sa.BigInteger(), nullable=True),
+        sa.Column("cost_full_micro_usd", sa.BigInteger(), nullable=True),
+        sa.Column("kv_token_steps_run", sa.Float(), nullable=True),
+        sa.Column("kv_token_steps_full", sa.Float(), nullable=True),
+        sa.Column("answers_agree", sa.Boolean(), nullable=True),
+        sa.Column("answers_full", JSON, nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_shadow_runs_job_id_jobs"),
+                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"],
+                                name=op.f("fk_shadow_runs_tenant_id_tenants"), ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_shadow_runs")),
+        sa.UniqueConstraint("job_id", name=op.f("uq_shadow_runs_job_id")),
+    )
+    op.create_index("ix_shadow_runs_tenant_created", "shadow_runs", ["tenant_id", "created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_shadow_runs_tenant_created", table_name="shadow_runs")
+    op.drop_table("shadow_runs")
+    with op.batch_alter_table("tenants") as batch:
+        batch.drop_column("shadow_rate")
     with op.batch_alter_table("api_keys") as batch:
         batch.drop_column("is_admin")
     op.execute("UPDATE usage_records SET full_cache_cost_micro_usd = cost_micro_usd "

@@ -102,6 +102,8 @@ class Tenant(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # share of finished jobs rerun with the full cache to measure savings (service/jobs/shadow.py)
+    shadow_rate: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
 
     api_keys: Mapped[list[ApiKey]] = relationship(back_populates="tenant")
 
@@ -244,5 +246,8 @@ class UsageRecord(HasBudget, Base):
 # imported: jobs.batch_id refers to them, and Alembic compares the whole metadata.
 from service.repos import models as _repos_models  # noqa: E402,F401
 
-# Idempotency keys of submissions (issue 13, migration 0005) join Base.metadata here too.
+# Idempotency keys and tenant quotas (issue 13, migration 0005) join Base.metadata here too.
 from service.jobs import idempotency as _idempotency_models  # noqa: E402,F401
+from service.jobs import quotas as _quota_models  # noqa: E402,F401
+# Shadow runs (issue 12, migration 0004) too.
+from service.jobs import shadow as _shadow_models  # noqa: E402,F401

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.jobs.models import Job, Tenant, UsageRecord
+from service.jobs.shadow import shadow_summary
 
 GroupBy = Literal["day", "model", "policy", "batch", "tenant"]
 GROUPS: tuple[str, ...] = ("day", "model", "policy", "batch", "tenant")
@@ -225,6 +226,9 @@ def build_report(session: Session, q: ReportQuery, *, with_status: bool = False)
     }
     if with_status:
         report["jobs_by_status"] = status_by_day(session, q)
+    # full-cache reruns of sampled jobs (service/jobs/shadow.py): measured, shown apart
+    report["shadow"] = shadow_summary(session, start=q.start.astimezone(timezone.utc),
+                                      end=q.end.astimezone(timezone.utc), tenant_id=q.tenant_id)
     return report
 
 
