@@ -130,6 +130,9 @@ def build_server() -> JobServer:
     server.app.title = "NAMM long-document service"
     server.app.include_router(job_router())
     server.app.include_router(ops_router(server.inference_workers_ready))
+    from service.api.routes.admin import admin_router
+
+    server.app.include_router(admin_router())  # tenants, keys, quotas (admin keys only)
     from service.api.routes.batches import batch_router
     from service.api.routes.schedules import schedule_router
 

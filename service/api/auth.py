@@ -1,7 +1,9 @@
 """X-API-Key authentication: the key's sha256 is looked up in the database.
 
 A small per-process cache (key hash -> tenant id, `api.key_cache_s` seconds) keeps the lookup
-off the hot path of submissions; a revoked key stops working within that time.
+off the hot path of submissions. Revocation is immediate all the same: every process checks
+at most every REVOCATION_CHECK_S whether any key was revoked since (one small query on
+api_keys) and then forgets its cache.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
 
 _MISSING = HTTPException(401, "missing X-API-Key header", headers={"WWW-Authenticate": "APIKey"})
 _INVALID = HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "APIKey"})
+REVOCATION_CHECK_S = 1.0
 
 
 class KeyCache:
@@ -31,6 +34,27 @@ class KeyCache:
         self.max_entries = max_entries
         self._entries: dict[str, tuple[float, int | None]] = {}
         self._lock = threading.Lock()
+        self._revocations: tuple | None = None  # (revoked keys, latest revocation) last seen
+        self._checked_at = float("-inf")
+
+    def revocations_due(self) -> bool:
+        return time.monotonic() - self._checked_at >= REVOCATION_CHECK_S
+
+    def check_revocations(self) -> None:
+        """Forget every cached key when a key was revoked since the last check."""
+        from sqlalchemy import func, select
+
+        from service.core.db import session_factory
+        from service.jobs.models import ApiKey
+
+        with session_factory()() as session:
+            seen = tuple(session.execute(
+                select(func.count(ApiKey.revoked_at), func.max(ApiKey.revoked_at))).one())
+        with self._lock:
+            if self._revocations is not None and seen != self._revocations:
+                self._entries.clear()
+            self._revocations = seen
+            self._checked_at = time.monotonic()
 
     def get(self, key_hash: str) -> tuple[bool, int | None]:
         entry = self._entries.get(key_hash)
@@ -84,7 +108,10 @@ async def require_tenant(request: Request, x_api_key: str | None = Security(api_
     if not x_api_key:
         raise _MISSING
     digest = hash_key(x_api_key)
-    cached, tenant_id = key_cache().get(digest)
+    cache = key_cache()
+    if cache.revocations_due():
+        await run_in_threadpool(cache.check_revocations)
+    cached, tenant_id = cache.get(digest)
     if not cached:
         tenant_id = await run_in_threadpool(_lookup_tenant, x_api_key, digest)
     if tenant_id is None:

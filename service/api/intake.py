@@ -10,7 +10,8 @@ Now:
   on its data rather than on the database being unreachable, each item is stored again in a
   transaction of its own: the guilty one gets its own error, the others their 202;
 - a submission with an Idempotency-Key is stored alone, with its key, in one transaction
-  (service/jobs/idempotency.py): a retry answers the first job, another body a 409.
+  (service/jobs/idempotency.py): a retry answers the first job, another body a 409;
+- a new job over its tenant's quota (service/jobs/quotas.py) is a 429 with Retry-After.
 Only a database that cannot be reached answers 503 for the whole batch.
 """
 
@@ -151,7 +152,12 @@ def _store_plain(items: list[Submission]) -> list[dict]:
     return out
 
 
-def _store_keyed(item: Submission, settings: Settings) -> tuple[dict, bool]:
+def _over_quota(over) -> Refusal:
+    return Refusal.of(HTTPException(429, over.message,
+                                    headers={"Retry-After": str(over.retry_after_s)}))
+
+
+def _store_keyed(item: Submission, settings: Settings, gate) -> tuple[dict, bool]:
     """(answer, new job?) for a submission with an Idempotency-Key."""
     from service.core.db import session_scope
     from service.jobs import idempotency
@@ -170,6 +176,9 @@ def _store_keyed(item: Submission, settings: Settings) -> tuple[dict, bool]:
                         return Refusal.status(409, "Idempotency-Key already used with another "
                                                    "request; use a new key for a new job"), False
                     return _accepted(earlier.job_id, earlier.status), False
+                over = gate.admit(tenant)
+                if over is not None:
+                    return _over_quota(over), False
                 job_id = JobRepository(session).create([item.job])[0]
                 idempotency.remember(session, tenant, item.idempotency_key,
                                      item.request_sha256, job_id)
@@ -186,11 +195,24 @@ def _store_keyed(item: Submission, settings: Settings) -> tuple[dict, bool]:
 def store(items: list[Submission | Refusal], settings: Settings) -> list[dict]:
     """The answer to each item, in order; new jobs are enqueued after their commit."""
     from service.api.metrics import ENQUEUE_FAILURES, JOBS_SUBMITTED
+    from service.core.db import session_factory
     from service.core.queue import enqueue_jobs
+    from service.jobs.quotas import QuotaGate
 
     answers: list[dict | None] = [item if isinstance(item, Refusal) else None for item in items]
-    plain = [i for i, item in enumerate(items) if isinstance(item, Submission)
-             and item.idempotency_key is None]
+    gate = QuotaGate(session_factory(), settings.quotas)
+    plain = []
+    for i, item in enumerate(items):
+        if isinstance(item, Submission) and item.idempotency_key is None:
+            try:
+                over = gate.admit(item.job.tenant_id)
+            except UNAVAILABLE:
+                answers[i] = _unavailable()
+                continue
+            if over is not None:
+                answers[i] = _over_quota(over)
+            else:
+                plain.append(i)
     new_ids: list[str] = []
     for i, answer in zip(plain, _store_plain([items[i] for i in plain])):  # type: ignore[misc]
         answers[i] = answer
@@ -198,7 +220,7 @@ def store(items: list[Submission | Refusal], settings: Settings) -> list[dict]:
             new_ids.append(answer["id"])
     for i, item in enumerate(items):
         if isinstance(item, Submission) and item.idempotency_key is not None:
-            answer, created = _store_keyed(item, settings)
+            answer, created = _store_keyed(item, settings, gate)
             answers[i] = answer
             if created:
                 new_ids.append(answer["id"])

@@ -246,7 +246,8 @@ class UsageRecord(HasBudget, Base):
 # imported: jobs.batch_id refers to them, and Alembic compares the whole metadata.
 from service.repos import models as _repos_models  # noqa: E402,F401
 
-# Idempotency keys of submissions (issue 13, migration 0005) join Base.metadata here too.
+# Idempotency keys and tenant quotas (issue 13, migration 0005) join Base.metadata here too.
 from service.jobs import idempotency as _idempotency_models  # noqa: E402,F401
+from service.jobs import quotas as _quota_models  # noqa: E402,F401
 # Shadow runs (issue 12, migration 0004) too.
 from service.jobs import shadow as _shadow_models  # noqa: E402,F401
