@@ -58,8 +58,16 @@ def add_record(session, tenant_id: int, record: tuple, batch_id: str | None = No
 
 
 def seed(session, tenant_a: int, tenant_b: int) -> None:
+    from service.jobs.shadow import ShadowRun
+
     for record in RECORDS_A:
-        add_record(session, tenant_a, record)
+        usage = add_record(session, tenant_a, record)
+        if record[0] == "r1":  # r1 was rerun with the full cache: measured 3 s and 1,900
+            session.add(ShadowRun(
+                job_id=usage.job_id, tenant_id=tenant_a, status="done", seconds_run=2.0,
+                seconds_full=3.0, cost_run_micro_usd=1000, cost_full_micro_usd=1900,
+                kv_token_steps_run=400.0, kv_token_steps_full=1000.0, answers_agree=True,
+                answers_full=["x"], created_at=record[1], finished_at=record[1]))
     for record in RECORDS_B:
         add_record(session, tenant_b, record)
     add_job(session, tenant_a, utc(2026, 3, 10, 14, 0), status="failed")

@@ -63,6 +63,12 @@ def format_table(report: dict[str, Any]) -> str:
         out.append(f"est.: the full-cache cost of {totals['estimated_jobs']} job(s) is estimated "
                    f"({', '.join(m for m in totals['counterfactual_methods'] if m != 'self')}); "
                    "a negative saving is a loss")
+    shadow = report.get("shadow") or {}
+    if shadow.get("done"):
+        out.append(f"measured on {shadow['done']} full-cache rerun(s): saved "
+                   f"{usd(shadow['saved_micro_usd'])} USD, {shadow['answers_agree']} with the "
+                   f"same answer, {shadow['seconds_run']:.1f} s vs {shadow['seconds_full']:.1f} s "
+                   "with the full cache")
     if totals["jobs"] > totals["jobs_with_counterfactual"]:
         out.append(f"{totals['jobs'] - totals['jobs_with_counterfactual']} job(s) have no "
                    "full-cache figure and count in cost only")

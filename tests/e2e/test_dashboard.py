@@ -93,6 +93,7 @@ def test_dashboard_renders_the_report_in_chromium(api):
             caption = page.inner_text("#cost-caption")
             loss = page.locator("#table-policy td.loss").all_inner_texts()
             stored = page.evaluate("() => sessionStorage.getItem('namm_api_key')")
+            summary = page.inner_text("#summary")
             page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
@@ -116,4 +117,6 @@ def test_dashboard_renders_the_report_in_chromium(api):
     assert models == ["m1", "m2", "total"] and policies == ["full", "h2o", "namm", "total"]
     assert loss == ["-0.000050 (estimated)"]
     assert stored == key and login_hidden
+    assert "saved, measured on 1 full-cache rerun(s)" in summary and "$0.000900" in summary
+    assert "1 of 1" in summary and "2.0 vs 3.0" in summary
     assert shot.stat().st_size > 10_000

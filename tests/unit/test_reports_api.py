@@ -84,6 +84,11 @@ def test_daily_totals_in_utc(client, keys):
     assert t["tokens_in"] == 4500 and t["tokens_out"] == 200
     assert t["seconds"] == 4.0 and t["billed_device_seconds"] == 8.0
     assert t["estimated_jobs"] == 2 and t["saved_estimated"] is True
+    # r1's full-cache rerun, apart from the estimates: measured
+    shadow = rep["shadow"]
+    assert shadow["measured"] and shadow["runs"] == shadow["done"] == 1
+    assert shadow["saved_micro_usd"] == 900 and shadow["answers_agree"] == 1
+    assert shadow["seconds_run"] == 2.0 and shadow["seconds_full"] == 3.0
 
 
 def test_day_boundary_follows_the_time_zone(client, keys):
@@ -146,6 +151,7 @@ def test_tenants_see_only_their_own_figures_and_admin_sees_all(client, keys):
     period = {"from": "2026-03-01", "to": "2026-03-31"}
     b = report(client, keys["b"], **period)["totals"]
     assert b["jobs"] == 1 and b["cost_micro_usd"] == 99_999
+    assert report(client, keys["b"], **period)["shadow"]["runs"] == 0  # acme's rerun
     assert report(client, keys["a"], **period)["totals"]["cost_micro_usd"] == 4500
     for params in ({"group_by": "tenant"}, {"tenant": keys["b_id"]}):
         r = client.get("/v1/reports/cost", params={**period, **params},

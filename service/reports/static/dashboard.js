@@ -113,7 +113,7 @@ function drawTable(id, report) {
   }
 }
 
-function drawSummary(totals) {
+function drawSummary(totals, shadow) {
   const s = $("summary");
   s.replaceChildren();
   const items = [
@@ -123,6 +123,12 @@ function drawSummary(totals) {
       totals.jobs_with_counterfactual ? "$" + usd(totals.saved_micro_usd) : "-"],
     ["KV token-steps saved", big(totals.kv_token_steps_saved)],
   ];
+  if (shadow && shadow.done > 0) {  // full-cache reruns: measured, shown apart from estimates
+    items.push([`saved, measured on ${shadow.done} full-cache rerun(s)`, "$" + usd(shadow.saved_micro_usd)]);
+    items.push(["reruns with the same answer", `${shadow.answers_agree} of ${shadow.done}`]);
+    items.push(["seconds: this service vs full cache (measured)",
+      `${shadow.seconds_run.toFixed(1)} vs ${shadow.seconds_full.toFixed(1)}`]);
+  }
   for (const [label, value] of items) {
     const d = document.createElement("div");
     const strong = document.createElement("strong");
@@ -137,7 +143,7 @@ async function load() {
   try {
     const [byDay, byModel, byPolicy] = await Promise.all(
       ["day", "model", "policy"].map((groupBy) => api(query(groupBy))));
-    drawSummary(byDay.totals);
+    drawSummary(byDay.totals, byDay.shadow);
     drawCharts(byDay);
     drawTable("table-model", byModel);
     drawTable("table-policy", byPolicy);
