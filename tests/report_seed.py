@@ -24,7 +24,7 @@ RECORDS_A = [
 RECORDS_B = [
     ("r5", utc(2026, 3, 10, 10, 0), "m1", "namm", 9000, 900, 10.0, 90.0, 1, 9, 99_999, 100_000, True),
 ]
-STATUSES_A = ["done", "done", "done", "done", "failed", "queued"]  # r1-r4 and two more jobs
+BATCH_ID = "00000000-0000-0000-0000-0000000000b1"
 
 
 def add_job(session, tenant_id: int, when: datetime, policy: str = "namm", status: str = "done",
@@ -60,8 +60,15 @@ def add_record(session, tenant_id: int, record: tuple, batch_id: str | None = No
 def seed(session, tenant_a: int, tenant_b: int) -> None:
     from service.jobs.shadow import ShadowRun
 
+    from service.repos.models import Batch
+
+    # r3 summarised a file of a repository batch
+    session.add(Batch(id=BATCH_ID, tenant_id=tenant_a, source={"kind": "path", "path": "/repo"},
+                      policy="h2o", max_new_tokens=8, status="done"))
+    session.flush()
     for record in RECORDS_A:
-        usage = add_record(session, tenant_a, record)
+        usage = add_record(session, tenant_a, record,
+                           batch_id=BATCH_ID if record[0] == "r3" else None)
         if record[0] == "r1":  # r1 was rerun with the full cache: measured 3 s and 1,900
             session.add(ShadowRun(
                 job_id=usage.job_id, tenant_id=tenant_a, status="done", seconds_run=2.0,

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from litserve.utils import wrap_litserve_start
 
-from report_seed import seed, utc
+from report_seed import BATCH_ID, seed, utc
 from service.core.state import reset_process_state
 
 
@@ -117,7 +117,9 @@ def test_group_by_model_and_policy(client, keys):
     assert policies["full"]["counterfactual_methods"] == ["self"]
     assert policies["namm"]["jobs"] == 2 and policies["namm"]["saved_micro_usd"] == 600
     batches = by_key(report(client, keys["a"], group_by="batch", **params))
-    assert list(batches) == ["(none)"] and batches["(none)"]["jobs"] == 4
+    assert list(batches) == ["(none)", BATCH_ID]
+    assert batches["(none)"]["jobs"] == 3 and batches["(none)"]["cost_micro_usd"] == 3800
+    assert batches[BATCH_ID]["jobs"] == 1 and batches[BATCH_ID]["saved_micro_usd"] == -50
 
 
 def test_jobs_by_status_per_day(client, keys):
