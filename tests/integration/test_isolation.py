@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -130,3 +131,48 @@ def test_idempotency_key_one_job_per_key_and_body(api):
     assert _post(api, body, **{"Idempotency-Key": "é".encode() * 3}).status_code == 422
     assert _post(api, body, **{"Idempotency-Key": "k" * 256}).status_code == 422
     assert _stored_jobs("tenant-a") == before + 1
+
+
+@pytest.mark.parametrize("api", ["postgresql"], indirect=True)  # server connections to kill
+def test_postgres_connections_terminated_mid_request(api):
+    """pg_terminate_backend on every API connection while submissions and reads run: each
+    request answers 2xx or 503 (never 500), and once the killing stops every request works,
+    with no restart."""
+    import threading
+
+    import psycopg
+    from conftest import PG_HOST, PG_PORT
+
+    dbname = api.env["NAMM_DATABASE__URL"].rsplit("/", 1)[1]
+    stop = threading.Event()
+    killed = [0]
+
+    def terminate() -> None:
+        with psycopg.connect(host=PG_HOST, port=PG_PORT, user="postgres", dbname=dbname,
+                             autocommit=True) as conn:
+            while not stop.is_set():
+                killed[0] += len(conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,)).fetchall())
+                time.sleep(0.05)
+
+    killer = threading.Thread(target=terminate, daemon=True)
+    killer.start()
+    codes: list[int] = []
+    try:
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            codes.append(_post(api, json.dumps({"document": "during the outage"}).encode())
+                         .status_code)
+            codes.append(httpx.get(f"{api.url}/v1/jobs?limit=5",
+                                   headers={"X-API-Key": api.keys[0]}).status_code)
+    finally:
+        stop.set()
+        killer.join(timeout=10)
+    print(f"\npg_terminate_backend: {killed[0]} connections killed under {len(codes)} requests: "
+          f"{ {c: codes.count(c) for c in sorted(set(codes))} }")
+    assert killed[0] > 0
+    assert set(codes) <= {200, 202, 503}, codes
+    for _ in range(5):  # recovered, no restart
+        assert _post(api, json.dumps({"document": "after"}).encode()).status_code == 202
+        assert httpx.get(f"{api.url}/v1/jobs", headers={"X-API-Key": api.keys[0]}).status_code == 200
