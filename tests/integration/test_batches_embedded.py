@@ -38,3 +38,51 @@ def test_cli_submits_follows_and_saves_the_report(embedded_stack, tmp_path):
     assert ": done" in done.stderr and "1/1" in done.stderr  # the bar reached the end
     text = report.read_text()
     assert "### keys.py" in text and "*python," in text
+
+
+def test_batch_resumes_after_the_worker_child_is_killed(embedded_stack, tmp_path):
+    """SIGKILL of the worker's child while a file's job runs: the batch still finishes, the
+    files finished before are not redone, the killed file's job runs once more, nothing is
+    stored twice (the job's recovery: reject_on_worker_lost and the beat sweeper)."""
+    import signal
+    import time
+
+    import httpx
+    import psutil
+    from sqlalchemy import select
+
+    from batch_flows import wait_for_batch
+    from service.core.db import session_scope
+    from service.jobs.models import Job
+
+    data = tiny_repo_archive(tmp_path)
+    with httpx.Client(base_url=embedded_stack.url, timeout=60,
+                      headers={"X-API-Key": embedded_stack.keys[0]}) as client:
+        r = client.post("/v1/batches", files={"file": ("tiny-repo.tar.gz", data)},
+                        data={"tasks": "summaries", "max_new_tokens": "8"})
+        assert r.status_code == 202, r.text
+        batch_id = r.json()["id"]
+        deadline = time.monotonic() + 300
+        killed_job = None
+        while time.monotonic() < deadline and killed_job is None:
+            with session_scope() as s:
+                jobs = s.execute(select(Job.id, Job.status).where(Job.batch_id == batch_id)).all()
+            done = [j for j, status in jobs if status == "done"]
+            running = [j for j, status in jobs if status == "running"]
+            if done and running:
+                for child in psutil.Process(embedded_stack.procs.procs["worker"].pid).children(
+                        recursive=True):
+                    child.send_signal(signal.SIGKILL)
+                killed_job, finished_before = running[0], set(done)
+            time.sleep(0.05)
+        assert killed_job, "never saw a file job running after another had finished"
+        batch = wait_for_batch(client, batch_id, timeout_s=300)
+    assert batch["status"] == "done", embedded_stack.procs.log_tail("worker", 80)
+    assert batch["progress"]["files_done"] == 4 and batch["progress"]["files_failed"] == 0
+    with session_scope() as s:
+        attempts = dict(s.execute(select(Job.id, Job.attempts)
+                                  .where(Job.batch_id == batch_id)).all())
+    assert len(attempts) == 4  # no new job was made: the killed one was run again
+    assert all(attempts[j] == 1 for j in finished_before)  # finished files not redone
+    assert attempts[killed_job] == 2
+    assert all(f["attempts"] == 1 and f["summary"] for f in batch["files"])
