@@ -151,8 +151,10 @@ class JobStatsCollector:
                                          "jobs", labels=["direction"])
             tokens.add_metric(["in"], int(sums[0]))
             tokens.add_metric(["out"], int(sums[1]))
-            cost = CounterMetricFamily("namm_cost_micro_usd", "cost of finished jobs, and what a "
-                                       "full KV cache would have cost", labels=["cache"])
+            cost = CounterMetricFamily("namm_cost_micro_usd", "cost of finished jobs (policy), "
+                                       "and the full-cache counterfactual of those that have one "
+                                       "(full; mostly estimated: /v1/reports/cost says which)",
+                                       labels=["cache"])
             cost.add_metric(["policy"], int(sums[2]))
             cost.add_metric(["full"], int(sums[3]))
             kv_bytes = CounterMetricFamily("namm_kv_bytes_peak", "sum of per-job KV cache peaks",
