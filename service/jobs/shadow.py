@@ -83,12 +83,14 @@ def answers_agree(run: list[str], full: list[str]) -> bool:
 
 
 def shadow_summary(session: Session, *, start: datetime, end: datetime,
-                   tenant_id: int | None) -> dict[str, Any]:
+                   tenant_id: int | None, batch_id: str | None = None) -> dict[str, Any]:
     """Shadow runs of jobs that finished in [start, end): measured, shown apart in reports."""
     stmt = (select(ShadowRun).join(Job, Job.id == ShadowRun.job_id)
             .where(Job.finished_at >= start, Job.finished_at < end))
     if tenant_id is not None:
         stmt = stmt.where(ShadowRun.tenant_id == tenant_id)
+    if batch_id is not None:
+        stmt = stmt.where(Job.batch_id == batch_id)
     rows = list(session.scalars(stmt))
     done = [r for r in rows if r.status == DONE]
     cost_run = sum(r.cost_run_micro_usd or 0 for r in done)

@@ -39,6 +39,7 @@ class ReportQuery:
     group_by: str
     tz: ZoneInfo
     tenant_id: int | None  # None: every tenant (admin keys only)
+    batch_id: str | None = None  # one repository batch's jobs only
 
 
 def _zone(name: str | None) -> ZoneInfo:
@@ -70,7 +71,8 @@ def _bound(raw: str | None, tz: ZoneInfo, name: str, *, end: bool) -> datetime |
 
 
 def parse_query(*, from_: str | None, to: str | None, group_by: str, tz: str | None,
-                tenant_id: int | None, now: datetime | None = None) -> ReportQuery:
+                tenant_id: int | None, batch_id: str | None = None,
+                now: datetime | None = None) -> ReportQuery:
     zone = _zone(tz)
     if group_by not in GROUPS:
         raise ReportError(f"group_by: must be one of {', '.join(GROUPS)}")
@@ -85,7 +87,10 @@ def parse_query(*, from_: str | None, to: str | None, group_by: str, tz: str | N
         raise ReportError("from: must be before to")
     if end - start > timedelta(days=MAX_DAYS):
         raise ReportError(f"the period is longer than {MAX_DAYS} days; ask for several reports")
-    return ReportQuery(start=start, end=end, group_by=group_by, tz=zone, tenant_id=tenant_id)
+    if batch_id is not None and not 0 < len(batch_id) <= 36:
+        raise ReportError("batch: a batch id (36 characters at most)")
+    return ReportQuery(start=start, end=end, group_by=group_by, tz=zone, tenant_id=tenant_id,
+                       batch_id=batch_id)
 
 
 @dataclass
@@ -178,6 +183,8 @@ def usage_rows(session: Session, q: ReportQuery) -> list[dict[str, Any]]:
                    UsageRecord.created_at < q.end.astimezone(timezone.utc)))
     if q.tenant_id is not None:
         stmt = stmt.where(UsageRecord.tenant_id == q.tenant_id)
+    if q.batch_id is not None:
+        stmt = stmt.where(Job.batch_id == q.batch_id)
     return [dict(row._mapping) for row in session.execute(stmt)]
 
 
@@ -202,6 +209,8 @@ def status_by_day(session: Session, q: ReportQuery) -> list[dict[str, Any]]:
                    Job.created_at < q.end.astimezone(timezone.utc)))
     if q.tenant_id is not None:
         stmt = stmt.where(Job.tenant_id == q.tenant_id)
+    if q.batch_id is not None:
+        stmt = stmt.where(Job.batch_id == q.batch_id)
     counts: dict[str, dict[str, int]] = {day: {} for day in _days(q)}
     for created, status in session.execute(stmt):
         day = _as_utc(created).astimezone(q.tz).date().isoformat()
@@ -221,6 +230,7 @@ def build_report(session: Session, q: ReportQuery, *, with_status: bool = False)
     report: dict[str, Any] = {
         "from": q.start.isoformat(), "to": q.end.isoformat(), "tz": q.tz.key,
         "group_by": q.group_by, "scope": "all tenants" if q.tenant_id is None else "tenant",
+        "batch": q.batch_id,
         "groups": [{"key": key, **groups[key].as_dict()} for key in sorted(groups)],
         "totals": total.as_dict(),
     }
@@ -228,7 +238,8 @@ def build_report(session: Session, q: ReportQuery, *, with_status: bool = False)
         report["jobs_by_status"] = status_by_day(session, q)
     # full-cache reruns of sampled jobs (service/jobs/shadow.py): measured, shown apart
     report["shadow"] = shadow_summary(session, start=q.start.astimezone(timezone.utc),
-                                      end=q.end.astimezone(timezone.utc), tenant_id=q.tenant_id)
+                                      end=q.end.astimezone(timezone.utc), tenant_id=q.tenant_id,
+                                      batch_id=q.batch_id)
     return report
 
 

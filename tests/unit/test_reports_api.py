@@ -120,6 +120,11 @@ def test_group_by_model_and_policy(client, keys):
     assert list(batches) == ["(none)", BATCH_ID]
     assert batches["(none)"]["jobs"] == 3 and batches["(none)"]["cost_micro_usd"] == 3800
     assert batches[BATCH_ID]["jobs"] == 1 and batches[BATCH_ID]["saved_micro_usd"] == -50
+    # one batch's report (by policy); another tenant's key finds nothing under that id
+    one = report(client, keys["a"], group_by="policy", batch=BATCH_ID, **params)
+    assert [g["key"] for g in one["groups"]] == ["h2o"] and one["batch"] == BATCH_ID
+    assert one["totals"]["cost_micro_usd"] == 700 and one["shadow"]["runs"] == 0
+    assert report(client, keys["b"], batch=BATCH_ID, **params)["totals"]["jobs"] == 0
 
 
 def test_jobs_by_status_per_day(client, keys):

@@ -38,6 +38,7 @@ def report_router() -> APIRouter:
         tz: str = Query("UTC", max_length=64, description="IANA time zone for days"),
         format: Literal["json", "csv"] = Query("json"),
         tenant: int | None = Query(None, ge=1, description="admin keys: this tenant only"),
+        batch: str | None = Query(None, max_length=36, description="one repository batch only"),
         with_status: bool = Query(False, description="add jobs per day by status"),
     ):
         if not principal.is_admin:
@@ -47,7 +48,8 @@ def report_router() -> APIRouter:
                 raise HTTPException(403, "another tenant's figures need an admin key")
             tenant = principal.tenant_id
         try:
-            query = parse_query(from_=from_, to=to, group_by=group_by, tz=tz, tenant_id=tenant)
+            query = parse_query(from_=from_, to=to, group_by=group_by, tz=tz, tenant_id=tenant,
+                                batch_id=batch)
         except ReportError as exc:
             raise HTTPException(422, str(exc)) from None
         report = build_report(session, query, with_status=with_status)
