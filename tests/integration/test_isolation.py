@@ -176,3 +176,22 @@ def test_postgres_connections_terminated_mid_request(api):
     for _ in range(5):  # recovered, no restart
         assert _post(api, json.dumps({"document": "after"}).encode()).status_code == 202
         assert httpx.get(f"{api.url}/v1/jobs", headers={"X-API-Key": api.keys[0]}).status_code == 200
+
+
+@pytest.mark.parametrize("api", ["postgresql"], indirect=True)  # NUL reaches the server there
+def test_fuzzed_requests_never_get_a_5xx(api):
+    """A short run of bench/fuzz_api.py (the benchmark run sends 2,000+ cases): every
+    operation of the OpenAPI description, schema-built and hostile inputs, concurrently."""
+    from bench.fuzz_api import fuzz, print_table
+
+    from service.api.keys import get_or_create_tenant, issue_key
+    from service.core.db import session_scope
+
+    with session_scope() as s:
+        admin = issue_key(s, get_or_create_tenant(s, "fuzz-ops"), is_admin=True).raw_key
+    rows = fuzz(api.url, {"user": api.keys[0], "other": api.keys[1], "admin": admin},
+                total_cases=200, seed=7)
+    problems = print_table(rows)
+    assert sum(r.cases for r in rows.values()) >= 150
+    assert problems == 0, ({name: row.errors for name, row in rows.items() if row.errors},
+                           api.procs.log_tail("api", 60))

@@ -151,3 +151,15 @@ def test_other_tenants_ids_are_404(client, keys):
     job_id = client.post("/v1/jobs", json={"document": "mine"}, headers=_h(keys["user"])).json()["id"]
     for method, path in (("GET", f"/v1/jobs/{job_id}"), ("POST", f"/v1/jobs/{job_id}/cancel")):
         assert client.request(method, path, headers=_h(keys["admin"])).status_code == 404
+
+
+def test_errors_that_quote_the_input_never_become_500(client, keys):
+    """FastAPI's 422 quotes each bad value; a lone surrogate or Infinity in it could not be
+    written as JSON, and the 422 became a 500 (found by bench/fuzz_api.py)."""
+    admin = _h(keys["admin"], **{"Content-Type": "application/json"})
+    r = client.get("/v1/jobs?offset=%ED%A0%80", headers=_h(keys["user"]))
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "offset"]
+    for body in (b'{"max_active_jobs": "\\ud800"}', b'{"max_active_jobs": Infinity}',
+                 b'{"max_tokens_per_day": NaN}'):
+        r = client.put("/v1/admin/tenants/1/quotas", content=body, headers=admin)
+        assert r.status_code == 422, (body, r.text)
