@@ -19,6 +19,7 @@ from pathlib import Path
 from service.core.db import session_scope
 from service.core.settings import get_settings
 from service.repos.queue import BATCH_TICK, INGEST_BATCH, enqueue_ingest, enqueue_jobs_group
+from service.repos.models import Batch
 from service.repos.repository import BatchRepository, Settlement
 from workers.celery_app import app
 
@@ -79,33 +80,44 @@ def run_ingest(batch_id: str) -> str:
 
 # ---- files and overview (after each job of a batch) ------------------------------------------
 def after_settle(settlement: Settlement) -> None:
-    """Send what the settle asked for: a file's next attempt, or the overview's job."""
+    """Send what the settle asked for: a file's next attempt, or the aggregation's jobs."""
     if settlement.retry_job_id:
         enqueue_jobs_group([settlement.retry_job_id])
     if settlement.next_action == "overview" and settlement.batch_id:
-        start_overview(settlement.batch_id)
+        start_aggregation(settlement.batch_id)
 
 
-def start_overview(batch_id: str) -> None:
+def start_aggregation(batch_id: str) -> None:
+    """Make the overview's and the questions' jobs if missing, send the ones made now."""
+    settings = get_settings().batches
     with session_scope() as session:
-        job_id = BatchRepository(session).overview_job(
-            batch_id, max_chars=get_settings().batches.overview_max_chars)
-    if job_id:
-        enqueue_jobs_group([job_id])
+        repo = BatchRepository(session)
+        had_overview = repo.session.get(Batch, batch_id)
+        had_overview = had_overview.overview_job_id if had_overview else None
+        overview = repo.overview_job(batch_id, max_chars=settings.overview_max_chars)
+        questions, made = repo.questions_job(batch_id, max_chars=settings.questions_max_chars)
+    new = [j for j, fresh in ((overview, overview and overview != had_overview),
+                              (questions, made)) if fresh]
+    enqueue_jobs_group(new)
+    if not new:  # nothing to wait for (e.g. every file failed and no questions): finish now
+        with session_scope() as session:
+            BatchRepository(session).finish(batch_id)
 
 
 def after_job(job_id: str) -> str | None:
     """Called by the `namm.run_job` task after every job: settle the batch file the job
-    summarises, or finish the batch whose overview it wrote. None for a plain job."""
+    summarises, or finish the batch whose overview or questions it wrote. None for a plain
+    job."""
     with session_scope() as session:
         repo = BatchRepository(session)
         target = repo.job_target(job_id)
         if target is None:
             return None
         kind, ident = target
-        if kind == "overview":
+        if kind == "aggregate":
             finished = repo.finish(ident)
-            logger.info("batch %s overview job %s: batch finished %s", ident, job_id, finished)
+            logger.info("batch %s aggregation job %s: batch finished %s", ident, job_id,
+                        finished)
             return "finished" if finished else "waiting"
     settlement = settle(int(ident))
     after_settle(settlement)
@@ -141,7 +153,7 @@ def tick(now: datetime | None = None) -> dict[str, int]:
         with session_scope() as session:
             finished = BatchRepository(session).finish(batch_id)
         if not finished:
-            start_overview(batch_id)  # no job yet: made and sent; one waiting: the sweeper's
+            start_aggregation(batch_id)  # missing jobs made and sent; waiting ones: the sweeper's
     return {"scheduled": len(started), "settled": len(unsettled), "ingest_resent": len(queued),
             "aggregating_checked": len(aggregating)}
 

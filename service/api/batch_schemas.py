@@ -39,6 +39,20 @@ class BatchOptions(BaseModel):
     policy: PolicyField | None = Field(None, description="memory policy; default from settings")
     budget: BudgetField = Field(None, description="as for jobs; null: the policy's default")
     max_new_tokens: int | None = Field(None, ge=1, description="per file summary")
+    questions: list[str] = Field(
+        default_factory=list, description="questions about the whole codebase, answered once "
+        "every file is read, by streaming the repository through the model with the memory "
+        "bounding the cache (use an evicting policy: `full` truncates to the model's context)")
+
+    @field_validator("questions")
+    @classmethod
+    def _questions(cls, questions: list[str]) -> list[str]:
+        cleaned = [q.strip() for q in questions]
+        if any(not q for q in cleaned):
+            raise ValueError("questions must not be empty strings")
+        if any(len(q) > 2000 for q in cleaned):
+            raise ValueError("a question is limited to 2000 characters")
+        return cleaned
 
     @field_validator("tasks")
     @classmethod
@@ -69,6 +83,7 @@ class ScheduleUpdate(BaseModel):
     timezone: str | None = Field(None, max_length=64)
     source: Source | None = None
     tasks: list[Task] | None = None
+    questions: list[str] | None = None
     policy: PolicyField | None = None
     budget: BudgetField = None
     max_new_tokens: int | None = Field(None, ge=1)
@@ -102,6 +117,11 @@ class FileOut(BaseModel):
     job_id: str | None
 
 
+class AnswerOut(BaseModel):
+    question: str
+    answer: str | None  # None until the batch's questions job has finished
+
+
 class SkippedOut(BaseModel):
     path: str
     reason: str
@@ -126,6 +146,7 @@ class BatchOut(BatchSummary):
     max_new_tokens: int
     error: str | None
     overview: str | None
+    answers: list[AnswerOut]
     started_at: datetime | None
     files: list[FileOut]
     skipped: list[SkippedOut]
@@ -148,6 +169,7 @@ class ScheduleOut(BaseModel):
     timezone: str
     source: dict[str, Any]
     tasks: list[str]
+    questions: list[str]
     policy: str
     budget: BudgetField
     max_new_tokens: int
@@ -182,11 +204,12 @@ def batch_summary(batch) -> BatchSummary:
                         created_at=batch.created_at, finished_at=batch.finished_at)
 
 
-def batch_out(batch, files, skipped, usage) -> BatchOut:
+def batch_out(batch, files, skipped, usage, answers=()) -> BatchOut:
     return BatchOut(
         **batch_summary(batch).model_dump(), tasks=batch.tasks, policy=batch.policy,
         budget=batch.budget, max_new_tokens=batch.max_new_tokens, error=batch.error,
         overview=batch.overview, started_at=batch.started_at,
+        answers=[AnswerOut(question=q, answer=a) for q, a in answers],
         files=[FileOut(path=f.path, language=f.language, size_bytes=f.size_bytes,
                        status=f.status, attempts=f.attempts, tokens=f.tokens, summary=f.result,
                        error=f.error, job_id=f.job_id) for f in files],
@@ -195,7 +218,8 @@ def batch_out(batch, files, skipped, usage) -> BatchOut:
 
 def schedule_out(row) -> ScheduleOut:
     return ScheduleOut(id=row.id, name=row.name, cron=row.cron, timezone=row.timezone,
-                       source=row.source, tasks=row.tasks, policy=row.policy, budget=row.budget,
+                       source=row.source, tasks=row.tasks, questions=row.questions or [],
+                       policy=row.policy, budget=row.budget,
                        max_new_tokens=row.max_new_tokens, enabled=row.enabled,
                        last_run_at=row.last_run_at, next_run_at=row.next_run_at,
                        running_batch_id=row.running_batch_id, created_at=row.created_at)
@@ -211,7 +235,12 @@ def report_markdown(out: BatchOut) -> str:
              f"- policy: {out.policy}", ""]
     if out.error:
         lines += [f"> {out.error}", ""]
-    lines += ["## Overview", "", (out.overview or "(none)").strip(), "", "## Files", ""]
+    lines += ["## Overview", "", (out.overview or "(none)").strip(), ""]
+    if out.answers:
+        lines += ["## Questions", ""]
+        for a in out.answers:
+            lines += [f"**{a.question}**", "", (a.answer or "(no answer yet)").strip(), ""]
+    lines += ["## Files", ""]
     for f in out.files:
         lines += [f"### {f.path}", "", f"*{f.language}, {f.size_bytes} bytes, {f.status}*", ""]
         if f.summary:

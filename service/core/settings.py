@@ -160,6 +160,8 @@ class BatchSettings(BaseModel):
     file_attempts: int = 2  # a file whose job failed is tried this often in all
     git_timeout_s: int = 300
     overview_max_chars: int = 24_000  # the file summaries the overview is written from
+    # the repository text a batch's questions are answered over (about 4 characters a token)
+    questions_max_chars: int = 1_000_000
 
 
 class ApiSettings(BaseModel):

@@ -27,7 +27,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from namm.spec import NON_EVICTING_POLICIES, Budget
-from service.jobs.models import Job, JobStatus, Result, UsageRecord, new_id, utcnow
+from service.jobs.models import Document, Job, JobStatus, Result, UsageRecord, new_id, utcnow
 from service.jobs.repository import JobRepository, NewJob
 from service.repos.ingest import Ingestion
 from service.repos.models import (
@@ -43,6 +43,8 @@ from service.repos.models import (
 TASKS = ("summaries", "overview")
 FILE_INSTRUCTION = ("This is the file {path} ({language}) of a code repository. Summarize what it "
                     "does: its purpose, its main functions or classes, and how it is used.")
+QUESTIONS_INSTRUCTION = ("This is the source code of one repository, file by file in reading "
+                         "order. Answer from the code.")
 OVERVIEW_INSTRUCTION = ("These are summaries of the files of one code repository, in reading "
                         "order. Write an overview of the repository: what it is for, its main "
                         "parts, and how they fit together.")
@@ -56,6 +58,7 @@ class NewBatch:
     budget: Budget | None
     max_new_tokens: int
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    questions: list[str] = field(default_factory=list)  # about the whole repository
     upload: tuple[str, bytes] | None = None  # (filename, archive bytes)
     schedule_id: str | None = None
 
@@ -93,7 +96,8 @@ class BatchRepository:
     # ---- create / read ---------------------------------------------------------------------
     def create(self, new: NewBatch) -> Batch:
         batch = Batch(id=new_id(), tenant_id=new.tenant_id, schedule_id=new.schedule_id,
-                      source=new.source, tasks=list(new.tasks), questions=[], policy=new.policy,
+                      source=new.source, tasks=list(new.tasks), questions=list(new.questions),
+                      policy=new.policy,
                       max_new_tokens=new.max_new_tokens, status=BatchStatus.queued.value,
                       files_total=0, files_done=0, files_failed=0, files_skipped=0,
                       tokens_read=0, created_at=utcnow())
@@ -220,15 +224,15 @@ class BatchRepository:
 
     # ---- files -----------------------------------------------------------------------------
     def job_target(self, job_id: str) -> tuple[str, Any] | None:
-        """("file", file id) or ("overview", batch id) for a job of a batch; None otherwise."""
+        """("file", file id) for a file's job, ("aggregate", batch id) for the overview's or
+        the questions' job of a batch; None for a plain job."""
         batch_id = self.session.scalar(select(Job.batch_id).where(Job.id == job_id))
         if batch_id is None:
             return None
         file_id = self.session.scalar(select(BatchFile.id).where(BatchFile.job_id == job_id))
         if file_id is not None:
             return "file", file_id
-        overview = self.session.scalar(select(Batch.id).where(Batch.overview_job_id == job_id))
-        return ("overview", overview) if overview else None
+        return "aggregate", batch_id
 
     def file_job(self, file_id: int) -> str | None:
         """The job to run for a queued file of a running batch; None otherwise."""
@@ -300,7 +304,8 @@ class BatchRepository:
             return None
         if batch.files_done + batch.files_failed < batch.files_total:
             return None
-        wants_overview = "overview" in (batch.tasks or []) and batch.files_done > 0
+        wants_overview = ("overview" in (batch.tasks or []) and batch.files_done > 0) \
+            or bool(batch.questions)
         target = BatchStatus.aggregating if wants_overview else BatchStatus.done
         values: dict[str, Any] = {"status": target.value}
         if target is BatchStatus.done:
@@ -320,6 +325,8 @@ class BatchRepository:
             return None
         if batch.overview_job_id:
             return batch.overview_job_id
+        if "overview" not in (batch.tasks or []) or batch.files_done == 0:
+            return None
         parts, used = [], 0
         for file in self.files(batch_id):
             if file.status != FileStatus.done.value or not file.result:
@@ -341,20 +348,76 @@ class BatchRepository:
                              .values(overview_job_id=job_id))
         return job_id
 
+    def questions_job(self, batch_id: str, *, max_chars: int) -> tuple[str | None, bool]:
+        """The job answering the batch's questions over the whole repository (the files' texts
+        in reading order, up to `max_chars`), made the first time: (job id, made now)."""
+        batch = self.session.scalar(select(Batch).where(Batch.id == batch_id).with_for_update())
+        if batch is None or batch.status != BatchStatus.aggregating.value or not batch.questions:
+            return None, False
+        existing = self._questions_job_id(batch_id)
+        if existing:
+            return existing, False
+        parts, used = [], 0
+        for text in self.session.scalars(
+                select(Document.text).join(Job, Job.document_id == Document.id)
+                .join(BatchFile, BatchFile.job_id == Job.id)
+                .where(BatchFile.batch_id == batch_id).order_by(BatchFile.position)):
+            if used + len(text) > max_chars:
+                break
+            parts.append(text)
+            used += len(text)
+        text = "\n\n".join(parts)
+        job_id = JobRepository(self.session).create([NewJob(
+            tenant_id=batch.tenant_id, text=text, content_type="text/plain",
+            size_bytes=len(text.encode("utf-8")), filename="repository.txt", kind="answer",
+            instruction=QUESTIONS_INSTRUCTION, questions=list(batch.questions),
+            policy=batch.policy, budget=batch.budget,
+            max_new_tokens=max(batch.max_new_tokens, 32),
+            truncate=batch.policy in NON_EVICTING_POLICIES)])[0]
+        self.session.execute(update(Job).where(Job.id == job_id).values(batch_id=batch_id))
+        return job_id, True
+
+    def _questions_job_id(self, batch_id: str) -> str | None:
+        return self.session.scalar(select(Job.id).where(
+            Job.batch_id == batch_id, Job.kind == "answer").order_by(Job.created_at).limit(1))
+
+    def answers(self, batch: Batch) -> list[tuple[str, str | None]]:
+        """(question, answer or None) for the batch's questions."""
+        if not batch.questions:
+            return []
+        job_id = self._questions_job_id(batch.id)
+        got = self.session.scalar(select(Result.answers).where(Result.job_id == job_id)) \
+            if job_id else None
+        got = list(got or [])
+        return [(q, got[i] if i < len(got) else None) for i, q in enumerate(batch.questions)]
+
     def finish(self, batch_id: str) -> bool:
-        """aggregating -> done once the overview's job has finished (its text, or its error)."""
+        """aggregating -> done once the overview's and the questions' jobs have finished (their
+        text, or their error)."""
         batch = self.session.scalar(select(Batch).where(Batch.id == batch_id).with_for_update())
         if batch is None or batch.status != BatchStatus.aggregating.value:
             return False
-        job = self.session.get(Job, batch.overview_job_id) if batch.overview_job_id else None
-        if job is not None and job.status in (JobStatus.queued.value, JobStatus.running.value):
-            return False
+        wants_overview = "overview" in (batch.tasks or []) and batch.files_done > 0
+        jobs = {"overview": batch.overview_job_id if wants_overview else None,
+                "questions": self._questions_job_id(batch_id) if batch.questions else None}
+        wanted = {"overview": wants_overview, "questions": bool(batch.questions)}
+        errors = []
         values: dict[str, Any] = {"status": BatchStatus.done.value, "finished_at": utcnow()}
-        if job is not None and job.status == JobStatus.done.value:
-            values["overview"] = self.session.scalar(
-                select(Result.text).where(Result.job_id == job.id))
-        else:
-            values["error"] = f"the overview could not be written: {job.error if job else 'no job'}"
+        for name, job_id in jobs.items():
+            if not wanted[name]:
+                continue
+            job = self.session.get(Job, job_id) if job_id else None
+            if job is None:
+                return False  # not made yet: start_aggregation makes it
+            if job.status in (JobStatus.queued.value, JobStatus.running.value):
+                return False
+            if job.status != JobStatus.done.value:
+                errors.append(f"the {name} could not be written: {job.error}")
+            elif name == "overview":
+                values["overview"] = self.session.scalar(
+                    select(Result.text).where(Result.job_id == job.id))
+        if errors:
+            values["error"] = "; ".join(errors)[:2000]
         self.session.execute(update(Batch).where(Batch.id == batch_id,
                                                  Batch.status == BatchStatus.aggregating.value)
                              .values(**values))
@@ -374,16 +437,12 @@ class BatchRepository:
             .limit(limit)))
 
     def stalled(self, *, older_than_s: float) -> tuple[list[str], list[str]]:
-        """(queued batches not ingested for a while, aggregating batches whose overview is not
-        running): their messages were probably lost."""
+        """(queued batches not ingested for a while, aggregating batches started a while ago):
+        the tick resends the first and finishes (or completes the jobs of) the second."""
         cutoff = utcnow() - timedelta(seconds=older_than_s)
         queued = list(self.session.scalars(select(Batch.id).where(
             Batch.status == BatchStatus.queued.value, Batch.created_at < cutoff)))
-        finished = (JobStatus.done.value, JobStatus.failed.value, JobStatus.cancelled.value)
-        aggregating = list(self.session.scalars(
-            select(Batch.id).outerjoin(Job, Job.id == Batch.overview_job_id)
-            .where(Batch.status == BatchStatus.aggregating.value,
-                   Job.id.is_(None) | Job.status.in_(finished)
-                   | ((Job.status == JobStatus.queued.value) & (Job.enqueued_at < cutoff)))))
+        aggregating = list(self.session.scalars(select(Batch.id).where(
+            Batch.status == BatchStatus.aggregating.value, Batch.started_at < cutoff)))
         return queued, aggregating
 

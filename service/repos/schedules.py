@@ -14,7 +14,7 @@ Rules, all in `start_due_schedules` (called by the beat tick, workers/batches.py
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -86,6 +86,7 @@ class ScheduleSpec:
     max_new_tokens: int
     name: str | None = None
     enabled: bool = True
+    questions: list[str] = field(default_factory=list)
 
 
 class ScheduleRepository:
@@ -96,7 +97,8 @@ class ScheduleRepository:
         now = now or utcnow()
         row = Schedule(tenant_id=tenant_id, name=spec.name, cron=check_cron(spec.cron),
                        timezone=spec.timezone, source=spec.source, tasks=spec.tasks,
-                       questions=[], policy=spec.policy, max_new_tokens=spec.max_new_tokens,
+                       questions=list(spec.questions), policy=spec.policy,
+                       max_new_tokens=spec.max_new_tokens,
                        enabled=spec.enabled, created_at=now, updated_at=now,
                        next_run_at=next_run(spec.cron, spec.timezone, now) if spec.enabled
                        else None)
@@ -156,7 +158,7 @@ class ScheduleRepository:
                 tenant_id=schedule.tenant_id, source=dict(schedule.source),
                 policy=schedule.policy, budget=schedule.budget,
                 max_new_tokens=schedule.max_new_tokens, tasks=list(schedule.tasks),
-                schedule_id=schedule.id))
+                questions=list(schedule.questions or []), schedule_id=schedule.id))
             schedule.running_batch_id = batch.id
             schedule.last_run_at = now
             # from now, not from the missed slot: missed slots collapse into this one run

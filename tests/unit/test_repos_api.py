@@ -124,6 +124,8 @@ def test_path_source_is_stored_and_ingestion_enqueued(client, env, keys):
     ({"source": {"kind": "path", "path": "/x"}, "tasks": ["overview"]}, 422, "summaries"),
     ({"source": {"kind": "path", "path": "/x"}, "budget": 7}, 422, "budget"),
     ({"source": {"kind": "path", "path": "/x"}, "surprise": 1}, 422, "surprise"),
+    ({"source": {"kind": "path", "path": "/x"}, "questions": ["  "]}, 422, "empty"),
+    ({"source": {"kind": "path", "path": "/x"}, "questions": ["x" * 2001]}, 422, "2000"),
     ({}, 422, "source"),
 ])
 def test_bad_json_submissions_are_4xx_and_store_nothing(client, body, status, message):
@@ -219,3 +221,16 @@ def test_openapi_lists_the_routes(client):
             "/v1/schedules/{schedule_id}"} <= set(paths)
     content = paths["/v1/batches"]["post"]["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} <= set(content)
+
+
+def test_questions_are_stored_and_shown_unanswered_until_their_job_runs(client, env):
+    r = client.post("/v1/batches", json={"source": {"kind": "path", "path": str(env / "demo")},
+                                         "questions": ["What does pkg/a.py define?"]})
+    assert r.status_code == 202, r.text
+    b = client.get(r.json()["url"]).json()
+    assert b["answers"] == [{"question": "What does pkg/a.py define?", "answer": None}]
+    md = client.get(r.json()["url"] + "/report").text
+    assert "## Questions" in md and "**What does pkg/a.py define?**" in md
+    r = client.post("/v1/batches", json={"source": {"kind": "path", "path": str(env / "demo")},
+                                         "questions": [f"q{i}?" for i in range(40)]})
+    assert r.status_code == 422 and "at most" in r.json()["detail"]

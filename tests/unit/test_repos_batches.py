@@ -40,11 +40,12 @@ def db(tmp_path, monkeypatch):
     reset_process_state()
 
 
-def new_batch(tenant: int, n_files: int = 3, tasks=("summaries", "overview")) -> tuple[str, list[int]]:
+def new_batch(tenant: int, n_files: int = 3, tasks=("summaries", "overview"),
+              questions=()) -> tuple[str, list[int]]:
     with session_scope() as s:
         batch = BatchRepository(s).create(NewBatch(
             tenant_id=tenant, source={"kind": "path", "path": "/x"}, policy="namm",
-            budget=None, max_new_tokens=8, tasks=list(tasks)))
+            budget=None, max_new_tokens=8, tasks=list(tasks), questions=list(questions)))
         batch_id = batch.id
     ingestion = Ingestion(files=[SourceFile(f"pkg/m{i}.py", "python", 10, f"X = {i}\n")
                                  for i in range(n_files)],
@@ -60,7 +61,7 @@ def new_batch(tenant: int, n_files: int = 3, tasks=("summaries", "overview")) ->
     return batch_id, [f.id for f in files]
 
 
-def run(job_id: str, ok: bool = True) -> None:
+def run(job_id: str, ok: bool = True, answers: list[str] | None = None) -> None:
     """What workers.runner.run_job does to the job rows, with a given outcome."""
     with session_scope() as s:
         repo = JobRepository(s)
@@ -70,7 +71,8 @@ def run(job_id: str, ok: bool = True) -> None:
         if ok:
             from service.core.settings import get_settings
 
-            assert repo.complete(job_id, "SmolLM2-test", dict(OUTPUT), get_settings().prices)
+            output = dict(OUTPUT, answers=answers or [])
+            assert repo.complete(job_id, "SmolLM2-test", output, get_settings().prices)
         else:
             repo.fail(job_id, "internal error (RuntimeError)")
 
@@ -115,7 +117,8 @@ def test_files_settle_once_and_the_last_one_starts_the_overview(db):
         overview_job = BatchRepository(s).overview_job(batch_id, max_chars=10_000)
     with session_scope() as s:  # asked again (a second overview delivery): the same job
         assert BatchRepository(s).overview_job(batch_id, max_chars=10_000) == overview_job
-        assert BatchRepository(s).job_target(overview_job) == ("overview", batch_id)
+        assert BatchRepository(s).job_target(overview_job) == ("aggregate", batch_id)
+        assert BatchRepository(s).questions_job(batch_id, max_chars=10_000) == (None, False)
         text = s.get(Job, overview_job).document.text
     assert "## pkg/m0.py" in text and "## pkg/m2.py" in text
     run(overview_job)
@@ -186,3 +189,33 @@ def test_a_batch_with_nothing_to_read_is_done_and_a_refused_source_fails(db):
     assert b.status == "failed" and "corrupt" in b.error
     with session_scope() as s:
         assert BatchRepository(s).ingest_claim(refused) is None
+
+
+def test_questions_are_answered_over_the_whole_repository_before_the_batch_is_done(db):
+    batch_id, ids = new_batch(db, n_files=3, tasks=("summaries",),
+                              questions=["What is X?", "Which file defines X = 2?"])
+    for file_id in ids:
+        run(job_of(file_id))
+        last = settle(file_id)
+    assert last.next_action == "overview"  # aggregation: the questions, no overview asked
+    with session_scope() as s:
+        repo = BatchRepository(s)
+        assert repo.overview_job(batch_id, max_chars=10_000) is None
+        job_id, made = repo.questions_job(batch_id, max_chars=10_000)
+        assert made and repo.questions_job(batch_id, max_chars=10_000) == (job_id, False)
+        job = s.get(Job, job_id)
+        assert job.kind == "answer" and job.questions == ["What is X?", "Which file defines X = 2?"]
+        # every file's text, in reading order
+        text = job.document.text
+        assert text.index("File: pkg/m0.py") < text.index("File: pkg/m1.py") < text.index(
+            "File: pkg/m2.py") and "X = 2" in text
+        assert not repo.finish(batch_id)  # its job has not run
+        assert repo.job_target(job_id) == ("aggregate", batch_id)
+    run(job_id, answers=["X is 0, 1 or 2."])
+    with session_scope() as s:
+        repo = BatchRepository(s)
+        assert repo.finish(batch_id)
+        b = repo.get(db, batch_id)
+        assert b.status == "done" and b.error is None and b.overview is None
+        assert repo.answers(b) == [("What is X?", "X is 0, 1 or 2."),
+                                   ("Which file defines X = 2?", None)]  # one answer stored

@@ -74,8 +74,11 @@ def resolve_options(options: BatchOptions, settings: Settings) -> dict[str, Any]
     max_new = options.max_new_tokens or settings.defaults.max_new_tokens
     if max_new > settings.limits.max_new_tokens:
         raise HTTPException(422, f"max_new_tokens is limited to {settings.limits.max_new_tokens}")
+    if len(options.questions) > settings.limits.max_questions:
+        raise HTTPException(422, f"at most {settings.limits.max_questions} questions per batch")
     return {"policy": policy, "budget": None if policy == "full" else budget,
-            "max_new_tokens": max_new, "tasks": list(options.tasks)}
+            "max_new_tokens": max_new, "tasks": list(options.tasks),
+            "questions": list(options.questions)}
 
 
 def check_archive(data: bytes, filename: str, settings: Settings) -> None:
@@ -119,6 +122,8 @@ async def _read_multipart(request: Request, settings: Settings) -> tuple[BatchOp
                 if len(data) > cap:
                     raise HTTPException(413, f"the archive is larger than {cap} bytes")
                 upload = (value.filename or "upload", data)
+            elif name == "questions":
+                fields.setdefault("questions", []).append(value)
             elif name == "tasks":
                 fields.setdefault("tasks", []).extend(t.strip() for t in value.split(",")
                                                       if t.strip())
@@ -161,6 +166,8 @@ def batch_router() -> APIRouter:
                 "properties": {"file": {"type": "string", "format": "binary",
                                         "description": ".tar.gz or .zip of the repository"},
                                "tasks": {"type": "string", "description": "comma-separated"},
+                               "questions": {"type": "array", "items": {"type": "string"},
+                                             "description": "repeat the field per question"},
                                "policy": {"type": "string"},
                                "budget": {"type": "string", "description": 'e.g. 0.25 or '
                                           '{"tokens": 2048}'},
@@ -219,7 +226,7 @@ def batch_router() -> APIRouter:
         if batch is None:
             raise HTTPException(404, "batch not found")
         return batch_out(batch, batches.files(batch_id), batches.skipped(batch_id),
-                         batches.usage_totals(batch_id))
+                         batches.usage_totals(batch_id), batches.answers(batch))
 
     @router.get("/{batch_id}", response_model=BatchOut,
                 summary="Status, progress, per-file results, skipped files and usage of a batch")

@@ -78,8 +78,8 @@ def schedule_router() -> APIRouter:
         if changes.get("source") is not None:
             changes["source"] = body.source.model_dump(exclude_none=True)
             check_source(changes["source"], settings)
-        for name in ("cron", "timezone", "source", "tasks", "policy", "max_new_tokens",
-                     "enabled"):
+        for name in ("cron", "timezone", "source", "tasks", "questions", "policy",
+                     "max_new_tokens", "enabled"):
             if name in changes and changes[name] is None:
                 raise HTTPException(422, f"{name} cannot be null")
         if "max_new_tokens" in changes and changes["max_new_tokens"] > settings.limits.max_new_tokens:
