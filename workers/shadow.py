@@ -15,7 +15,7 @@ from service.core.queue import GPU_QUEUE, celery_app
 from service.core.settings import get_settings
 from service.jobs.models import Job, Result, UsageRecord, utcnow
 from service.jobs.pricing import job_cost
-from service.jobs.shadow import DONE, FAILED, QUEUED, RUNNING, ShadowRun, answers_agree, draw_shadow
+from service.jobs.shadow import DONE, FAILED, answers_agree, claim, draw_shadow, finish
 from service.jobs.usage import work_from_output
 from workers.celery_app import app
 
@@ -43,8 +43,7 @@ def run_shadow(job_id: str, *, load_model: Callable | None = None,
                generate: Callable | None = None) -> str:
     settings = get_settings()
     with session_scope() as session:
-        shadow = session.scalar(select(ShadowRun).where(ShadowRun.job_id == job_id))
-        if shadow is None or shadow.status != QUEUED:
+        if not claim(session, job_id):
             return "skipped"
         job = session.get(Job, job_id)
         usage = session.scalar(select(UsageRecord).where(UsageRecord.job_id == job_id))
@@ -56,7 +55,6 @@ def run_shadow(job_id: str, *, load_model: Callable | None = None,
         answers = list(result.answers) if result is not None else []
         run = {"seconds": usage.seconds_prefill + usage.seconds_decode + usage.seconds_policy,
                "cost": usage.cost_micro_usd, "steps": usage.kv_token_steps}
-        shadow.status = RUNNING
     if load_model is None or generate is None:
         from namm import generate
         from workers.model import get_model as load_model
@@ -82,13 +80,10 @@ def run_shadow(job_id: str, *, load_model: Callable | None = None,
         answers_agree=answers_agree(answers, list(output["answers"])))
 
 
-def _finish(job_id: str, **values) -> str:
+def _finish(job_id: str, status: str, **measured) -> str:
     with session_scope() as session:
-        shadow = session.scalar(select(ShadowRun).where(ShadowRun.job_id == job_id))
-        for name, value in values.items():
-            setattr(shadow, name, value)
-        shadow.finished_at = utcnow()
-    return values["status"]
+        finish(session, job_id, status, **measured)
+    return status
 
 
 @app.task(name=SHADOW_RUN, ignore_result=True)

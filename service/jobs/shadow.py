@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     select,
+    update,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -71,6 +72,20 @@ def draw_shadow(session: Session, job_id: str, rng: random.Random | None = None)
         return False
     session.add(ShadowRun(job_id=job_id, tenant_id=job.tenant_id))
     return True
+
+
+def claim(session: Session, job_id: str) -> bool:
+    """queued -> running, once (compare-and-set: a second delivery finds it taken)."""
+    taken = session.execute(update(ShadowRun).where(
+        ShadowRun.job_id == job_id, ShadowRun.status == QUEUED).values(status=RUNNING))
+    return taken.rowcount == 1
+
+
+def finish(session: Session, job_id: str, status: str, **measured: Any) -> None:
+    """running -> done | failed, with what the rerun measured (or its error)."""
+    session.execute(update(ShadowRun).where(
+        ShadowRun.job_id == job_id, ShadowRun.status == RUNNING).values(
+        status=status, finished_at=utcnow(), **measured))
 
 
 def normalise(answer: str) -> str:
