@@ -311,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             rows = fuzz(url, keys, args.cases, seed=args.seed)
             procs.check_alive()
+            if any(row.errors for row in rows.values()):
+                print(procs.log_tail("api", 120), file=sys.stderr)
         finally:
             procs.stop()
             if args.backend == "pg":

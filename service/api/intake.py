@@ -99,6 +99,8 @@ def decode(payload: dict[str, Any], settings: Settings) -> Submission | Refusal:
         return Submission(job, key, request_sha256(payload) if key else None)
     except HTTPException as exc:
         return Refusal.of(exc)
+    except RecursionError:  # json.loads and the checks recurse: thousands of nested [ or {
+        return Refusal.status(400, "the JSON body nests too deeply")
     except Exception:  # a bug here is ours: a 500 for this request alone, never a 4xx
         logger.exception("could not parse a submission")
         return Refusal.status(500, "internal error; see the API log")

@@ -110,3 +110,14 @@ def test_idempotency_keys_expire(database):
     assert later["id"] != first["id"]
     with session_scope() as s:
         assert idempotency.purge_expired(s, ttl_s=0) == 1
+
+
+def test_a_deeply_nested_body_is_a_400(database):
+    from service.api.intake import Refusal, decode
+    from service.core.settings import get_settings
+
+    for depth in (990, 100_000):  # past json.loads, or past the checks after it
+        body = b'{"document": "x", "questions": ' + b"[" * depth + b"]" * depth + b"}"
+        answer = decode({"tenant_id": database, "format": "json", "body": body},
+                        get_settings())
+        assert isinstance(answer, Refusal) and answer["error"]["status_code"] in (400, 422)
