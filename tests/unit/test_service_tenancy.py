@@ -4,6 +4,7 @@ In-process LitServe app on SQLite and the embedded broker."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -17,7 +18,10 @@ from service.core.state import reset_process_state
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tenancy")
+    (tmp / "repos" / "demo").mkdir(parents=True)
+    (tmp / "repos" / "demo" / "a.py").write_text("X = 1\n")
     mp = pytest.MonkeyPatch()
+    mp.setenv("NAMM_BATCHES__ALLOWED_ROOTS", f'["{tmp / "repos"}"]')
     mp.setenv("NAMM_DATABASE__URL", f"sqlite:///{tmp / 'namm.db'}")
     mp.setenv("NAMM_BROKER__URL", f"sqla+sqlite:///{tmp / 'broker.db'}")
     mp.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
@@ -25,7 +29,7 @@ def env(tmp_path_factory):
     from service.core import migrate
 
     migrate.upgrade()
-    yield
+    yield tmp
     mp.undo()
     reset_process_state()
 
@@ -163,3 +167,40 @@ def test_errors_that_quote_the_input_never_become_500(client, keys):
                  b'{"max_tokens_per_day": NaN}'):
         r = client.put("/v1/admin/tenants/1/quotas", content=body, headers=admin)
         assert r.status_code == 422, (body, r.text)
+
+
+def test_other_tenants_ids_are_404_on_every_route(client, keys, env):
+    """Every operation of the OpenAPI description with an id in its path (jobs, batches,
+    schedules, and whatever is added later), called by another tenant with an id the owner
+    holds: 404, like a missing id, never the resource or a 403 that confirms it exists."""
+    owner, other = _h(keys["user"]), _h(keys["admin"])  # the admin's tenant is another one
+    source = {"kind": "path", "path": str(env / "repos" / "demo")}
+    ids = {
+        "job_id": client.post("/v1/jobs", json={"document": "owned"}, headers=owner).json()["id"],
+        "batch_id": client.post("/v1/batches", json={"source": source, "max_new_tokens": 8},
+                                headers=owner).json()["id"],
+        "schedule_id": client.post("/v1/schedules", headers=owner, json={
+            "cron": "0 2 * * *", "timezone": "UTC", "source": source}).json()["id"],
+    }
+    spec = client.get("/openapi.json").json()
+    probed = []
+    for path, item in spec["paths"].items():
+        names = [n for n in ids if "{" + n + "}" in path]
+        if not names or path.startswith("/v1/admin"):
+            continue
+        for method in item:
+            url = path
+            for name in names:
+                url = url.replace("{" + name + "}", ids[name])
+            body = {} if method in ("post", "patch", "put") else None
+            r = client.request(method.upper(), url, headers=other, json=body)
+            assert r.status_code == 404, (method, path, r.status_code, r.text)
+            assert client.request(method.upper(), url, headers=owner, json=body
+                                  ).status_code != 404 or method == "delete", (method, path)
+            probed.append(f"{method.upper()} {path}")
+    assert {"GET /v1/jobs/{job_id}", "GET /v1/batches/{batch_id}",
+            "GET /v1/schedules/{schedule_id}"} <= set(probed)
+    # and listings show the owner's alone
+    for path in ("/v1/jobs", "/v1/batches", "/v1/schedules"):
+        listed = json.dumps(client.get(path, headers=other).json())
+        assert not any(v in listed for v in ids.values()), path
