@@ -186,3 +186,20 @@ def test_redis_restart_without_saving(faults):
           f"the last one started {last_start - restarted_at:.1f} s after the restart, all done "
           f"{max(datetime.fromisoformat(j['finished_at']).timestamp() for j in jobs) - restarted_at:.1f}"
           " s after it")
+
+
+def test_sigterm_lets_the_worker_finish_its_job(faults):
+    """SIGTERM (what a deployment sends first) is Celery's warm shutdown: the running job
+    finishes and is stored once, then the worker exits; nothing is requeued."""
+    from service.dev.processes import worker_command
+
+    if faults.procs.procs["worker"].poll() is not None:
+        faults.procs.start("worker", worker_command())
+    with _client(faults) as client:
+        job_id = _submit(client)
+        _wait_running(client, job_id)
+        worker = faults.procs.procs["worker"]
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=240)
+        job = client.get(f"/v1/jobs/{job_id}").json()
+    _check_done_once(faults, job, attempts=1)
