@@ -9,7 +9,8 @@ each asserts nothing lost and nothing doubled, and that the job ran again within
   queues the job again once its heartbeat is stale;
 - Redis is stopped with `shutdown nosave` while jobs are queued and running and more are
   submitted, then started again empty: the sweeper sends every queued job whose message is
-  gone (service/core/broker_scan.py).
+  gone (service/core/broker_scan.py);
+- SIGTERM to the worker mid-job: Celery's warm shutdown finishes the job first.
 Recovery times are printed (docs/reliability.md records them); the bound asserted is the
 issue's: running again within 60 s of the fault.
 """
