@@ -17,6 +17,8 @@ from service.core.state import reset_process_state
 def db(tmp_path, monkeypatch):
     monkeypatch.setenv("NAMM_DATABASE__URL", f"sqlite:///{tmp_path / 'w.db'}")
     monkeypatch.setenv("NAMM_BROKER__URL", f"sqla+sqlite:///{tmp_path / 'b.db'}")
+    # single-process metrics: an integration test may have left this set in os.environ
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     reset_process_state()
     from service.api.keys import get_or_create_tenant
     from service.core import migrate

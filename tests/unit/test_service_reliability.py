@@ -51,6 +51,8 @@ def test_pdfs_are_parsed_in_a_bounded_child():
 def database(tmp_path, monkeypatch):
     monkeypatch.setenv("NAMM_DATABASE__URL", f"sqlite:///{tmp_path / 'namm.db'}")
     monkeypatch.setenv("NAMM_BROKER__URL", f"sqla+sqlite:///{tmp_path / 'broker.db'}")
+    # single-process metrics: an integration test may have left this set in os.environ
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     reset_process_state()
     from service.api.keys import get_or_create_tenant
     from service.core import migrate
