@@ -2,7 +2,8 @@
 the model with the memory bounding the cache, against the full cache in chunks; and a needle
 placed beyond the trained context, read with and without position interpolation.
 
-    # a needle past 8k tokens: original RoPE positions vs linear interpolation (namm/positions.py)
+    # a needle past 8k tokens: original RoPE positions, linear interpolation (namm/positions.py),
+    # positions re-indexed within the kept cache (namm/memory.py, what namm.generate does there)
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_repo_questions.py --mode needle --threads 1 \\
         --length 12000 --depths 8600,10000,11400
     # the `email`, `json`, `http` and `logging` packages of the standard library (204k tokens),
@@ -58,18 +59,24 @@ def repository_text(packages: list[str]) -> str:
     return "\n".join(parts)
 
 
-def run(lm, context: str, questions: list[str], policy: str, budget, *, interpolate: bool,
+SCHEMES = ("original", "interpolated", "reindexed")
+
+
+def run(lm, context: str, questions: list[str], policy: str, budget, *, scheme: str,
         max_new_tokens: int) -> tuple[list[str], dict, float]:
+    """`scheme`: original positions, linear interpolation (namm/positions.py), or positions
+    re-indexed within the kept cache (namm/memory.py)."""
     total = len(lm.tokenizer(context)["input_ids"]) + 200 + max_new_tokens
     t0 = time.perf_counter()
-    if interpolate:
+    factor = 1.0
+    positions = "reindexed" if scheme == "reindexed" else "original"
+    if scheme == "interpolated":
         with position_interpolation(lm, total) as factor:
             result = namm.generate(lm, context, questions, policy=policy, budget=budget,
-                                   max_new_tokens=max_new_tokens)
+                                   max_new_tokens=max_new_tokens, positions=positions)
     else:
-        factor = 1.0
         result = namm.generate(lm, context, questions, policy=policy, budget=budget,
-                               max_new_tokens=max_new_tokens)
+                               max_new_tokens=max_new_tokens, positions=positions)
     wall = time.perf_counter() - t0
     stats = result.to_dict()
     stats["factor"] = factor
@@ -85,14 +92,14 @@ def needle(lm, args) -> None:
     for depth in [int(d) for d in args.depths.split(",")]:
         text = (lm.tokenizer.decode(ids[:depth]) + NEEDLE + lm.tokenizer.decode(ids[depth:]))
         for policy in args.policies.split(","):
-            for interpolate in (False, True):
+            for scheme in args.schemes.split(","):
                 answers, stats, wall = run(lm, text, [NEEDLE_QUESTION], policy,
-                                           Budget.fraction(args.budget), interpolate=interpolate,
+                                           Budget.fraction(args.budget), scheme=scheme,
                                            max_new_tokens=16)
                 found = NEEDLE_ANSWER in answers[0]
                 label = policy if policy == "full" else f"{policy} {args.budget:.0%}"
                 print(f"| {depth} | {label} | "
-                      f"{'interpolated' if interpolate else 'original'} | {stats['factor']:.2f} | "
+                      f"{scheme} | {stats['factor']:.2f} | "
                       f"{answers[0][:60]!r} | {'yes' if found else 'no'} | {wall:.0f} |",
                       flush=True)
 
@@ -112,15 +119,14 @@ def repo(lm, args) -> None:
     questions = [q for q, _ in QUESTIONS]
     rows = []
     answers, stats, wall = run(lm, text, questions, "namm", Budget.fraction(args.budget),
-                               interpolate=args.positions == "interpolated",
-                               max_new_tokens=args.max_new_tokens)
+                               scheme=args.positions, max_new_tokens=args.max_new_tokens)
     rows.append((f"namm {args.budget:.0%}, one pass ({args.positions} positions)", n_tokens,
                  stats["kv_bytes_peak"], wall, answers, [[a] for a in answers]))
     print(f"namm done in {wall:.0f} s", flush=True)
     per_chunk: list[list[str]] = [[] for _ in questions]
     peak, t0 = 0, time.perf_counter()
     for piece in chunks_of(lm, text, args.chunk):
-        got, stats, _ = run(lm, piece, questions, "full", None, interpolate=False,
+        got, stats, _ = run(lm, piece, questions, "full", None, scheme="original",
                             max_new_tokens=args.max_new_tokens)
         peak = max(peak, stats["kv_bytes_peak"])
         for i, answer in enumerate(got):
@@ -154,8 +160,8 @@ def main() -> None:
     parser.add_argument("--policies", default="namm,streaming_llm")
     # email + json + http + logging: 204k tokens with SmolLM2's tokenizer (email + json: 109k)
     parser.add_argument("--packages", default="email,json,http,logging")
-    parser.add_argument("--positions", choices=("original", "interpolated"),
-                        default="interpolated")
+    parser.add_argument("--positions", choices=SCHEMES, default="reindexed")
+    parser.add_argument("--schemes", default=",".join(SCHEMES), help="needle mode")
     parser.add_argument("--chunk", type=int, default=7500)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     args = parser.parse_args()

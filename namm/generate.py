@@ -91,7 +91,7 @@ def prefill(lm: LoadedModel, cache: NammCache, input_ids: torch.Tensor,
     n = ids.shape[1]
     pos, logits = 0, None
     while pos < n:
-        seen = cache.get_seq_length()
+        seen = cache.tokens_read()
         step = cache.n_up - (seen % cache.n_up)  # stop exactly where the next update is due
         chunk = ids[:, pos: pos + step]
         out = lm.model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=1)
@@ -145,13 +145,19 @@ def generate(lm: LoadedModel, context: str | GenerationRequest, questions: str |
              policy: str | Policy = "namm", budget: Budget | float | int | None = None,
              instruction: str | None = None, max_new_tokens: int = 128, n_up: int = 512, query_aware: bool = False,
              truncate: bool = False, progress: Progress | None = None,
-             decoding: Decoding | None = None) -> GenerationResult:
+             decoding: Decoding | None = None, positions: str = "original") -> GenerationResult:
     """Read `context` with a forgetting memory, then answer each question from the compressed cache.
 
     Takes a `namm.spec.GenerationRequest`, or its fields as arguments (validated into one: bad
     input raises an `InputError`); without questions, the instruction (or the default summary
     instruction) is asked.
-    `decoding` sets the guards against repetition loops (`namm.decoding.Decoding`; None: the defaults)."""
+    `decoding` sets the guards against repetition loops (`namm.decoding.Decoding`; None: the defaults).
+    `positions`: "original" (the default) keeps every token at its RoPE position in the text;
+    "reindexed" gives positions within the kept cache (StreamingLLM's scheme, namm/memory.py), so
+    they stay below the cache's size however long the input; "auto" re-indexes only when an
+    evicting policy reads more tokens than the model's context. On SmolLM2-135M, needles past
+    8k tokens were found equally often with original and re-indexed positions
+    (docs/benchmarks.md, "Positions past the trained context"): the default stays original."""
     request = context if isinstance(context, GenerationRequest) else GenerationRequest(
         context=context, questions=questions or (), instruction=instruction, policy=policy, budget=budget,
         max_new_tokens=max_new_tokens, n_up=n_up, query_aware=query_aware, truncate=truncate)
@@ -190,6 +196,12 @@ def generate(lm: LoadedModel, context: str | GenerationRequest, questions: str |
             for run in runs:
                 run[0] = shortest
 
+    if positions not in ("auto", "original", "reindexed"):
+        raise ValueError(f"positions must be auto, original or reindexed, got {positions!r}")
+    longest = max(r[0].shape[1] + r[1].shape[1] for r in runs) + max_new_tokens
+    reindex = pol.evicts and (positions == "reindexed"
+                              or (positions == "auto" and longest > lm.max_context))
+    rope = lm.model.model.rotary_emb.inv_freq if reindex else None
     stop = _stop_ids(tok)
     answers: list[str] = []
     cache, snap = None, None
@@ -197,7 +209,7 @@ def generate(lm: LoadedModel, context: str | GenerationRequest, questions: str |
         if shared and i > 0:
             cache.restore(snap)  # the compressed document, as it was before the first question
         else:
-            cache = NammCache(lm.model.config, pol, n_up=n_up)
+            cache = NammCache(lm.model.config, pol, n_up=n_up, rope_inv_freq=rope)
             t0 = time.perf_counter()
             prefill(lm, cache, ctx_ids, progress)
             cache.flush()  # the document is read: compress its tail before any question arrives

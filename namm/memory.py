@@ -8,6 +8,15 @@ after eviction the layer is padded to the longest head and padding slots are mas
 `get_seq_length()` is the logical length (tokens read): the model derives the RoPE positions of
 new tokens from it, so positions stay right however many tokens were evicted.
 
+Re-indexed positions (opt-in, `rope_inv_freq=`; namm.generate turns it on when an evicting
+policy reads past the model's trained context): as in StreamingLLM, positions are given within
+the kept cache instead of the text. At each compaction the kept keys are rotated to the slot
+they now occupy (RoPE rotations compose: a key at position p becomes one at position j by a
+rotation of j - p), and `get_seq_length()` returns the longest layer's physical length, so a new
+token's position is at most that. Every position then stays below the cache's size plus one
+update interval, however long the input. One rotation position per slot serves every head
+(heads share slot indices; padding slots are masked).
+
 The attention implementation `namm_sdpa` runs SDPA with a mask built from those flags, records
 the window's post-RoPE queries, and every `n_up` tokens hands the layer to its policy right after
 the layer's attention, so prefill and decoding evict on the same schedule.
@@ -82,6 +91,7 @@ class NammLayer(CacheLayerMixin):
         self.n_invalid = 0       # padding slots among [0, length)
         self.valid: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None
+        self.rope_pos: torch.Tensor | None = None  # re-indexed mode: RoPE position of each slot
         self.pending_queries: list[torch.Tensor] = []
         self.state: dict[str, torch.Tensor] = {}
         self.scale: float | None = None
@@ -103,6 +113,13 @@ class NammLayer(CacheLayerMixin):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         q = key_states.shape[2]
+        if self.cache.rope_inv_freq is not None:
+            if self.layer_idx == 0:  # the first layer of a forward: no layer has grown yet
+                self.cache.rope_base = self.cache.rope_next()
+            base = self.cache.rope_base
+            new_pos = torch.arange(base, base + q, device=key_states.device)
+            self.rope_pos = new_pos if self.rope_pos is None else torch.cat(
+                [self.rope_pos[: self.length], new_pos])
         self._reserve(self.length + q)
         self.cache._count_work(self, q)
         new = slice(self.length, self.length + q)
@@ -119,6 +136,9 @@ class NammLayer(CacheLayerMixin):
         return self.keys[:, :, : self.length], self.values[:, :, : self.length]
 
     def get_seq_length(self) -> int:
+        # the model gives new tokens the positions that follow this
+        if self.cache.rope_inv_freq is not None:
+            return self.cache.rope_next()
         return self.seen
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
@@ -254,6 +274,11 @@ class NammLayer(CacheLayerMixin):
         valid = torch.zeros((b, h, cap), dtype=torch.bool, device=self.device)
         positions = torch.zeros((b, h, cap), dtype=torch.long, device=self.device)
         keys[:, :, :kept], values[:, :, :kept] = gather(self.keys), gather(self.values)
+        if self.rope_pos is not None:  # re-indexed: each kept key moves to its slot's position
+            new = torch.arange(kept, device=self.device)
+            delta = new[None, None, :] - self.rope_pos[:s][order]
+            keys[:, :, :kept] = rotate_keys(keys[:, :, :kept], delta, self.cache.rope_inv_freq)
+            self.rope_pos = new
         valid[:, :, :kept] = torch.arange(kept, device=self.device) < counts[..., None]
         positions[:, :, :kept] = gather(self.positions)
         self.state = {name: gather(t) for name, t in self.state.items()}
@@ -279,7 +304,7 @@ class NammLayer(CacheLayerMixin):
             "pending": [q.clone() for q in self.pending_queries],
             "state": {k: v.clone() for k, v in self.state.items()},
             "is_initialized": self.is_initialized, "slot_bytes": self.slot_bytes,
-            "valid_count": self.valid_count,
+            "valid_count": self.valid_count, "rope_pos": clone(self.rope_pos),
         }
 
     def load(self, snap: dict) -> None:
@@ -291,6 +316,7 @@ class NammLayer(CacheLayerMixin):
         self.pending_queries = [q.clone() for q in s["pending"]]
         self.state = {k: v.clone() for k, v in s["state"].items()}
         self.slot_bytes, self.valid_count = s["slot_bytes"], s["valid_count"]
+        self.rope_pos = s.get("rope_pos")
         self.cache._account(self.nbytes() - before)
         self.cache._use(self.length * self.slot_bytes - used_before)
 
@@ -311,7 +337,10 @@ class NammCache(Cache):
     `take_work()` hands these counters over and zeroes them.
     """
 
-    def __init__(self, config, policy: Policy, n_up: int = 512):
+    def __init__(self, config, policy: Policy, n_up: int = 512,
+                 rope_inv_freq: torch.Tensor | None = None):
+        """`rope_inv_freq`: the model's rotary inverse frequencies, to re-index positions within
+        the kept cache (module docstring); None keeps every token at its original position."""
         if n_up <= 0 or n_up % 16:
             raise ValueError(f"n_up must be a positive multiple of 16 (the STFT hop), got {n_up}")
         text_config = config.get_text_config(decoder=True)
@@ -326,10 +355,20 @@ class NammCache(Cache):
         self.kv_entry_steps = 0
         self.full_entry_steps = 0
         self.update_log: list[list[int]] = []
+        self.rope_inv_freq = None if rope_inv_freq is None else rope_inv_freq.detach().float()
+        self.rope_base = 0
         n_layers = text_config.num_hidden_layers
         self.kv_heads = text_config.num_key_value_heads
         self.head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
         super().__init__(layers=[NammLayer(self, i) for i in range(n_layers)])
+
+    def rope_next(self) -> int:
+        """Re-indexed mode: the position the next token gets (the longest layer's length)."""
+        return max(layer.length for layer in self.layers)
+
+    def tokens_read(self) -> int:
+        """Logical tokens read (what update intervals count), whatever the position mode."""
+        return self.layers[0].seen
 
     def _account(self, delta: int) -> None:
         self.current_bytes += delta
@@ -401,6 +440,16 @@ class NammCache(Cache):
     def restore(self, snap: list[dict]) -> None:
         for layer, s in zip(self.layers, snap):
             layer.load(s)
+
+
+def rotate_keys(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Keys [B, H, S, D] rotated by `delta` [B, H, S] positions (Llama's rotate-half RoPE)."""
+    angles = delta[..., None].to(torch.float32) * inv_freq.to(keys.device)  # [B, H, S, D/2]
+    emb = torch.cat((angles, angles), dim=-1)
+    cos, sin = emb.cos().to(keys.dtype), emb.sin().to(keys.dtype)
+    half = keys.shape[-1] // 2
+    rotated_half = torch.cat((-keys[..., half:], keys[..., :half]), dim=-1)
+    return keys * cos + rotated_half * sin
 
 
 def _plain_sdpa(module, query, key, value, attention_mask, scaling):
