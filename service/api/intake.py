@@ -79,7 +79,7 @@ def request_sha256(payload: dict[str, Any]) -> str:
                                separators=(",", ":"))
         digest.update(b"json\0" + canonical.encode())
     else:
-        fields = sorted((k, v) for k, values in payload["fields"].items() for v in values)
+        fields = sorted(payload["fields"].items())  # field order is free, value order is not
         digest.update(b"form\0" + json.dumps(fields, ensure_ascii=True).encode())
         upload = payload.get("file")
         if upload is not None:

@@ -15,6 +15,8 @@ from typing import Any
 
 from fastapi import HTTPException
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
 
 def bad_character(value: str) -> tuple[int, str] | None:
     """(offset, description) of the first character no database can store, else None."""
@@ -59,5 +61,3 @@ def normalise_extracted(text: str) -> str:
         return text
     return _SURROGATE.sub("\ufffd", text.replace("\x00", ""))
 
-
-_SURROGATE = re.compile("[\ud800-\udfff]")

@@ -123,3 +123,19 @@ def test_a_deeply_nested_body_is_a_400(database):
         answer = decode({"tenant_id": database, "format": "json", "body": body},
                         get_settings())
         assert isinstance(answer, Refusal) and answer["error"]["status_code"] in (400, 422)
+
+
+def test_idempotency_compares_the_request_not_its_spelling():
+    from service.api.intake import request_sha256
+
+    def form(fields, data=b"%PDF-1.4 x"):
+        return {"format": "multipart", "fields": fields,
+                "file": {"filename": "a.pdf", "content_type": "application/pdf", "data": data}}
+
+    a = request_sha256(form({"kind": ["answer"], "questions": ["q1", "q2"]}))
+    assert a == request_sha256(form({"questions": ["q1", "q2"], "kind": ["answer"]}))
+    assert a != request_sha256(form({"kind": ["answer"], "questions": ["q2", "q1"]}))
+    assert a != request_sha256(form({"kind": ["answer"], "questions": ["q1", "q2"]}, b"other"))
+    body = {"format": "json", "body": b'{"document": "d", "policy": "namm"}'}
+    assert request_sha256(body) == request_sha256(
+        {"format": "json", "body": b'{ "policy":"namm",\n "document":"d" }'})
