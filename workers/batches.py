@@ -92,14 +92,14 @@ def start_aggregation(batch_id: str) -> None:
     settings = get_settings().batches
     with session_scope() as session:
         repo = BatchRepository(session)
-        had_overview = repo.session.get(Batch, batch_id)
-        had_overview = had_overview.overview_job_id if had_overview else None
+        batch = session.get(Batch, batch_id)
+        existing = batch.overview_job_id if batch else None
         overview = repo.overview_job(batch_id, max_chars=settings.overview_max_chars)
         questions, made = repo.questions_job(batch_id, max_chars=settings.questions_max_chars)
-    new = [j for j, fresh in ((overview, overview and overview != had_overview),
-                              (questions, made)) if fresh]
+    new = [job for job, fresh in ((overview, overview is not None and overview != existing),
+                                  (questions, made)) if fresh]
     enqueue_jobs_group(new)
-    if not new:  # nothing to wait for (e.g. every file failed and no questions): finish now
+    if not new:  # nothing new to wait for: finish now if the jobs already ended (a no-op if not)
         with session_scope() as session:
             BatchRepository(session).finish(batch_id)
 

@@ -66,8 +66,9 @@ def wait_for_batch(client: httpx.Client, batch_id: str, timeout_s: float = 600.0
     raise TimeoutError(f"batch {batch_id} not finished after {timeout_s} s: {batch}")
 
 
-def run_batch(stack, submit) -> dict:
-    """`submit(client)` posts the batch; returns the finished batch, checked."""
+def run_batch(stack, submit, questions: int = 0) -> dict:
+    """`submit(client)` posts the batch (with `questions` questions); returns the finished
+    batch, checked."""
     with httpx.Client(base_url=stack.url, headers={"X-API-Key": stack.keys[0]},
                       timeout=60) as client:
         r = submit(client)
@@ -99,7 +100,10 @@ def run_batch(stack, submit) -> dict:
     assert skipped["poetry.lock"] == "lock_file" and skipped["logo.png"] == "unsupported"
     assert progress["files_skipped"] == len(skipped)
     assert batch["overview"] and batch["overview"].strip()
-    assert batch["usage"]["jobs"] == 5  # four files and the overview
+    assert batch["usage"]["jobs"] == 5 + (questions > 0)  # files, overview, questions
+    assert len(batch["answers"]) == questions
+    for answer in batch["answers"]:
+        assert answer["answer"] and answer["answer"].strip(), batch["answers"]
     assert batch["usage"]["tokens_in"] >= progress["tokens_read"]
     # reports
     assert md.status_code == 200 and md.headers["content-type"].startswith("text/markdown")
@@ -113,7 +117,7 @@ def run_batch(stack, submit) -> dict:
     return batch
 
 
-def check_batch_stored_once(batch_id: str) -> None:
+def check_batch_stored_once(batch_id: str, jobs_expected: int = 5) -> None:
     from service.core.db import session_scope
     from service.jobs.models import Job, Result, UsageRecord
     from service.repos.models import BatchFile
@@ -127,10 +131,11 @@ def check_batch_stored_once(batch_id: str) -> None:
                          .where(Job.batch_id == batch_id))
         files = s.scalar(select(func.count()).select_from(BatchFile)
                          .where(BatchFile.batch_id == batch_id))
-    assert (jobs, results, usage, files) == (5, 5, 5, 4)
+    n = jobs_expected
+    assert (jobs, results, usage, files) == (n, n, n, 4)
 
 
-def check_redelivery_is_noop(stack, batch: dict) -> None:
+def check_redelivery_is_noop(stack, batch: dict, jobs_expected: int = 5) -> None:
     """Every job of the batch delivered again (as after a lost acknowledgement): nothing is
     run or counted twice."""
     from flows import wait_for_worker_log
@@ -141,14 +146,14 @@ def check_redelivery_is_noop(stack, batch: dict) -> None:
 
     with session_scope() as s:
         job_ids = list(s.scalars(select(Job.id).where(Job.batch_id == batch["id"])))
-    assert len(job_ids) == 5 and enqueue_jobs_group(job_ids)
+    assert len(job_ids) == jobs_expected and enqueue_jobs_group(job_ids)
     for job_id in job_ids:
         wait_for_worker_log(stack, f"job {job_id} not run: finished")
     again = httpx.get(f"{stack.url}/v1/batches/{batch['id']}",
                       headers={"X-API-Key": stack.keys[0]}).json()
     assert again["progress"] == batch["progress"] and again["files"] == batch["files"]
     assert again["overview"] == batch["overview"]
-    check_batch_stored_once(batch["id"])
+    check_batch_stored_once(batch["id"], jobs_expected)
     other = httpx.get(f"{stack.url}/v1/batches/{batch['id']}",
                       headers={"X-API-Key": stack.keys[1]})
     assert other.status_code == 404
