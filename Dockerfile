@@ -6,7 +6,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     PROMETHEUS_MULTIPROC_DIR=/tmp/namm-metrics
 WORKDIR /app
 
-RUN apt-get update && apt-get install -y --no-install-recommends curl \
+# git: the cpu worker shallow-clones batch sources (service/repos/sources.py)
+RUN apt-get update && apt-get install -y --no-install-recommends curl git \
     && rm -rf /var/lib/apt/lists/*
 
 # torch first and pinned (the CUDA build on the default index); then the project, every other
