@@ -1,9 +1,11 @@
-"""Starting the API alone (no worker) for the isolation tests of issue 13: submissions stay
-queued, so nothing loads the model."""
+"""Helpers of the issue 13 integration tests: the API alone (no worker: submissions stay
+queued, nothing loads the model), and a PostgreSQL database of a module's own."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from conftest import Stack, free_port
@@ -33,3 +35,28 @@ def start_api_only(env: dict[str, str], log_dir: Path) -> Stack:
         procs.stop()
         raise
     return Stack(f"http://127.0.0.1:{port}", keys, procs, env)
+
+
+@contextmanager
+def own_pg_database(tag: str) -> Iterator[str]:
+    """A PostgreSQL database for one test module, dropped after it. The session's database
+    is shared: jobs these modules leave queued there would be picked up by the next module's
+    worker (or its sweeper would resend them), so they keep to their own."""
+    import uuid
+
+    from conftest import PG_HOST, PG_PORT, _pg_admin_connect, unavailable
+
+    try:
+        admin, user = _pg_admin_connect()
+    except Exception as exc:
+        unavailable("PostgreSQL", exc)
+    name = f"namm_test_{tag}_{uuid.uuid4().hex[:8]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
+        finally:
+            from service.core.state import reset_process_state
+
+            reset_process_state()  # close pooled connections before the drop
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

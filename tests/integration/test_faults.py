@@ -28,6 +28,7 @@ import psutil
 import pytest
 from conftest import base_env, free_port, start_stack, unavailable
 from flows import SHORT_DOCUMENT, check_stored_once, wait_for
+from reliability_stack import own_pg_database
 
 pytestmark = [pytest.mark.services, pytest.mark.model]
 
@@ -77,7 +78,7 @@ class OwnRedis:
 
 
 @pytest.fixture(scope="module")
-def faults(pg_url, tmp_path_factory):
+def faults(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("faults")
     try:
         subprocess.run(["redis-server", "--version"], check=True, capture_output=True)
@@ -85,13 +86,20 @@ def faults(pg_url, tmp_path_factory):
         unavailable("redis-server (to start a Redis of the test's own)", exc)
     own = OwnRedis(tmp)
     own.start()
-    env = base_env(tmp, NAMM_DATABASE__URL=pg_url, NAMM_BROKER__URL=own.url)
-    stack = start_stack(env, tmp / "logs", with_beat=True)
-    stack.redis = own
-    yield stack
-    stack.procs.stop()
-    if own.proc and own.proc.poll() is None:
-        own.proc.kill()
+    # a database of its own too: its sweeper would otherwise resend every job other modules
+    # left queued in the session's database (their messages are in another Redis), and the
+    # one worker would run them all before these tests' jobs
+    with own_pg_database("faults") as pg_url:
+        env = base_env(tmp, NAMM_DATABASE__URL=pg_url, NAMM_BROKER__URL=own.url,
+                       NAMM_BROKER__KEY_PREFIX="")
+        stack = start_stack(env, tmp / "logs", with_beat=True)
+        stack.redis = own
+        try:
+            yield stack
+        finally:
+            stack.procs.stop()
+            if own.proc and own.proc.poll() is None:
+                own.proc.kill()
 
 
 def _client(stack) -> httpx.Client:

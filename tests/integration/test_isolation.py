@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import base_env
-from reliability_stack import start_api_only
+from reliability_stack import own_pg_database, start_api_only
 from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
@@ -36,10 +36,16 @@ def api(request, tmp_path_factory):
         env = base_env(tmp, NAMM_DATABASE__URL=f"sqlite:///{tmp / 'namm.db'}",
                        NAMM_BROKER__URL=f"sqla+sqlite:///{tmp / 'broker.db'}")
     else:
-        pg_url = request.getfixturevalue("pg_url")
+        # a database and a queue of its own: the hundreds of jobs left queued here must not
+        # reach the workers of other modules (they share the session's database and prefix)
         redis_url, prefix = request.getfixturevalue("redis_broker")
-        env = base_env(tmp, NAMM_DATABASE__URL=pg_url, NAMM_BROKER__URL=redis_url,
-                       NAMM_BROKER__KEY_PREFIX=prefix)
+        with own_pg_database("isolation") as pg_url:
+            env = base_env(tmp, NAMM_DATABASE__URL=pg_url, NAMM_BROKER__URL=redis_url,
+                           NAMM_BROKER__KEY_PREFIX=f"{prefix}isolation:")
+            stack = start_api_only(env, tmp / "logs")
+            yield stack
+            stack.procs.stop()
+        return
     stack = start_api_only(env, tmp / "logs")
     yield stack
     stack.procs.stop()
