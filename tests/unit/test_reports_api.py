@@ -120,11 +120,14 @@ def test_group_by_model_and_policy(client, keys):
     assert list(batches) == ["(none)", BATCH_ID]
     assert batches["(none)"]["jobs"] == 3 and batches["(none)"]["cost_micro_usd"] == 3800
     assert batches[BATCH_ID]["jobs"] == 1 and batches[BATCH_ID]["saved_micro_usd"] == -50
-    # one batch's report (by policy); another tenant's key finds nothing under that id
+    # one batch's report (by policy); another tenant's key gets 404 for that id, as for an unknown one
     one = report(client, keys["a"], group_by="policy", batch=BATCH_ID, **params)
     assert [g["key"] for g in one["groups"]] == ["h2o"] and one["batch"] == BATCH_ID
     assert one["totals"]["cost_micro_usd"] == 700 and one["shadow"]["runs"] == 0
-    assert report(client, keys["b"], batch=BATCH_ID, **params)["totals"]["jobs"] == 0
+    for key, batch in ((keys["b"], BATCH_ID), (keys["a"], "00000000-0000-0000-0000-00000000dead")):
+        r = client.get("/v1/reports/cost", params={"batch": batch, **params}, headers={"X-API-Key": key})
+        assert r.status_code == 404 and r.json()["detail"] == "batch not found"
+    assert report(client, keys["admin"], batch=BATCH_ID, **params)["totals"]["jobs"] == 1
 
 
 def test_jobs_by_status_per_day(client, keys):

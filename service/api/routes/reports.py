@@ -8,8 +8,11 @@ from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response
 
+from sqlalchemy import select
+
 from service.api.deps import SessionDep
 from service.api.principal import PrincipalDep
+from service.repos.models import Batch
 from service.reports.cost import MAX_DAYS, ReportError, build_report, parse_query, report_csv
 
 GroupByParam = Literal["day", "model", "policy", "batch", "tenant"]
@@ -28,6 +31,7 @@ def report_router() -> APIRouter:
             f"is a loss. `from`/`to`: YYYY-MM-DD (whole days in `tz`, `to` included) or ISO "
             f"datetimes; default the last 30 days; at most {MAX_DAYS} days."),
         responses={403: {"description": "tenant figures need an admin key"},
+                   404: {"description": "no such batch for this key"},
                    422: {"description": "bad period, time zone or grouping"}})
     def cost_report(
         principal: PrincipalDep,
@@ -47,6 +51,9 @@ def report_router() -> APIRouter:
             if tenant is not None and tenant != principal.tenant_id:
                 raise HTTPException(403, "another tenant's figures need an admin key")
             tenant = principal.tenant_id
+        if batch is not None and not _batch_visible(session, batch, tenant):
+            # another tenant's batch id answers as an unknown one: its existence is not disclosed
+            raise HTTPException(404, "batch not found")
         try:
             query = parse_query(from_=from_, to=to, group_by=group_by, tz=tz, tenant_id=tenant,
                                 batch_id=batch)
@@ -60,3 +67,11 @@ def report_router() -> APIRouter:
         return report
 
     return router
+
+
+def _batch_visible(session, batch_id: str, tenant_id: int | None) -> bool:
+    """Whether the batch exists for `tenant_id` (None: an admin over every tenant)."""
+    where = [Batch.id == batch_id]
+    if tenant_id is not None:
+        where.append(Batch.tenant_id == tenant_id)
+    return session.scalar(select(Batch.id).where(*where)) is not None
