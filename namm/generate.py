@@ -94,7 +94,10 @@ def prefill(lm: LoadedModel, cache: NammCache, input_ids: torch.Tensor,
         seen = cache.tokens_read()
         step = cache.n_up - (seen % cache.n_up)  # stop exactly where the next update is due
         chunk = ids[:, pos: pos + step]
-        out = lm.model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        # a policy weighing surprisal needs every position's logits (the LM head over the chunk)
+        keep = 0 if cache.wants_logits else 1
+        out = lm.model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=keep)
+        cache.after_forward(chunk, out.logits)
         logits = out.logits[:, -1]
         pos += chunk.shape[1]
         if progress is not None:
@@ -124,7 +127,9 @@ def greedy_decode(lm: LoadedModel, cache: NammCache, first_logits: torch.Tensor,
         if len(out) == max_new_tokens:
             break
         step = torch.tensor([[token]], device=lm.device)
-        logits = lm.model(input_ids=step, past_key_values=cache, use_cache=True).logits[:, -1]
+        full = lm.model(input_ids=step, past_key_values=cache, use_cache=True).logits
+        cache.after_forward(step, full)
+        logits = full[:, -1]
     return out
 
 
@@ -266,6 +271,7 @@ def continuation_logits(lm: LoadedModel, context_ids: torch.Tensor, continuation
     rows = [first]
     if cont.shape[1] > 1:
         out = lm.model(input_ids=cont[:, :-1], past_key_values=cache, use_cache=True)
+        cache.after_forward(cont[:, :-1], out.logits)
         rows.append(out.logits[0])
     if stats is not None:
         stats.kv_bytes_peak = cache.peak_used_bytes

@@ -210,7 +210,7 @@ class NammLayer(CacheLayerMixin):
             self.pending_queries.append(query.detach())
             keep_rows = policy.attention_rows or (self.cache.n_up + query.shape[2])
             self._trim_pending(keep_rows)
-        if self.since_update >= self.cache.n_up:
+        if self.since_update >= self.cache.n_up and not self.cache.defer_updates:
             self.run_update()
 
     def _trim_pending(self, rows: int) -> None:
@@ -231,7 +231,7 @@ class NammLayer(CacheLayerMixin):
         ctx = UpdateContext(
             layer_idx=self.layer_idx, keys=self.keys[:, :, :s], values=self.values[:, :, :s],
             positions=self.positions[:, :, :s], valid=self.valid[:, :, :s], seen=self.seen,
-            n_new=self.since_update, state=self.state,
+            n_new=self.since_update, state=self.state, surprisal=self.cache.surprisal,
         )
         if policy.needs_attention:
             ctx.attn = self._window_attention(policy, ctx)
@@ -357,6 +357,12 @@ class NammCache(Cache):
         self.update_log: list[list[int]] = []
         self.rope_inv_freq = None if rope_inv_freq is None else rope_inv_freq.detach().float()
         self.rope_base = 0
+        # a policy that weighs each token's surprisal needs the logits of the forward that read
+        # it: its updates wait for `after_forward` (same tokens, same cache: the result is the
+        # one an update inside the forward would give, as chunks end where updates are due)
+        self.defer_updates = bool(getattr(policy, "needs_surprisal", False)) and policy.evicts
+        self.surprisal: torch.Tensor | None = None  # [B, tokens read], nats; deferred mode only
+        self._last_logits: torch.Tensor | None = None  # [B, V] of the last token read
         n_layers = text_config.num_hidden_layers
         self.kv_heads = text_config.num_key_value_heads
         self.head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
@@ -409,6 +415,31 @@ class NammCache(Cache):
         self.policy_seconds, self.n_updates = 0.0, 0
         return work
 
+    @property
+    def wants_logits(self) -> bool:
+        """Whether callers must hand every forward's logits (all positions) to `after_forward`."""
+        return self.defer_updates
+
+    def after_forward(self, input_ids: torch.Tensor, logits: torch.Tensor) -> None:
+        """After a forward over `input_ids` [B, T] with `logits` [B, T, V]: record each token's
+        surprisal (-log p of the token given what was read before it), then run the updates that
+        came due during the forward. No-op unless updates are deferred."""
+        if not self.defer_updates:
+            return
+        ids = input_ids.to(logits.device)
+        prev = logits[:, :-1].float()
+        s = logits.new_zeros(ids.shape, dtype=torch.float32)
+        if ids.shape[1] > 1:  # logsumexp - target logit, without materialising log_softmax
+            s[:, 1:] = torch.logsumexp(prev, -1) - prev.gather(-1, ids[:, 1:, None])[..., 0]
+        if self._last_logits is not None:
+            last = self._last_logits.float()
+            s[:, 0] = torch.logsumexp(last, -1) - last.gather(-1, ids[:, :1])[:, 0]
+        self._last_logits = logits[:, -1].detach()
+        self.surprisal = s if self.surprisal is None else torch.cat([self.surprisal, s], dim=1)
+        for layer in self.layers:
+            if layer.since_update >= self.n_up:
+                layer.run_update()
+
     def flush(self) -> None:
         """Run a policy update now on every layer (e.g. once a whole document has been read)."""
         if self.policy.evicts:
@@ -440,6 +471,9 @@ class NammCache(Cache):
     def restore(self, snap: list[dict]) -> None:
         for layer, s in zip(self.layers, snap):
             layer.load(s)
+        if self.surprisal is not None:  # the tokens read after the snapshot are forgotten
+            self.surprisal = self.surprisal[:, : self.layers[0].seen]
+            self._last_logits = None
 
 
 def rotate_keys(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ class UpdateContext:
     n_new: int                # tokens since the previous update
     attn: torch.Tensor | None = None  # [B, H, R, S] attention of the last R window queries, GQA-averaged
     state: dict[str, torch.Tensor] = field(default_factory=dict)  # per-slot policy state, slot axis 2
+    surprisal: torch.Tensor | None = None  # [B, seen] nats per token read, for policies with needs_surprisal
 
     def slot_state(self, name: str, trailing: tuple[int, ...] = (), fill: float = 0.0) -> torch.Tensor:
         """State tensor `name` grown to the current slot count (new slots get `fill`)."""
@@ -62,6 +63,7 @@ class Policy:
     needs_attention = False          # whether the window's attention must be recomputed
     attention_rows: int | None = None  # how many of the newest window queries it needs (None = all)
     evicts = True                    # False for the full cache: no updates at all
+    needs_surprisal = False          # whether updates need each token's surprisal (ctx.surprisal)
 
     def __init__(self, budget: float | int | None = None):
         self.budget = validate_budget(budget)

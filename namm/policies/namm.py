@@ -17,8 +17,18 @@ class NammPolicy(Policy):
     needs_attention = True
 
     def __init__(self, params=None, budget=None, norm: RunningNorm | None = None, threshold: bool = True,
-                 rows: int | None = None, block: int | None = None, sinks: int = 0, recent: float = 0.0):
+                 rows: int | None = None, block: int | None = None, sinks: int = 0, recent: float = 0.0,
+                 surprise: float = 0.0, surprise_pool: int = 33):
         super().__init__(budget)
+        # surprise: weight of each token's surprisal (nats, max-pooled over `surprise_pool`
+        # neighbouring tokens of the text) added to the scorer's output. What the model could not
+        # predict is what it cannot rebuild once evicted: a planted fact, a new name, a number;
+        # pooling keeps the whole phrase around the surprising token, not scattered pieces
+        if surprise < 0 or surprise_pool < 1 or surprise_pool % 2 == 0:
+            raise ValueError(f"surprise must be >= 0 and surprise_pool odd and >= 1, got {surprise}, {surprise_pool}")
+        self.surprise = float(surprise)
+        self.surprise_pool = int(surprise_pool)
+        self.needs_surprisal = self.surprise > 0
         # recent: the share of the budget cap reserved for the newest tokens (StreamingLLM's
         # window); the scorer then chooses the rest among older tokens. With sinks and a zero
         # scorer this is StreamingLLM itself, the starting point evolution can only improve on
@@ -97,7 +107,18 @@ class NammPolicy(Policy):
         xs = x.reshape(b * h, s, d).gather(1, order[..., None].expand(-1, -1, d))
         sc = scorer.score_tokens(xs, self.weights, block=self.block)
         out = torch.empty_like(sc).scatter_(1, order, sc).reshape(b, h, s)
+        if self.needs_surprisal and ctx.surprisal is not None:
+            out = out + self.surprise * self.pooled_surprisal(ctx)
         return out.masked_fill(self.protected(ctx.positions, ctx.seen), float("inf"))
+
+    def pooled_surprisal(self, ctx: UpdateContext) -> torch.Tensor:
+        """[B, H, S]: the max surprisal within `surprise_pool` tokens of each slot's position."""
+        sur = ctx.surprisal.to(ctx.positions.device)
+        k = self.surprise_pool
+        pooled = torch.nn.functional.max_pool1d(sur[:, None], k, 1, k // 2)[:, 0] if k > 1 else sur
+        b, h, s = ctx.positions.shape
+        idx = ctx.positions.clamp(0, pooled.shape[1] - 1).reshape(b, h * s)
+        return pooled.gather(1, idx).reshape(b, h, s)
 
     def protected(self, positions: torch.Tensor, seen: int) -> torch.Tensor:
         """Slots kept whatever they score: the sinks and the recent window reserved in the cap."""
@@ -112,7 +133,8 @@ class NammPolicy(Policy):
     def state_dict(self) -> dict:
         return {"params": self.params.clone(), "norm": self.norm.state_dict(), "budget": self.budget,
                 "threshold": self.use_threshold, "rows": self.attention_rows, "block": self.block,
-                "sinks": self.sinks, "recent": self.recent}
+                "sinks": self.sinks, "recent": self.recent, "surprise": self.surprise,
+                "surprise_pool": self.surprise_pool}
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, budget="checkpoint") -> "NammPolicy":
@@ -123,7 +145,8 @@ class NammPolicy(Policy):
         threshold = ckpt.get("threshold", True) or b is None  # rank-only needs a budget
         return cls(params=ckpt["params"].numpy(), budget=b, norm=norm, threshold=threshold,
                    rows=ckpt.get("rows"), block=ckpt.get("block"), sinks=ckpt.get("sinks", 0),
-                   recent=ckpt.get("recent", 0.0))
+                   recent=ckpt.get("recent", 0.0), surprise=ckpt.get("surprise", 0.0),
+                   surprise_pool=ckpt.get("surprise_pool", 33))
 
     def save(self, path: str | Path, **extra) -> None:
         torch.save({**self.state_dict(), **extra}, path)

@@ -1,0 +1,81 @@
+"""The surprisal channel on a small random Llama 3: the surprisal the cache records is the
+model's own -log p of each token, deferred updates keep exactly what in-forward updates keep,
+NAMM's pooled surprisal reads the right positions, and snapshots forget later tokens."""
+import pytest
+import torch
+
+from namm.generate import prefill
+from namm.memory import NammCache
+from namm.policies import make_policy
+from namm.policies.base import UpdateContext
+from namm.policies.namm import NammPolicy
+
+from exactness import RecordingPolicy
+from tiny_llama import tiny_llama3
+
+N_UP = 32
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_llama3(layers=2)
+
+
+def _ids(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, 250, (1, n), generator=g)
+
+
+class SurprisalRecency(RecordingPolicy):
+    """Recency that asks for surprisal (so the cache defers its updates) but does not use it."""
+    needs_surprisal = True
+
+
+def test_recorded_surprisal_is_the_models_negative_log_likelihood(tiny):
+    ids = _ids(3 * N_UP + 7)
+    cache = NammCache(tiny.model.config, SurprisalRecency(make_policy("recency", 10_000)), n_up=N_UP)  # evicts nothing
+    assert cache.wants_logits
+    with torch.no_grad():
+        prefill(tiny, cache, ids)
+        logp = torch.log_softmax(tiny.model(input_ids=ids).logits[0].float(), -1)
+    expected = -logp[:-1].gather(1, ids[0, 1:, None])[:, 0]
+    assert cache.surprisal.shape == ids.shape
+    assert cache.surprisal[0, 0] == 0  # nothing came before the first token
+    torch.testing.assert_close(cache.surprisal[0, 1:], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_deferred_updates_keep_what_in_forward_updates_keep(tiny):
+    ids = _ids(5 * N_UP + 3, seed=1)
+    plain = RecordingPolicy(make_policy("h2o", 40))
+    deferred = SurprisalRecency(make_policy("h2o", 40))
+    for pol in (plain, deferred):
+        cache = NammCache(tiny.model.config, pol, n_up=N_UP)
+        with torch.no_grad():
+            prefill(tiny, cache, ids)
+        assert cache.defer_updates is (pol is deferred)
+    assert len(plain.kept_positions) == 5
+    assert deferred.kept_positions == plain.kept_positions
+
+
+def test_pooled_surprisal_takes_the_max_around_each_slot():
+    pol = NammPolicy(budget=0.5, threshold=False, surprise=1.0, surprise_pool=3)
+    sur = torch.tensor([[0.0, 5.0, 0.0, 0.0, 0.0, 2.0, 0.0]])
+    positions = torch.tensor([[[0, 2, 3, 6], [1, 4, 5, 6]]])
+    ctx = UpdateContext(layer_idx=0, keys=None, values=None, positions=positions,
+                        valid=torch.ones_like(positions, dtype=torch.bool), seen=7, n_new=7, surprisal=sur)
+    assert pol.pooled_surprisal(ctx).tolist() == [[[5.0, 5.0, 0.0, 2.0], [5.0, 2.0, 2.0, 2.0]]]
+    assert NammPolicy(budget=0.5, threshold=False).needs_surprisal is False
+    with pytest.raises(ValueError):
+        NammPolicy(budget=0.5, threshold=False, surprise=1.0, surprise_pool=4)
+
+
+def test_restore_forgets_the_surprisal_of_tokens_read_after_the_snapshot(tiny):
+    pol = NammPolicy(budget=0.5, threshold=False, sinks=2, recent=0.5, surprise=1.0, surprise_pool=5)
+    cache = NammCache(tiny.model.config, pol, n_up=N_UP)
+    with torch.no_grad():
+        prefill(tiny, cache, _ids(2 * N_UP, seed=2))
+        snap = cache.snapshot()
+        prefill(tiny, cache, _ids(N_UP + 5, seed=3))
+    assert cache.surprisal.shape[1] == 3 * N_UP + 5 and cache.n_updates >= 3
+    cache.restore(snap)
+    assert cache.surprisal.shape[1] == 2 * N_UP == cache.tokens_read()
