@@ -65,6 +65,9 @@ class NammPolicy(Policy):
         flat = torch.as_tensor(np.asarray(params, dtype=np.float32)).flatten()
         self.params = flat
         self.weights = scorer.unflatten(flat)
+        # all-zero parameters score every token 0: with the surprisal channel deciding, the
+        # window's attention (the recomputation and its spectrogram) would be computed for nothing
+        self.needs_attention = not (self.surprise > 0 and not bool(flat.any()))
 
     # ---- features -------------------------------------------------------------------------
     def token_features(self, ctx: UpdateContext) -> torch.Tensor:
@@ -99,6 +102,9 @@ class NammPolicy(Policy):
 
     # ---- scoring --------------------------------------------------------------------------
     def scores(self, ctx: UpdateContext) -> torch.Tensor:
+        if not self.needs_attention:  # idle scorer (see set_params): the surprisal channel alone
+            out = self.surprise * self.pooled_surprisal(ctx)
+            return out.masked_fill(self.protected(ctx.positions, ctx.seen), float("inf"))
         x = self.token_features(ctx)
         b, h, s, d = x.shape
         # order slots oldest -> newest with invalid slots first (see scorer.score_tokens)

@@ -79,3 +79,22 @@ def test_restore_forgets_the_surprisal_of_tokens_read_after_the_snapshot(tiny):
     assert cache.surprisal.shape[1] == 3 * N_UP + 5 and cache.n_updates >= 3
     cache.restore(snap)
     assert cache.surprisal.shape[1] == 2 * N_UP == cache.tokens_read()
+
+
+def test_an_idle_scorer_skips_the_attention_and_keeps_the_same_tokens(tiny):
+    ids = _ids(4 * N_UP + 9, seed=4)
+    kept = []
+    for skip in (True, False):
+        pol = NammPolicy(budget=0.4, threshold=False, sinks=2, recent=0.25, surprise=1.0, surprise_pool=5)
+        assert pol.needs_attention is False
+        if not skip:  # the full path: window attention, spectrogram and a scorer that outputs 0
+            pol.needs_attention = True
+        rec = RecordingPolicy(pol)
+        rec.needs_surprisal = True
+        with torch.no_grad():
+            prefill(tiny, NammCache(tiny.model.config, rec, n_up=N_UP), ids)
+        kept.append(rec.kept_positions)
+    assert len(kept[0]) == 4 and kept[0] == kept[1]
+    # only the surprisal channel lets the scorer idle: without it NAMM needs its features
+    assert NammPolicy(budget=0.4, threshold=False, surprise=1.0).needs_attention is False
+    assert NammPolicy(budget=0.4, threshold=False).needs_attention is True
