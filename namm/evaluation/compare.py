@@ -4,6 +4,9 @@
         --n-per-task 12 --policies namm,recency,streaming_llm --budgets 0.28 \
         --namm-checkpoint runs/warmstart/namm.pt --out runs/compare/test.jsonl
 
+A policy `namm:key=value[:key=value...]` is the NAMM checkpoint with settings replaced
+(`NammPolicy.TUNABLE`, and `scorer=zero`), e.g. `namm:scorer=zero:surprise=1:recent=0.25`.
+
 Every (policy, budget, prompt) result is appended to `--out` as one JSON line and skipped when
 the command is run again, so a long comparison can be stopped, extended with more prompts or
 policies, and resumed. The report is over prompts the full cache answers right (a prompt it
@@ -32,6 +35,14 @@ def sample_key(s) -> str:
     for results already recorded."""
     digest = hashlib.sha256("\x00".join([s.context, s.question, *s.answers]).encode()).hexdigest()[:10]
     return f"{s.task}@{s.meta.get('length')}#{s.meta.get('split')}/{s.meta.get('index')}:{digest}"
+
+
+def parse_variant(policy: str) -> dict[str, str]:
+    """`namm:recent=0.25:surprise_pool=33` -> {"recent": "0.25", "surprise_pool": "33"}."""
+    items = [part.split("=", 1) for part in policy.split(":")[1:]]
+    if any(len(kv) != 2 or not kv[0] for kv in items):
+        raise SystemExit(f"bad NAMM variant {policy!r}: expected namm:key=value[:key=value...]")
+    return dict(items)
 
 
 def load_results(path: Path) -> dict[tuple, dict]:
@@ -128,6 +139,7 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
         from namm import load_model
+        from namm.checkpoints import default_checkpoint
         from namm.policies.namm import NammPolicy
 
         samples = make_samples(args.tasks.split(","), parse_lengths(args.lengths), args.n_per_task, args.split,
@@ -149,7 +161,10 @@ def main(argv=None) -> int:
                 if full_row is not None and full_row["score"] < 1.0:
                     break  # the report compares policies on prompts the full cache answers right
                 pol = policy
-                if policy == "namm" and args.namm_checkpoint:
+                if policy.startswith("namm:"):  # a variant: namm:recent=0.25:surprise=1:scorer=zero
+                    pol = NammPolicy.variant(args.namm_checkpoint or default_checkpoint(None),
+                                             parse_variant(policy), budget=budget)
+                elif policy == "namm" and args.namm_checkpoint:
                     pol = NammPolicy.from_checkpoint(args.namm_checkpoint, budget=budget)
                 _reuse_full_row(refs, lm, sample, results.get(("full", None, key)))
                 rec = evaluate(lm, [sample], pol, budget, reference_cache=refs)

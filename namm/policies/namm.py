@@ -144,7 +144,27 @@ class NammPolicy(Policy):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, budget="checkpoint") -> "NammPolicy":
+        return cls.variant(path, {}, budget=budget)
+
+    # the settings a variant may override (compare's `namm:recent=0.25:surprise_pool=33`; also scorer=zero)
+    TUNABLE = {"recent": float, "sinks": int, "surprise": float, "surprise_pool": int, "rows": int, "block": int}
+
+    @classmethod
+    def variant(cls, path: str | Path, overrides: dict[str, str], budget="checkpoint") -> "NammPolicy":
+        """The checkpoint with some settings replaced (values as text, e.g. from a command line);
+        `scorer=zero` sets all-zero scorer parameters (the window and the surprisal channel decide)."""
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        overrides = dict(overrides)
+        scorer_choice = overrides.pop("scorer", "kept")
+        if scorer_choice not in ("kept", "zero"):
+            raise ValueError(f"scorer must be kept or zero, got {scorer_choice!r}")
+        unknown = set(overrides) - set(cls.TUNABLE)
+        if unknown:
+            raise ValueError(f"unknown NAMM setting(s) {sorted(unknown)}; tunable: {sorted(cls.TUNABLE)}")
+        for key, text in overrides.items():
+            ckpt[key] = cls.TUNABLE[key](text)
+        if scorer_choice == "zero":
+            ckpt["params"] = torch.zeros_like(ckpt["params"])
         norm = RunningNorm.from_state_dict(ckpt["norm"])
         norm.frozen = True
         b = ckpt.get("budget") if budget == "checkpoint" else budget

@@ -98,3 +98,18 @@ def test_an_idle_scorer_skips_the_attention_and_keeps_the_same_tokens(tiny):
     # only the surprisal channel lets the scorer idle: without it NAMM needs its features
     assert NammPolicy(budget=0.4, threshold=False, surprise=1.0).needs_attention is False
     assert NammPolicy(budget=0.4, threshold=False).needs_attention is True
+
+
+def test_a_variant_checkpoint_round_trips(tmp_path):
+    from namm.checkpoints import default_checkpoint
+    from namm.evolution.variant import main as write_variant
+
+    out = tmp_path / "v.pt"
+    write_variant(["--base", str(default_checkpoint(None)), "--set",
+                   "namm:scorer=zero:surprise=1:recent=0.25:surprise_pool=21", "--out", str(out)])
+    pol = NammPolicy.from_checkpoint(out)
+    assert (pol.recent, pol.surprise, pol.surprise_pool) == (0.25, 1.0, 21)
+    assert not pol.params.any() and pol.needs_attention is False
+    assert torch.load(out, weights_only=False)["training"]["variant"].startswith("namm:scorer=zero")
+    with pytest.raises(SystemExit, match="unknown NAMM setting"):
+        write_variant(["--base", str(out), "--set", "namm:colour=blue", "--out", str(out)])
