@@ -36,7 +36,9 @@ def run_one(lm, ids: torch.Tensor, policy: str, budget: float, decode_tokens: in
     logits = prefill(lm, cache, ids)
     for _ in range(decode_tokens):
         token = logits.argmax(-1, keepdim=True)
-        logits = lm.model(input_ids=token, past_key_values=cache, use_cache=True).logits[:, -1]
+        out = lm.model(input_ids=token, past_key_values=cache, use_cache=True).logits
+        cache.after_forward(token, out)  # a surprisal-weighing memory records the token's surprisal
+        logits = out[:, -1]
     if logits.is_cuda:
         torch.cuda.synchronize(logits.device)
     seconds = time.perf_counter() - t0

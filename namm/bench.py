@@ -52,7 +52,9 @@ def run_one(lm, ids: torch.Tensor, policy: str, budget, decode_tokens: int, n_up
     t0 = time.perf_counter()
     for _ in range(decode_tokens):  # fixed length: no early stop, so every policy decodes the same count
         token = logits.argmax(-1, keepdim=True)
-        logits = lm.model(input_ids=token, past_key_values=cache, use_cache=True).logits[:, -1]
+        out = lm.model(input_ids=token, past_key_values=cache, use_cache=True).logits
+        cache.after_forward(token, out)  # a surprisal-weighing memory records the token's surprisal
+        logits = out[:, -1]
     _sync(logits)
     t_decode = time.perf_counter() - t0
     total = t_prefill + t_decode

@@ -210,7 +210,10 @@ class NammLayer(CacheLayerMixin):
             self.pending_queries.append(query.detach())
             keep_rows = policy.attention_rows or (self.cache.n_up + query.shape[2])
             self._trim_pending(keep_rows)
-        if self.since_update >= self.cache.n_up and not self.cache.defer_updates:
+        # deferred (surprisal) mode waits for `after_forward`; a caller that never hands the
+        # logits over still gets its cache bounded, one interval late
+        due = 2 * self.cache.n_up if self.cache.defer_updates else self.cache.n_up
+        if self.since_update >= due:
             self.run_update()
 
     def _trim_pending(self, rows: int) -> None:

@@ -119,7 +119,11 @@ class NammPolicy(Policy):
 
     def pooled_surprisal(self, ctx: UpdateContext) -> torch.Tensor:
         """[B, H, S]: the max surprisal within `surprise_pool` tokens of each slot's position."""
+        if ctx.surprisal is None:  # no logits were handed over at all
+            return torch.zeros(ctx.positions.shape, device=ctx.positions.device)
         sur = ctx.surprisal.to(ctx.positions.device)
+        if sur.shape[1] < ctx.seen:  # tokens read without their logits (see NammCache.after_forward)
+            sur = torch.nn.functional.pad(sur, (0, ctx.seen - sur.shape[1]))
         k = self.surprise_pool
         pooled = torch.nn.functional.max_pool1d(sur[:, None], k, 1, k // 2)[:, 0] if k > 1 else sur
         b, h, s = ctx.positions.shape

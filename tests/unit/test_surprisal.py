@@ -113,3 +113,14 @@ def test_a_variant_checkpoint_round_trips(tmp_path):
     assert torch.load(out, weights_only=False)["training"]["variant"].startswith("namm:scorer=zero")
     with pytest.raises(SystemExit, match="unknown NAMM setting"):
         write_variant(["--base", str(out), "--set", "namm:colour=blue", "--out", str(out)])
+
+
+def test_a_caller_that_never_hands_over_logits_still_gets_a_bounded_cache(tiny):
+    pol = NammPolicy(budget=0.25, threshold=False, sinks=2, recent=0.25, surprise=1.0, surprise_pool=5)
+    cache = NammCache(tiny.model.config, pol, n_up=N_UP)
+    ids = _ids(8 * N_UP, seed=5)
+    with torch.no_grad():
+        for start in range(0, ids.shape[1], N_UP):  # plain forwards, no after_forward
+            tiny.model(input_ids=ids[:, start:start + N_UP], past_key_values=cache, use_cache=True)
+    assert cache.n_updates > 0 and cache.surprisal is None
+    assert max(cache.kept_per_layer()) <= 0.25 * 8 * N_UP + 2 * N_UP
