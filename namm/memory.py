@@ -429,6 +429,7 @@ class NammCache(Cache):
         came due during the forward. No-op unless updates are deferred."""
         if not self.defer_updates:
             return
+        started = time.perf_counter()  # the surprisal is the policy's work (the LM head is the forward's)
         ids = input_ids.to(logits.device)
         prev = logits[:, :-1].float()
         s = logits.new_zeros(ids.shape, dtype=torch.float32)
@@ -439,6 +440,7 @@ class NammCache(Cache):
             s[:, 0] = torch.logsumexp(last, -1) - last.gather(-1, ids[:, :1])[:, 0]
         self._last_logits = logits[:, -1].detach()
         self.surprisal = s if self.surprisal is None else torch.cat([self.surprisal, s], dim=1)
+        self.policy_seconds += time.perf_counter() - started
         for layer in self.layers:
             if layer.since_update >= self.n_up:
                 layer.run_update()
