@@ -64,6 +64,7 @@ class Policy:
     attention_rows: int | None = None  # how many of the newest window queries it needs (None = all)
     evicts = True                    # False for the full cache: no updates at all
     needs_surprisal = False          # whether updates need each token's surprisal (ctx.surprisal)
+    min_keep = 0                     # the cap never goes below this many slots (short texts stay whole)
 
     def __init__(self, budget: float | int | None = None):
         self.budget = validate_budget(budget)
@@ -86,6 +87,8 @@ class Policy:
         newest = valid & (ctx.positions == ctx.positions.masked_fill(~valid, -1).amax(-1, keepdim=True))
         keep |= newest
         cap = budget_capacity(self.budget, ctx.seen)
+        if cap is not None:
+            cap = max(cap, self.min_keep)
         if cap is not None and int(keep.sum(-1).max()) > cap:
             ranked = scores.masked_fill(~keep, float("-inf")).masked_fill(newest, float("inf"))
             # ties go to the newer token: order slots newest first, then sort stably by score

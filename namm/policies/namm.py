@@ -18,8 +18,13 @@ class NammPolicy(Policy):
 
     def __init__(self, params=None, budget=None, norm: RunningNorm | None = None, threshold: bool = True,
                  rows: int | None = None, block: int | None = None, sinks: int = 0, recent: float = 0.0,
-                 surprise: float = 0.0, surprise_pool: int = 33):
+                 surprise: float = 0.0, surprise_pool: int = 33, min_keep: int = 0):
         super().__init__(budget)
+        # min_keep: a text shorter than this is never cut (the flush after a short document
+        # would otherwise evict from a cache too small to be worth saving, and drop its facts)
+        if min_keep < 0:
+            raise ValueError(f"min_keep must be >= 0, got {min_keep}")
+        self.min_keep = int(min_keep)
         # surprise: weight of each token's surprisal (nats, max-pooled over `surprise_pool`
         # neighbouring tokens of the text) added to the scorer's output. What the model could not
         # predict is what it cannot rebuild once evicted: a planted fact, a new name, a number;
@@ -124,7 +129,9 @@ class NammPolicy(Policy):
         sur = ctx.surprisal.to(ctx.positions.device)
         if sur.shape[1] < ctx.seen:  # tokens read without their logits (see NammCache.after_forward)
             sur = torch.nn.functional.pad(sur, (0, ctx.seen - sur.shape[1]))
-        k = self.surprise_pool
+        # a window as wide as a short text would pool every token to the same value (and the
+        # ties go to recency): at most a seventh of what was read, full width from 455 tokens
+        k = min(self.surprise_pool, max(1, (ctx.seen // 7 - 1) | 1))
         pooled = torch.nn.functional.max_pool1d(sur[:, None], k, 1, k // 2)[:, 0] if k > 1 else sur
         b, h, s = ctx.positions.shape
         idx = ctx.positions.clamp(0, pooled.shape[1] - 1).reshape(b, h * s)
@@ -144,14 +151,15 @@ class NammPolicy(Policy):
         return {"params": self.params.clone(), "norm": self.norm.state_dict(), "budget": self.budget,
                 "threshold": self.use_threshold, "rows": self.attention_rows, "block": self.block,
                 "sinks": self.sinks, "recent": self.recent, "surprise": self.surprise,
-                "surprise_pool": self.surprise_pool}
+                "surprise_pool": self.surprise_pool, "min_keep": self.min_keep}
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, budget="checkpoint") -> "NammPolicy":
         return cls.variant(path, {}, budget=budget)
 
     # the settings a variant may override (compare's `namm:recent=0.25:surprise_pool=33`; also scorer=zero)
-    TUNABLE = {"recent": float, "sinks": int, "surprise": float, "surprise_pool": int, "rows": int, "block": int}
+    TUNABLE = {"recent": float, "sinks": int, "surprise": float, "surprise_pool": int, "rows": int, "block": int,
+               "min_keep": int}
 
     @classmethod
     def variant(cls, path: str | Path, overrides: dict[str, str], budget="checkpoint") -> "NammPolicy":
@@ -176,7 +184,7 @@ class NammPolicy(Policy):
         return cls(params=ckpt["params"].numpy(), budget=b, norm=norm, threshold=threshold,
                    rows=ckpt.get("rows"), block=ckpt.get("block"), sinks=ckpt.get("sinks", 0),
                    recent=ckpt.get("recent", 0.0), surprise=ckpt.get("surprise", 0.0),
-                   surprise_pool=ckpt.get("surprise_pool", 33))
+                   surprise_pool=ckpt.get("surprise_pool", 33), min_keep=ckpt.get("min_keep", 0))
 
     def save(self, path: str | Path, **extra) -> None:
         torch.save({**self.state_dict(), **extra}, path)

@@ -62,7 +62,7 @@ def test_pooled_surprisal_takes_the_max_around_each_slot():
     sur = torch.tensor([[0.0, 5.0, 0.0, 0.0, 0.0, 2.0, 0.0]])
     positions = torch.tensor([[[0, 2, 3, 6], [1, 4, 5, 6]]])
     ctx = UpdateContext(layer_idx=0, keys=None, values=None, positions=positions,
-                        valid=torch.ones_like(positions, dtype=torch.bool), seen=7, n_new=7, surprisal=sur)
+                        valid=torch.ones_like(positions, dtype=torch.bool), seen=21, n_new=21, surprisal=sur)
     assert pol.pooled_surprisal(ctx).tolist() == [[[5.0, 5.0, 0.0, 2.0], [5.0, 2.0, 2.0, 2.0]]]
     assert NammPolicy(budget=0.5, threshold=False).needs_surprisal is False
     with pytest.raises(ValueError):
@@ -124,3 +124,21 @@ def test_a_caller_that_never_hands_over_logits_still_gets_a_bounded_cache(tiny):
             tiny.model(input_ids=ids[:, start:start + N_UP], past_key_values=cache, use_cache=True)
     assert cache.n_updates > 0 and cache.surprisal is None
     assert max(cache.kept_per_layer()) <= 0.25 * 8 * N_UP + 2 * N_UP
+
+
+def test_min_keep_leaves_a_short_text_whole_and_the_pool_narrows_on_it(tiny):
+    ids = _ids(N_UP // 2, seed=6)  # shorter than one update interval: only the flush evicts
+    for min_keep, whole in ((0, False), (N_UP, True)):
+        pol = NammPolicy(budget=0.25, threshold=False, sinks=2, recent=0.25, surprise=1.0,
+                         surprise_pool=65, min_keep=min_keep)
+        cache = NammCache(tiny.model.config, pol, n_up=N_UP)
+        with torch.no_grad():
+            prefill(tiny, cache, ids)
+        cache.flush()
+        assert (cache.kept_fraction() == 1.0) is whole
+    # 16 tokens read: a 65-wide window would give every slot the same value; it is 1 wide here
+    sur = torch.arange(16.0)[None]
+    positions = torch.arange(16)[None, None]
+    ctx = UpdateContext(layer_idx=0, keys=None, values=None, positions=positions,
+                        valid=torch.ones_like(positions, dtype=torch.bool), seen=16, n_new=16, surprisal=sur)
+    assert pol.pooled_surprisal(ctx)[0, 0].tolist() == sur[0].tolist()
