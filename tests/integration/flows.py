@@ -13,7 +13,9 @@ SHORT_DOCUMENT = (
     "The launch date is the 14th of March. The vault code is 4711. "
     "Marketing will prepare the announcement and sales will brief the partners."
 )
-QUESTION = "What is the vault code?"
+# asked as "What is the vault code?" the default model answers "a code that is used to track and
+# manage the vault code" even with the full cache; naming the answer's form fixes it
+QUESTION = "What is the vault code? Answer with the number only."
 
 
 def wait_for(client: httpx.Client, job_id: str, timeout_s: float = 420.0) -> dict:
@@ -38,8 +40,8 @@ def submit_and_read_answer(stack) -> dict:
     assert job["status"] == "done", (job, stack.procs.log_tail("worker"))
     assert job["attempts"] == 1 and job["progress"] == 1.0
     assert job["result"]["text"].strip()
-    # the shipped NAMM at 0.5 answers "The vault code is 4711." (the code alone is 4 tokens, the
-    # sentence 10: 8 new tokens cut it at "471")
+    # "The vault code is 4711." (the code alone is 4 tokens, the sentence 10: 8 new tokens would
+    # cut it at "471"); the text is shorter than NAMM's min_keep, so NAMM keeps it whole
     assert "4711" in job["result"]["text"]
     usage = job["usage"]
     assert usage["model"].startswith("SmolLM2")

@@ -27,13 +27,13 @@ import httpx
 import psutil
 import pytest
 from conftest import base_env, free_port, start_stack, unavailable
-from flows import SHORT_DOCUMENT, check_stored_once, wait_for
+from flows import QUESTION, SHORT_DOCUMENT, check_stored_once, wait_for
 from reliability_stack import own_pg_database
 
 pytestmark = [pytest.mark.services, pytest.mark.model]
 
 RECOVERY_BOUND_S = 60.0
-BODY = {"document": SHORT_DOCUMENT, "questions": ["What is the vault code?"], "policy": "namm",
+BODY = {"document": SHORT_DOCUMENT, "questions": [QUESTION], "policy": "namm",
         "budget": 0.5, "max_new_tokens": 16}
 
 
