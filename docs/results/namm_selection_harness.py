@@ -1,4 +1,6 @@
-"""Closed-loop validation of NAMM variants (exact match, prompts the full cache solves)."""
+"""Closed-loop validation of NAMM variants (exact match, prompts the full cache solves); the
+harness the shipped checkpoint was chosen with (rows: namm-selection-validation.jsonl). Variants:
+`ship`, `zero` (zero scorer) with :w= (surprise weight) :k= (pool) :r= (recent share), or a baseline name."""
 import sys, json, time, argparse, torch
 from pathlib import Path
 p = argparse.ArgumentParser()
@@ -6,6 +8,7 @@ p.add_argument("--tasks"); p.add_argument("--lengths", default="1024,2048"); p.a
 p.add_argument("--start", type=int, default=0)
 p.add_argument("--variants"); p.add_argument("--out"); p.add_argument("--threads", type=int, default=1)
 p.add_argument("--split", default="validation"); p.add_argument("--budget", type=float, default=0.28)
+p.add_argument("--base", default="namm/checkpoints/smollm2-135m.pt", help="the checkpoint `ship` and `zero` start from")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 from namm.models import load_model
@@ -14,7 +17,7 @@ from namm.tasks.metrics import score_answer
 from namm.generate import generate
 from namm.policies import make_policy
 from namm.policies.namm import NammPolicy
-CK = "namm/checkpoints/smollm2-135m.pt"
+CK = a.base  # the selection ran with the previous shipped file (git show bb332e2~1:namm/checkpoints/smollm2-135m.pt)
 def variant(name, b):
     kind, *opts = name.split(":")
     kw = dict(o.split("=") for o in opts)
