@@ -8,10 +8,21 @@ import time
 import httpx
 from sqlalchemy import func, select
 
+# ~220 tokens: long enough for NAMM to evict at 0.5 (it never cuts texts under its min_keep of
+# 128 tokens), short enough for a quick job; NAMM at 0.5 keeps 60% and answers right
 SHORT_DOCUMENT = (
     "Meeting notes. The team met on Tuesday to plan the product launch. "
     "The launch date is the 14th of March. The vault code is 4711. "
-    "Marketing will prepare the announcement and sales will brief the partners."
+    "Marketing will prepare the announcement and sales will brief the partners. "
+    "The design group showed two options for the landing page; the second one, with the larger "
+    "product photo, was preferred by most of the room. Support asked for a frequently asked "
+    "questions page before launch day, and engineering agreed to freeze new features two weeks "
+    "before the date so that testing can finish. The budget for the launch event stays as "
+    "planned, with catering booked for eighty guests. Legal will review the press release on "
+    "Friday. The next meeting is on Thursday at ten, in the large room on the second floor, and "
+    "everyone should bring the updated task list. Travel for the regional partners is booked, "
+    "and the hotel confirmed the rooms for the night before the event. The photographer will "
+    "arrive one hour early to set up the lights in the hall."
 )
 # asked as "What is the vault code?" the default model answers "a code that is used to track and
 # manage the vault code" even with the full cache; naming the answer's form fixes it
@@ -41,7 +52,7 @@ def submit_and_read_answer(stack) -> dict:
     assert job["attempts"] == 1 and job["progress"] == 1.0
     assert job["result"]["text"].strip()
     # "The vault code is 4711." (the code alone is 4 tokens, the sentence 10: 8 new tokens would
-    # cut it at "471"); the text is shorter than NAMM's min_keep, so NAMM keeps it whole
+    # cut it at "471")
     assert "4711" in job["result"]["text"]
     usage = job["usage"]
     assert usage["model"].startswith("SmolLM2")
