@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .policies.base import Policy, UpdateContext
+from .surprisal import SurprisalLog
 
 ATTN_IMPLEMENTATION = "namm_sdpa"
 # Cache.update and the attention call happen back to back in one attention module's forward;
@@ -364,8 +365,7 @@ class NammCache(Cache):
         # it: its updates wait for `after_forward` (same tokens, same cache: the result is the
         # one an update inside the forward would give, as chunks end where updates are due)
         self.defer_updates = bool(getattr(policy, "needs_surprisal", False)) and policy.evicts
-        self.surprisal: torch.Tensor | None = None  # [B, tokens read], nats; deferred mode only
-        self._last_logits: torch.Tensor | None = None  # [B, V] of the last token read
+        self.surprisal_log = SurprisalLog()  # filled in deferred mode only
         n_layers = text_config.num_hidden_layers
         self.kv_heads = text_config.num_key_value_heads
         self.head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
@@ -419,6 +419,11 @@ class NammCache(Cache):
         return work
 
     @property
+    def surprisal(self) -> torch.Tensor | None:
+        """[B, tokens read]: each token's surprisal in nats (deferred mode; None otherwise)."""
+        return self.surprisal_log.values
+
+    @property
     def wants_logits(self) -> bool:
         """Whether callers must hand every forward's logits (all positions) to `after_forward`."""
         return self.defer_updates
@@ -430,16 +435,7 @@ class NammCache(Cache):
         if not self.defer_updates:
             return
         started = time.perf_counter()  # the surprisal is the policy's work (the LM head is the forward's)
-        ids = input_ids.to(logits.device)
-        prev = logits[:, :-1].float()
-        s = logits.new_zeros(ids.shape, dtype=torch.float32)
-        if ids.shape[1] > 1:  # logsumexp - target logit, without materialising log_softmax
-            s[:, 1:] = torch.logsumexp(prev, -1) - prev.gather(-1, ids[:, 1:, None])[..., 0]
-        if self._last_logits is not None:
-            last = self._last_logits.float()
-            s[:, 0] = torch.logsumexp(last, -1) - last.gather(-1, ids[:, :1])[:, 0]
-        self._last_logits = logits[:, -1].detach()
-        self.surprisal = s if self.surprisal is None else torch.cat([self.surprisal, s], dim=1)
+        self.surprisal_log.record(input_ids, logits)
         self.policy_seconds += time.perf_counter() - started
         for layer in self.layers:
             if layer.since_update >= self.n_up:
@@ -476,9 +472,7 @@ class NammCache(Cache):
     def restore(self, snap: list[dict]) -> None:
         for layer, s in zip(self.layers, snap):
             layer.load(s)
-        if self.surprisal is not None:  # the tokens read after the snapshot are forgotten
-            self.surprisal = self.surprisal[:, : self.layers[0].seen]
-            self._last_logits = None
+        self.surprisal_log.truncate(self.layers[0].seen)  # tokens read after the snapshot are forgotten
 
 
 def rotate_keys(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
