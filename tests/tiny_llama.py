@@ -35,3 +35,9 @@ def tiny_llama3(seed: int = 0, layers: int = 2) -> LoadedModel:
     model = LlamaForCausalLM(config).eval()
     prepare_model(model)
     return LoadedModel(model=model, tokenizer=_ByteTokenizer(), name="tiny-llama3", path=None, max_context=4096)
+
+
+def random_ids(n: int, seed: int = 0) -> torch.Tensor:
+    """[1, n] token ids in the byte tokenizer's range, reproducible by seed."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, 250, (1, n), generator=g)

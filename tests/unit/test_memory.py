@@ -10,7 +10,7 @@ from namm.spec import Budget
 
 from exactness import (MaskOnlyCache, PositionHashPolicy, RecordingPolicy, chunked_logits,
                        masked_reference_logits)
-from tiny_llama import tiny_llama3
+from tiny_llama import random_ids, tiny_llama3
 
 N_UP = 32
 
@@ -20,13 +20,8 @@ def tiny():
     return tiny_llama3(layers=3)
 
 
-def _ids(n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(3, 250, (1, n), generator=g)
-
-
 def test_uniform_eviction_equals_a_masked_full_forward(tiny):
-    ids = _ids(5 * N_UP + 11)
+    ids = random_ids(5 * N_UP + 11)
     rec = RecordingPolicy(make_policy("recency", 40))
     cache = NammCache(tiny.model.config, rec, n_up=N_UP)
     ours = chunked_logits(tiny.model, cache, ids, N_UP)
@@ -36,7 +31,7 @@ def test_uniform_eviction_equals_a_masked_full_forward(tiny):
 
 
 def test_ragged_per_head_eviction_equals_masking(tiny):
-    ids = _ids(4 * N_UP + 5, seed=1)
+    ids = random_ids(4 * N_UP + 5, seed=1)
     physical = NammCache(tiny.model.config, PositionHashPolicy(), n_up=N_UP)
     masked = MaskOnlyCache(tiny.model.config, PositionHashPolicy(), n_up=N_UP)
     a = chunked_logits(tiny.model, physical, ids, N_UP)
@@ -50,19 +45,19 @@ def test_ragged_per_head_eviction_equals_masking(tiny):
 
 def test_positions_continue_from_the_logical_length(tiny):
     cache = NammCache(tiny.model.config, make_policy("recency", 10), n_up=N_UP)
-    chunked_logits(tiny.model, cache, _ids(2 * N_UP), N_UP)
+    chunked_logits(tiny.model, cache, random_ids(2 * N_UP), N_UP)
     layer = cache.layers[0]
     assert layer.length == 10 and cache.get_seq_length() == 2 * N_UP
     assert layer.positions[0, 0, :10].tolist() == list(range(2 * N_UP - 10, 2 * N_UP))
     with torch.no_grad():
-        tiny.model(input_ids=_ids(1), past_key_values=cache, use_cache=True)
+        tiny.model(input_ids=random_ids(1), past_key_values=cache, use_cache=True)
     assert layer.positions[0, 0, 10].item() == 2 * N_UP
 
 
 def test_bytes_really_shrink(tiny):
     full = NammCache(tiny.model.config, make_policy("full"), n_up=N_UP)
     kept = NammCache(tiny.model.config, make_policy("h2o", 0.25), n_up=N_UP)
-    ids = _ids(16 * N_UP)
+    ids = random_ids(16 * N_UP)
     chunked_logits(tiny.model, full, ids, N_UP)
     chunked_logits(tiny.model, kept, ids, N_UP)
     held = sum(l.keys.nbytes + l.values.nbytes for l in kept.layers)
@@ -120,7 +115,7 @@ def test_decoding_evicts_on_the_same_schedule(tiny):
     from namm.generate import greedy_decode, prefill
 
     cache = NammCache(tiny.model.config, make_policy("streaming_llm", 20), n_up=N_UP)
-    logits = prefill(tiny, cache, _ids(2 * N_UP))
+    logits = prefill(tiny, cache, random_ids(2 * N_UP))
     updates_after_prefill = cache.n_updates
     out = greedy_decode(tiny, cache, logits, 3 * N_UP, stop_ids=set(), decoding=Decoding.plain())  # no loop guard: decode every token
     assert len(out) == 3 * N_UP
@@ -133,7 +128,7 @@ def test_decoding_evicts_on_the_same_schedule(tiny):
 
 def test_memory_attention_is_plain_sdpa_for_ordinary_caches(tiny):
     """A model switched to the memory attention still works with transformers' own DynamicCache."""
-    ids = _ids(50, seed=3)
+    ids = random_ids(50, seed=3)
     with torch.no_grad():
         ours = tiny.model.generate(ids, max_new_tokens=12, do_sample=False, min_new_tokens=12)
         tiny.model.set_attn_implementation("sdpa")
@@ -149,7 +144,7 @@ def test_work_counters_are_exact_by_hand(tiny):
     included. recency keeps 10 of each 32-token window: tokens 1-32 see 1..32 entries (528),
     tokens 33-64 see 11..42 (848); a full cache sees 1..64 (2080)."""
     cache = NammCache(tiny.model.config, make_policy("recency", 10), n_up=N_UP)
-    chunked_logits(tiny.model, cache, _ids(2 * N_UP), N_UP)
+    chunked_logits(tiny.model, cache, random_ids(2 * N_UP), N_UP)
     layers = len(cache.layers)
     work = cache.take_work()
     assert work["kv_token_steps"] == 528 + 848 and work["kv_token_steps_full"] == 2080

@@ -14,7 +14,7 @@ from namm.policies import make_policy
 from namm.positions import interpolation_factor, position_interpolation
 
 from exactness import chunked_logits
-from tiny_llama import tiny_llama3
+from tiny_llama import random_ids, tiny_llama3
 
 N_UP = 32
 
@@ -22,11 +22,6 @@ N_UP = 32
 @pytest.fixture(scope="module")
 def tiny():
     return tiny_llama3(layers=3)
-
-
-def _ids(n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(3, 250, (1, n), generator=g)
 
 
 def test_rotations_compose(tiny):
@@ -46,7 +41,7 @@ def test_rotations_compose(tiny):
 
 
 def test_reindexed_contiguous_window_equals_original_positions(tiny):
-    ids = _ids(6 * N_UP + 7)
+    ids = random_ids(6 * N_UP + 7)
     original = NammCache(tiny.model.config, make_policy("recency", 40), n_up=N_UP)
     reindexed = NammCache(tiny.model.config, make_policy("recency", 40), n_up=N_UP,
                           rope_inv_freq=tiny.model.model.rotary_emb.inv_freq)
@@ -54,7 +49,7 @@ def test_reindexed_contiguous_window_equals_original_positions(tiny):
     b = chunked_logits(tiny.model, reindexed, ids, N_UP)
     assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
     # decoding continues equal
-    nxt = _ids(3, seed=1)
+    nxt = random_ids(3, seed=1)
     for i in range(3):
         la = tiny.model(input_ids=nxt[:, i:i + 1], past_key_values=original, use_cache=True).logits
         lb = tiny.model(input_ids=nxt[:, i:i + 1], past_key_values=reindexed, use_cache=True).logits
@@ -87,10 +82,10 @@ def test_generate_positions_option(tiny):
 def test_snapshot_keeps_the_rotation_positions(tiny):
     cache = NammCache(tiny.model.config, make_policy("streaming_llm", 40), n_up=N_UP,
                       rope_inv_freq=tiny.model.model.rotary_emb.inv_freq)
-    chunked_logits(tiny.model, cache, _ids(4 * N_UP), N_UP)
+    chunked_logits(tiny.model, cache, random_ids(4 * N_UP), N_UP)
     snap = cache.snapshot()
     before = cache.layers[1].rope_pos.clone()
-    tiny.model(input_ids=_ids(N_UP, seed=3), past_key_values=cache, use_cache=True)
+    tiny.model(input_ids=random_ids(N_UP, seed=3), past_key_values=cache, use_cache=True)
     cache.restore(snap)
     assert torch.equal(cache.layers[1].rope_pos, before)
 

@@ -11,7 +11,7 @@ from namm.policies.base import UpdateContext
 from namm.policies.namm import NammPolicy
 
 from exactness import RecordingPolicy
-from tiny_llama import tiny_llama3
+from tiny_llama import random_ids, tiny_llama3
 
 N_UP = 32
 
@@ -21,18 +21,13 @@ def tiny():
     return tiny_llama3(layers=2)
 
 
-def _ids(n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(3, 250, (1, n), generator=g)
-
-
 class SurprisalRecency(RecordingPolicy):
     """Recency that asks for surprisal (so the cache defers its updates) but does not use it."""
     needs_surprisal = True
 
 
 def test_recorded_surprisal_is_the_models_negative_log_likelihood(tiny):
-    ids = _ids(3 * N_UP + 7)
+    ids = random_ids(3 * N_UP + 7)
     cache = NammCache(tiny.model.config, SurprisalRecency(make_policy("recency", 10_000)), n_up=N_UP)  # evicts nothing
     assert cache.wants_logits
     with torch.no_grad():
@@ -45,7 +40,7 @@ def test_recorded_surprisal_is_the_models_negative_log_likelihood(tiny):
 
 
 def test_deferred_updates_keep_what_in_forward_updates_keep(tiny):
-    ids = _ids(5 * N_UP + 3, seed=1)
+    ids = random_ids(5 * N_UP + 3, seed=1)
     plain = RecordingPolicy(make_policy("h2o", 40))
     deferred = SurprisalRecency(make_policy("h2o", 40))
     for pol in (plain, deferred):
@@ -73,16 +68,16 @@ def test_restore_forgets_the_surprisal_of_tokens_read_after_the_snapshot(tiny):
     pol = NammPolicy(budget=0.5, threshold=False, sinks=2, recent=0.5, surprise=1.0, surprise_pool=5)
     cache = NammCache(tiny.model.config, pol, n_up=N_UP)
     with torch.no_grad():
-        prefill(tiny, cache, _ids(2 * N_UP, seed=2))
+        prefill(tiny, cache, random_ids(2 * N_UP, seed=2))
         snap = cache.snapshot()
-        prefill(tiny, cache, _ids(N_UP + 5, seed=3))
+        prefill(tiny, cache, random_ids(N_UP + 5, seed=3))
     assert cache.surprisal.shape[1] == 3 * N_UP + 5 and cache.n_updates >= 3
     cache.restore(snap)
     assert cache.surprisal.shape[1] == 2 * N_UP == cache.tokens_read()
 
 
 def test_an_idle_scorer_skips_the_attention_and_keeps_the_same_tokens(tiny):
-    ids = _ids(4 * N_UP + 9, seed=4)
+    ids = random_ids(4 * N_UP + 9, seed=4)
     kept = []
     for skip in (True, False):
         pol = NammPolicy(budget=0.4, threshold=False, sinks=2, recent=0.25, surprise=1.0, surprise_pool=5)
@@ -118,7 +113,7 @@ def test_a_variant_checkpoint_round_trips(tmp_path):
 def test_a_caller_that_never_hands_over_logits_still_gets_a_bounded_cache(tiny):
     pol = NammPolicy(budget=0.25, threshold=False, sinks=2, recent=0.25, surprise=1.0, surprise_pool=5)
     cache = NammCache(tiny.model.config, pol, n_up=N_UP)
-    ids = _ids(8 * N_UP, seed=5)
+    ids = random_ids(8 * N_UP, seed=5)
     with torch.no_grad():
         for start in range(0, ids.shape[1], N_UP):  # plain forwards, no after_forward
             tiny.model(input_ids=ids[:, start:start + N_UP], past_key_values=cache, use_cache=True)
@@ -127,7 +122,7 @@ def test_a_caller_that_never_hands_over_logits_still_gets_a_bounded_cache(tiny):
 
 
 def test_min_keep_leaves_a_short_text_whole_and_the_pool_narrows_on_it(tiny):
-    ids = _ids(N_UP // 2, seed=6)  # shorter than one update interval: only the flush evicts
+    ids = random_ids(N_UP // 2, seed=6)  # shorter than one update interval: only the flush evicts
     for min_keep, whole in ((0, False), (N_UP, True)):
         pol = NammPolicy(budget=0.25, threshold=False, sinks=2, recent=0.25, surprise=1.0,
                          surprise_pool=65, min_keep=min_keep)
