@@ -52,17 +52,21 @@ def run_ingest(batch_id: str) -> str:
     from service.repos.ingest import IngestLimits, ingest
     from service.repos.sources import SourceError
 
+    from workers.runner import Heartbeat
+
+    worker = get_settings().worker
     with session_scope() as session:
-        claim = BatchRepository(session).ingest_claim(batch_id)
+        claim = BatchRepository(session).ingest_claim(batch_id, stale_after_s=worker.stale_after_s)
     if claim is None:
-        logger.info("batch %s not ingested: not queued", batch_id)
+        logger.info("batch %s not ingested: not queued, or another worker is reading it", batch_id)
         return "skipped"
     settings = get_settings().batches
     workdir = Path(tempfile.mkdtemp(prefix=f"namm-batch-{batch_id[:8]}-"))
     try:
-        root = materialize(claim.source, claim.upload, workdir)
-        ingestion = ingest(root, IngestLimits(settings.max_file_bytes, settings.max_total_bytes,
-                                              settings.max_files))
+        with Heartbeat(batch_id, worker.heartbeat_interval_s, touch=ingest_heartbeat):
+            root = materialize(claim.source, claim.upload, workdir)
+            ingestion = ingest(root, IngestLimits(settings.max_file_bytes, settings.max_total_bytes,
+                                                  settings.max_files))
     except SourceError as exc:
         logger.info("batch %s: source refused: %s", batch_id, exc)
         with session_scope() as session:
@@ -76,6 +80,11 @@ def run_ingest(batch_id: str) -> str:
                 len(ingestion.skipped))
     enqueue_jobs_group(job_ids)  # one group on queue gpu, in reading order
     return "ingested"
+
+
+def ingest_heartbeat(batch_id: str) -> bool:
+    with session_scope() as session:
+        return BatchRepository(session).ingest_heartbeat(batch_id)
 
 
 # ---- files and overview (after each job of a batch) ------------------------------------------
@@ -135,7 +144,9 @@ def settle(file_id: int) -> Settlement:
 def tick(now: datetime | None = None) -> dict[str, int]:
     """Due schedules become batches; what lost messages left behind is repaired: files whose
     job finished but which were never settled, queued batches never ingested, aggregating
-    batches without an overview job or whose overview finished unnoticed."""
+    batches without an overview job or whose overview finished unnoticed. A queued batch whose
+    source a worker is still reading (its ingestion heartbeat is fresh) is left alone: a long
+    clone is not cloned again by every tick."""
     from service.repos.schedules import start_due_schedules
 
     started = start_due_schedules(now)
@@ -144,7 +155,9 @@ def tick(now: datetime | None = None) -> dict[str, int]:
     with session_scope() as session:
         repo = BatchRepository(session)
         unsettled = repo.unsettled_files()
-        queued, aggregating = repo.stalled(older_than_s=get_settings().worker.requeue_after_s)
+        worker = get_settings().worker
+        queued, aggregating = repo.stalled(older_than_s=worker.requeue_after_s,
+                                           stale_after_s=worker.stale_after_s)
     for file_id in unsettled:
         after_settle(settle(file_id))
     for batch_id in queued:

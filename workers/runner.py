@@ -83,21 +83,23 @@ class ProgressReporter:
 
 
 class Heartbeat:
-    """Touches the job row while it runs, so the sweeper can tell live jobs from lost ones
-    (the progress callback is silent while the answer is being decoded)."""
+    """Touches a row while work runs, so the sweeper (or the beat tick) can tell live work from
+    lost work: a job's row (the progress callback is silent while the answer is being decoded),
+    or a batch's while its source is cloned and read. `touch` defaults to the job heartbeat."""
 
-    def __init__(self, job_id: str, interval_s: float):
-        self.job_id = job_id
+    def __init__(self, ident: str, interval_s: float, touch: Callable[[str], object] | None = None):
+        self.ident = ident
         self.interval_s = interval_s
+        self._touch = touch or heartbeat
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{ident}", daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                heartbeat(self.job_id)
+                self._touch(self.ident)
             except Exception:  # a missed beat is harmless; the next one may work
-                logger.warning("heartbeat for job %s failed", self.job_id, exc_info=True)
+                logger.warning("heartbeat for %s failed", self.ident, exc_info=True)
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()

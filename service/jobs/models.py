@@ -44,6 +44,13 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def as_utc(moment: datetime | None) -> datetime | None:
+    """A stored moment made timezone-aware: SQLite returns naive datetimes; all stored are UTC."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 

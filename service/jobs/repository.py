@@ -30,6 +30,7 @@ from service.jobs.models import (
     Job,
     JobStatus,
     Result,
+    as_utc,
     budget_columns,
     new_id,
     utcnow,
@@ -91,12 +92,6 @@ class DocumentInfo:
     size_bytes: int
     chars: int
 
-
-def _aware(moment: datetime | None) -> datetime | None:
-    # SQLite returns naive datetimes; everything stored is UTC
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment
 
 
 class JobRepository:
@@ -203,7 +198,7 @@ class JobRepository:
 
     @staticmethod
     def _heartbeat_is_fresh(job: Job, now: datetime, stale_after_s: float) -> bool:
-        beat = _aware(job.heartbeat_at)
+        beat = as_utc(job.heartbeat_at)
         return beat is not None and now - beat < timedelta(seconds=stale_after_s)
 
     def heartbeat(self, job_id: str, progress: float | None = None) -> bool:

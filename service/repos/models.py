@@ -109,6 +109,9 @@ class Batch(HasBudget, Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # touched while a worker clones and reads the source: the beat tick resends the ingestion
+    # of a queued batch only when nobody has touched it for `worker.stale_after_s`
+    ingest_heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class BatchUpload(Base):

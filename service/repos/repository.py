@@ -27,7 +27,8 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from namm.spec import NON_EVICTING_POLICIES, Budget
-from service.jobs.models import Document, Job, JobStatus, Result, UsageRecord, new_id, utcnow
+from service.jobs.models import Document, Job, JobStatus, Result, UsageRecord, as_utc, new_id, \
+    utcnow
 from service.jobs.repository import JobRepository, NewJob
 from service.repos.ingest import Ingestion
 from service.repos.models import (
@@ -167,15 +168,29 @@ class BatchRepository:
         return self.get(tenant_id, batch_id)
 
     # ---- ingestion -------------------------------------------------------------------------
-    def ingest_claim(self, batch_id: str) -> IngestClaim | None:
-        """A queued batch's source (and uploaded archive); None when it was ingested already,
-        failed or was cancelled (a second delivery of the ingestion task is a no-op)."""
-        batch = self.session.get(Batch, batch_id)
+    def ingest_claim(self, batch_id: str, *, stale_after_s: float | None = None) -> IngestClaim | None:
+        """A queued batch's source (and uploaded archive), its ingestion heartbeat touched; None
+        when it was ingested already, failed or was cancelled (a second delivery of the
+        ingestion task is a no-op), or when another worker is reading it: its heartbeat is
+        younger than `stale_after_s` (None: no such check)."""
+        batch = self.session.scalar(select(Batch).where(Batch.id == batch_id).with_for_update())
         if batch is None or batch.status != BatchStatus.queued.value:
             return None
+        now = utcnow()
+        beat = as_utc(batch.ingest_heartbeat_at)
+        if stale_after_s is not None and beat is not None and now - beat < timedelta(seconds=stale_after_s):
+            return None
+        batch.ingest_heartbeat_at = now
         upload = self.session.scalar(select(BatchUpload.data)
                                      .where(BatchUpload.batch_id == batch_id))
         return IngestClaim(batch.id, batch.tenant_id, dict(batch.source), upload)
+
+    def ingest_heartbeat(self, batch_id: str) -> bool:
+        """The ingesting worker is alive; False once the batch left `queued` (cancelled)."""
+        done = self.session.execute(
+            update(Batch).where(Batch.id == batch_id, Batch.status == BatchStatus.queued.value)
+            .values(ingest_heartbeat_at=utcnow()))
+        return done.rowcount == 1
 
     def fail(self, batch_id: str, message: str) -> None:
         """queued -> failed: the source was refused (bad archive, clone failed)."""
@@ -436,12 +451,16 @@ class BatchRepository:
                                    JobStatus.cancelled.value)))
             .limit(limit)))
 
-    def stalled(self, *, older_than_s: float) -> tuple[list[str], list[str]]:
-        """(queued batches not ingested for a while, aggregating batches started a while ago):
-        the tick resends the first and finishes (or completes the jobs of) the second."""
-        cutoff = utcnow() - timedelta(seconds=older_than_s)
+    def stalled(self, *, older_than_s: float, stale_after_s: float = 0.0) -> tuple[list[str], list[str]]:
+        """(queued batches not ingested for a while and whose ingestion nobody has touched for
+        `stale_after_s`, aggregating batches started a while ago): the tick resends the first
+        and finishes (or completes the jobs of) the second."""
+        now = utcnow()
+        cutoff = now - timedelta(seconds=older_than_s)
+        beat_cutoff = now - timedelta(seconds=stale_after_s)
         queued = list(self.session.scalars(select(Batch.id).where(
-            Batch.status == BatchStatus.queued.value, Batch.created_at < cutoff)))
+            Batch.status == BatchStatus.queued.value, Batch.created_at < cutoff,
+            (Batch.ingest_heartbeat_at.is_(None)) | (Batch.ingest_heartbeat_at < beat_cutoff))))
         aggregating = list(self.session.scalars(select(Batch.id).where(
             Batch.status == BatchStatus.aggregating.value, Batch.started_at < cutoff)))
         return queued, aggregating

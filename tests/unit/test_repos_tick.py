@@ -82,3 +82,31 @@ def test_tick_starts_due_schedules_and_repairs_lost_settles(env):
     with session_scope() as s:  # a queued batch older than REQUEUE_AFTER_S is sent again
         queued, _ = BatchRepository(s).stalled(older_than_s=-60)
     assert len(queued) == 1
+
+
+def test_a_batch_being_ingested_is_not_resent_until_its_heartbeat_is_stale(env):
+    """A long clone must not be cloned again by every tick: while the ingesting worker's
+    heartbeat is fresh the batch is neither stalled nor claimable by a second delivery; once the
+    heartbeat is older than the stale delay (the worker died) both become true again."""
+    with session_scope() as s:
+        batch_id = BatchRepository(s).create(NewBatch(
+            tenant_id=env, source={"kind": "path", "path": "/srv/z"}, policy="namm",
+            budget=None, max_new_tokens=8)).id
+    with session_scope() as s:  # never touched: stalled once older than the requeue delay
+        assert BatchRepository(s).stalled(older_than_s=-60, stale_after_s=20)[0] == [batch_id]
+    with session_scope() as s:  # a worker claims it and starts reading
+        assert BatchRepository(s).ingest_claim(batch_id, stale_after_s=20) is not None
+    with session_scope() as s:
+        repo = BatchRepository(s)
+        assert repo.stalled(older_than_s=-60, stale_after_s=20)[0] == []
+        assert repo.ingest_claim(batch_id, stale_after_s=20) is None  # a second delivery: busy
+        assert repo.ingest_heartbeat(batch_id)
+    with session_scope() as s:  # the worker went quiet: stale from the point of view of 0 s
+        repo = BatchRepository(s)
+        assert repo.stalled(older_than_s=-60, stale_after_s=-1)[0] == [batch_id]
+        assert repo.ingest_claim(batch_id, stale_after_s=-1) is not None
+    with session_scope() as s:  # ingested: no heartbeat is accepted any more
+        repo = BatchRepository(s)
+        repo.record_ingestion(batch_id, Ingestion(files=[SourceFile("a.py", "python", 5, "A = 1\n")]))
+    with session_scope() as s:
+        assert not BatchRepository(s).ingest_heartbeat(batch_id)
