@@ -73,6 +73,34 @@ def answer_log_prob(logits: torch.Tensor, answer: torch.Tensor) -> float:
     return float(lp.mean())
 
 
+@torch.no_grad()
+def masked_answer_log_probs(lm, kv: list[tuple[torch.Tensor, torch.Tensor]], masks, q_ids: torch.Tensor,
+                            answer: torch.Tensor) -> list[float]:
+    """Mean log-prob of `answer` [1, A] after `q_ids` [1, Q], read over a document's stored KV
+    (`kv`: per layer keys, values [1, H, T, D]) with keep-masks: `masks` [B, T] (one mask for
+    every layer and head), a list of [B, H, T] per layer, or None (the full cache, B = 1). Masking
+    a slot equals evicting it; the B masks are one batched forward."""
+    if masks is None:
+        masks = torch.ones(1, kv[0][0].shape[2], dtype=torch.bool)
+    per_layer = masks if isinstance(masks, list) else [masks[:, None]] * len(kv)
+    b = per_layer[0].shape[0]
+    cache = NammCache(lm.model.config, make_policy("full"))
+    for layer, (k, v), m in zip(cache.layers, kv, per_layer):
+        t = k.shape[2]
+        layer.lazy_initialization(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1))
+        layer._reserve(t)
+        layer.keys[:, :, :t], layer.values[:, :, :t] = k, v
+        layer.valid[:, :, :t] = m.expand(b, k.shape[1], t)
+        layer.positions[:, :, :t] = torch.arange(t)
+        layer.length = layer.seen = t
+        layer.n_invalid = int((~layer.valid[:, :, :t]).sum())
+    cont = torch.cat([q_ids, answer], 1).to(lm.device).expand(b, -1)
+    logits = lm.model(input_ids=cont, past_key_values=cache, use_cache=True).logits
+    rows = logits[:, -answer.shape[1] - 1:-1].float().log_softmax(-1)  # row i predicts answer token i
+    lp = rows.gather(-1, answer.to(rows.device).expand(b, -1)[..., None])[..., 0]
+    return lp.mean(-1).tolist()
+
+
 def relative(lp: float, full_lp: float) -> float:
     return math.exp(min(0.0, lp - full_lp))  # better than the full cache counts as equal
 
@@ -143,22 +171,10 @@ class Surrogate:
         self.policy.features = x[None]
         return self.policy.select(ctx)[0] & alive
 
-    @torch.no_grad()
     def _answer_log_prob(self, i: int, masks: list[torch.Tensor] | None, answer: torch.Tensor) -> float:
         ref = self.refs[i]
-        cache = NammCache(self.lm.model.config, make_policy("full"), n_up=self.n_up)
-        for layer, (k, v), m in zip(cache.layers, self._kv[i], masks or [None] * len(cache.layers)):
-            layer.lazy_initialization(k, v)
-            layer._reserve(k.shape[2])
-            t = k.shape[2]
-            layer.keys[:, :, :t], layer.values[:, :, :t] = k, v
-            layer.valid[:, :, :t] = True if m is None else m[None]
-            layer.positions[:, :, :t] = torch.arange(t)
-            layer.length = layer.seen = t
-            layer.n_invalid = 0 if m is None else int((~m).sum())
-        cont = torch.cat([ref.q_ids, answer], 1).to(self.lm.device)
-        logits = self.lm.model(input_ids=cont, past_key_values=cache, use_cache=True).logits[0]
-        return answer_log_prob(logits[-answer.shape[1] - 1:-1], answer)
+        layer_masks = None if masks is None else [m[None] for m in masks]  # [1, H, T] per layer
+        return masked_answer_log_probs(self.lm, self._kv[i], layer_masks, ref.q_ids, answer)[0]
 
     def fitness(self, params, prompts: list[int]) -> float:
         self.policy.set_params(params)

@@ -9,6 +9,7 @@ import torch
 from .. import scorer
 from ..features import (EMA_COEFF, HOP, N_BINS, N_FFT, RunningNorm, frame_count, frame_end_positions, scorer_inputs,
                         spectrogram_ema)
+from ..surprisal import mixed_surprisal, parse_view
 from .base import Policy, UpdateContext, budget_capacity
 
 
@@ -18,7 +19,8 @@ class NammPolicy(Policy):
 
     def __init__(self, params=None, budget=None, norm: RunningNorm | None = None, threshold: bool = True,
                  rows: int | None = None, block: int | None = None, sinks: int = 0, recent: float = 0.0,
-                 surprise: float = 0.0, surprise_pool: int = 33, min_keep: int = 0):
+                 surprise: float = 0.0, surprise_pool: int = 33, min_keep: int = 0,
+                 surprise_mix: dict[str, float] | None = None):
         super().__init__(budget)
         # min_keep: a text shorter than this is never cut (the flush after a short document
         # would otherwise evict from a cache too small to be worth saving, and drop its facts)
@@ -33,7 +35,15 @@ class NammPolicy(Policy):
             raise ValueError(f"surprise must be >= 0 and surprise_pool odd and >= 1, got {surprise}, {surprise_pool}")
         self.surprise = float(surprise)
         self.surprise_pool = int(surprise_pool)
-        self.needs_surprisal = self.surprise > 0
+        # surprise_mix: the general form, weights over pooled views of the surprisal
+        # (namm/surprisal.py SURPRISAL_VIEWS, e.g. {"max:65": 1.0, "ahead:17": 0.3}), what the
+        # CMA-ES over the channel searches; (surprise, surprise_pool) is {"max:<pool>": surprise}
+        if surprise_mix is None:
+            surprise_mix = {f"max:{self.surprise_pool}": self.surprise} if self.surprise > 0 else {}
+        for view in surprise_mix:
+            parse_view(view)
+        self.surprise_mix = {str(k): float(v) for k, v in surprise_mix.items() if float(v) != 0.0}
+        self.needs_surprisal = bool(self.surprise_mix)
         # recent: the share of the budget cap reserved for the newest tokens (StreamingLLM's
         # window); the scorer then chooses the rest among older tokens. With sinks and a zero
         # scorer this is StreamingLLM itself, the starting point evolution can only improve on
@@ -72,7 +82,7 @@ class NammPolicy(Policy):
         self.weights = scorer.unflatten(flat)
         # all-zero parameters score every token 0: with the surprisal channel deciding, the
         # window's attention (the recomputation and its spectrogram) would be computed for nothing
-        self.needs_attention = not (self.surprise > 0 and not bool(flat.any()))
+        self.needs_attention = not (self.needs_surprisal and not bool(flat.any()))
 
     # ---- features -------------------------------------------------------------------------
     def token_features(self, ctx: UpdateContext) -> torch.Tensor:
@@ -108,7 +118,7 @@ class NammPolicy(Policy):
     # ---- scoring --------------------------------------------------------------------------
     def scores(self, ctx: UpdateContext) -> torch.Tensor:
         if not self.needs_attention:  # idle scorer (see set_params): the surprisal channel alone
-            out = self.surprise * self.pooled_surprisal(ctx)
+            out = self.pooled_surprisal(ctx)
             return out.masked_fill(self.protected(ctx.positions, ctx.seen), float("inf"))
         x = self.token_features(ctx)
         b, h, s, d = x.shape
@@ -119,20 +129,18 @@ class NammPolicy(Policy):
         sc = scorer.score_tokens(xs, self.weights, block=self.block)
         out = torch.empty_like(sc).scatter_(1, order, sc).reshape(b, h, s)
         if self.needs_surprisal and ctx.surprisal is not None:
-            out = out + self.surprise * self.pooled_surprisal(ctx)
+            out = out + self.pooled_surprisal(ctx)
         return out.masked_fill(self.protected(ctx.positions, ctx.seen), float("inf"))
 
     def pooled_surprisal(self, ctx: UpdateContext) -> torch.Tensor:
-        """[B, H, S]: the max surprisal within `surprise_pool` tokens of each slot's position."""
+        """[B, H, S]: each slot's score from the surprisal around its position, weighted by
+        `surprise_mix` (by default the max surprisal within `surprise_pool` tokens, x `surprise`)."""
         if ctx.surprisal is None:  # no logits were handed over at all
             return torch.zeros(ctx.positions.shape, device=ctx.positions.device)
         sur = ctx.surprisal.to(ctx.positions.device)
         if sur.shape[1] < ctx.seen:  # tokens read without their logits (see NammCache.after_forward)
             sur = torch.nn.functional.pad(sur, (0, ctx.seen - sur.shape[1]))
-        # a window as wide as a short text would pool every token to the same value (and the
-        # ties go to recency): at most a seventh of what was read, full width from 455 tokens
-        k = min(self.surprise_pool, max(1, (ctx.seen // 7 - 1) | 1))
-        pooled = torch.nn.functional.max_pool1d(sur[:, None], k, 1, k // 2)[:, 0] if k > 1 else sur
+        pooled = mixed_surprisal(sur, self.surprise_mix, ctx.seen)
         b, h, s = ctx.positions.shape
         idx = ctx.positions.clamp(0, pooled.shape[1] - 1).reshape(b, h * s)
         return pooled.gather(1, idx).reshape(b, h, s)
@@ -151,7 +159,8 @@ class NammPolicy(Policy):
         return {"params": self.params.clone(), "norm": self.norm.state_dict(), "budget": self.budget,
                 "threshold": self.use_threshold, "rows": self.attention_rows, "block": self.block,
                 "sinks": self.sinks, "recent": self.recent, "surprise": self.surprise,
-                "surprise_pool": self.surprise_pool, "min_keep": self.min_keep}
+                "surprise_pool": self.surprise_pool, "min_keep": self.min_keep,
+                "surprise_mix": dict(self.surprise_mix)}
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, budget="checkpoint") -> "NammPolicy":
@@ -175,6 +184,8 @@ class NammPolicy(Policy):
             raise ValueError(f"unknown NAMM setting(s) {sorted(unknown)}; tunable: {sorted(cls.TUNABLE)}")
         for key, text in overrides.items():
             ckpt[key] = cls.TUNABLE[key](text)
+        if {"surprise", "surprise_pool"} & set(overrides):  # the scalar form replaces the mix
+            ckpt["surprise_mix"] = None
         if scorer_choice == "zero":
             ckpt["params"] = torch.zeros_like(ckpt["params"])
         norm = RunningNorm.from_state_dict(ckpt["norm"])
@@ -184,7 +195,8 @@ class NammPolicy(Policy):
         return cls(params=ckpt["params"].numpy(), budget=b, norm=norm, threshold=threshold,
                    rows=ckpt.get("rows"), block=ckpt.get("block"), sinks=ckpt.get("sinks", 0),
                    recent=ckpt.get("recent", 0.0), surprise=ckpt.get("surprise", 0.0),
-                   surprise_pool=ckpt.get("surprise_pool", 33), min_keep=ckpt.get("min_keep", 0))
+                   surprise_pool=ckpt.get("surprise_pool", 33), min_keep=ckpt.get("min_keep", 0),
+                   surprise_mix=ckpt.get("surprise_mix"))
 
     def save(self, path: str | Path, **extra) -> None:
         torch.save({**self.state_dict(), **extra}, path)

@@ -1,0 +1,317 @@
+"""CMA-ES over NAMM's surprisal channel: which pooled views of each token's surprisal, with which
+weights, and which recent share keep the answers, scored on an open-loop teacher-forced surrogate.
+
+    # 1. the candidate-independent full-cache pass of every prompt, once (resumable, one small
+    #    file per prompt: token ids, the surprisal of every document token, whether the full
+    #    cache answers right, the full cache's log-probability of the gold answer)
+    python -m namm.evolution.surprisal_search pool --split train --n 500 --out runs/spool/train
+    # 2. trust check: the surrogate against the real closed-loop fitness on random candidates
+    python -m namm.evolution.surprisal_search correlation --pool runs/spool/train --candidates 32 --prompts 12
+    # 3. CMA-ES, a fresh mini-batch of solved prompts per generation, state written every generation
+    python -m namm.evolution.surprisal_search evolve --pool runs/spool/train --out docs/results/surprisal-cma
+    # 4. the optimiser's mean as a checkpoint, to be validated closed-loop before it ships
+    python -m namm.evolution.surprisal_search export --state docs/results/surprisal-cma/state.pt --out runs/cma.pt
+
+A candidate is a vector: one weight per view of `BANK` (namm/surprisal.py SURPRISAL_VIEWS) and the
+recent share. With a zero spectrogram scorer NAMM's decisions depend on the surprisal alone, the
+same for every layer and head, so a candidate's keep-mask over a document is `NammPolicy.select`
+replayed on the full cache's surprisal (open loop: after the first eviction the real cache
+measures surprisal over what it kept). Its score: exp(mean log-prob of the gold answer under the
+candidate's mask - the same under the full cache), capped at 1, averaged over prompts and budgets;
+every candidate of a generation is one batched forward of question + answer per prompt and
+budget over the document KV, which is computed once per prompt and generation.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from namm.generate import _encode, _stop_ids, greedy_decode
+from namm.memory import NammCache
+from namm.policies import make_policy
+from namm.policies.base import UpdateContext
+from namm.policies.namm import NammPolicy
+from namm.prompts import split_prompt
+from namm.surprisal import SurprisalLog
+
+from .optimizer import dump_optimizer, load_optimizer
+from .surrogate import PromptRefs, closed_loop_fitness, masked_answer_log_probs, relative
+
+BANK = ("max:1", "max:9", "max:33", "max:65", "max:129", "mean:33", "ahead:17", "behind:17")
+START = {"max:65": 1.0}  # the shipped channel (session 5's hand-chosen closed-loop winner)
+SINKS, MIN_KEEP, START_RECENT = 4, 128, 0.25
+
+
+# ---- candidates ------------------------------------------------------------------------------
+def start_vector(mix: dict[str, float] = START, recent: float = START_RECENT) -> np.ndarray:
+    return np.array([mix.get(v, 0.0) for v in BANK] + [recent])
+
+
+def candidate_policy(x: np.ndarray, budget: float) -> NammPolicy:
+    """Vector -> NAMM: zero scorer, rank-only (the cap decides), sinks and min_keep as shipped."""
+    mix = {v: float(w) for v, w in zip(BANK, x[: len(BANK)]) if abs(w) > 1e-6} or {"max:1": 1e-6}
+    recent = float(np.clip(x[len(BANK)], 0.0, 0.9))
+    return NammPolicy(budget=budget, threshold=False, sinks=SINKS, recent=recent, min_keep=MIN_KEEP,
+                      surprise_mix=mix)
+
+
+def replay_keep(policy: NammPolicy, surprisal: torch.Tensor, n_up: int = 512) -> torch.Tensor:
+    """[T] bool: what `policy` keeps of a T-token document whose surprisal is `surprisal` [T],
+    with an update every `n_up` tokens and the flush at the end (as namm.generate reads it)."""
+    t = surprisal.shape[0]
+    alive = torch.ones(t, dtype=torch.bool)
+    ends = list(range(n_up, t + 1, n_up))
+    if not ends or ends[-1] != t:
+        ends.append(t)
+    empty = torch.empty(1, 1, 0, 0)
+    prev = 0
+    for end in ends:
+        ctx = UpdateContext(layer_idx=0, keys=empty, values=empty, positions=torch.arange(end)[None, None],
+                            valid=alive[None, None, :end].clone(), seen=end, n_new=end - prev,
+                            surprisal=surprisal[None, :end].float())
+        alive[:end] &= policy.select(ctx)[0, 0]
+        prev = end
+    return alive
+
+
+# ---- the pool: the full cache's pass of each prompt, once ------------------------------------
+@dataclass
+class PoolPrompt:
+    task: str
+    length: int
+    index: int
+    ctx_ids: torch.Tensor     # [1, T]
+    q_ids: torch.Tensor       # [1, Q]
+    gold_ids: torch.Tensor    # [1, A]
+    surprisal: torch.Tensor   # [T] float16, nats, under the full cache
+    correct: float
+    prediction: str
+    full_log_prob: float      # mean log-prob of the gold answer under the full cache
+
+    def refs(self) -> PromptRefs:
+        return PromptRefs(self.ctx_ids, self.q_ids, [self.gold_ids], [self.full_log_prob])
+
+
+@torch.no_grad()
+def full_pass(lm, ctx_ids: torch.Tensor, n_up: int = 512) -> tuple[NammCache, torch.Tensor]:
+    """The document read by the full cache in n_up chunks: (cache, surprisal [T])."""
+    cache = NammCache(lm.model.config, make_policy("full"), n_up=n_up)
+    log = SurprisalLog()
+    for start in range(0, ctx_ids.shape[1], n_up):
+        chunk = ctx_ids[:, start: start + n_up].to(lm.device)
+        out = lm.model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=0)
+        log.record(chunk, out.logits)
+    return cache, log.values[0].cpu()
+
+
+@torch.no_grad()
+def record(lm, task: str, length: int, split: str, index: int) -> PoolPrompt:
+    from namm.tasks import get_task, make_sample, score_answer
+
+    sample, spec = make_sample(task, length, split, index), get_task(task)
+    tok = lm.tokenizer
+    parts = split_prompt(tok, sample.context, sample.question, None, query_aware=False)
+    ctx_ids, q_ids = _encode(tok, parts.context), _encode(tok, parts.question)
+    gold = ", ".join(sample.answers) if sample.metric == "contains_all" else sample.answers[0]
+    gold_ids = torch.tensor([tok.encode(gold, add_special_tokens=False)[:32]])
+    cache, surprisal = full_pass(lm, ctx_ids)
+    snap = cache.snapshot()
+    cont = torch.cat([q_ids, gold_ids], 1).to(lm.device)
+    logits = lm.model(input_ids=cont, past_key_values=cache, use_cache=True).logits[0].float()
+    n_a = gold_ids.shape[1]
+    full_lp = float(logits[-n_a - 1:-1].log_softmax(-1).gather(-1, gold_ids[0, :, None].to(logits.device)).mean())
+    cache.restore(snap)
+    first = lm.model(input_ids=q_ids.to(lm.device), past_key_values=cache, use_cache=True).logits[:, -1]
+    out = greedy_decode(lm, cache, first, spec.max_new_tokens, _stop_ids(tok))
+    prediction = tok.decode(out, skip_special_tokens=True).strip()
+    return PoolPrompt(task, length, index, ctx_ids, q_ids, gold_ids, surprisal.to(torch.float16),
+                      float(score_answer(prediction, sample.answers, sample.metric)), prediction, full_lp)
+
+
+def build_pool(lm, out: Path, split: str, tasks: list[str], lengths: list[int], n: int, log=print) -> None:
+    from .pool import plan
+
+    out.mkdir(parents=True, exist_ok=True)
+    for task, length, index in plan(tasks, lengths, n):
+        path = out / f"{task}-{length}-{index:05d}.pt"
+        if path.exists():
+            continue
+        t0 = time.perf_counter()
+        p = record(lm, task, length, split, index)
+        tmp = path.with_suffix(".tmp")
+        torch.save(p.__dict__, tmp)
+        tmp.rename(path)  # a killed run leaves no half-written prompt
+        log(f"{path.name}: {p.ctx_ids.shape[1]} tokens, correct {p.correct:.0f}, {time.perf_counter() - t0:.1f} s")
+
+
+def load_pool(path: Path, solved_only: bool = True) -> list[PoolPrompt]:
+    prompts = [PoolPrompt(**torch.load(f, weights_only=False)) for f in sorted(path.glob("*.pt"))]
+    return [p for p in prompts if p.correct >= 1.0 or not solved_only]
+
+
+# ---- the surrogate ---------------------------------------------------------------------------
+@torch.no_grad()
+def surrogate_fitness(lm, prompts: list[PoolPrompt], xs: list[np.ndarray], budgets: list[float],
+                      n_up: int = 512) -> list[float]:
+    """Open-loop fitness of every candidate in `xs` (see the module docstring)."""
+    totals = np.zeros(len(xs))
+    count = 0
+    for p in prompts:
+        cache, _ = full_pass(lm, p.ctx_ids, n_up)
+        kv = [(layer.keys[:, :, :layer.length], layer.values[:, :, :layer.length]) for layer in cache.layers]
+        for budget in budgets:
+            masks = torch.stack([replay_keep(candidate_policy(x, budget), p.surprisal, n_up) for x in xs])
+            lps = masked_answer_log_probs(lm, kv, masks, p.q_ids, p.gold_ids)
+            totals += [relative(lp, p.full_log_prob) for lp in lps]
+            count += 1
+    return list(totals / count)
+
+
+def real_fitness(lm, prompts: list[PoolPrompt], x: np.ndarray, budgets: list[float]) -> float:
+    """The same score closed loop: the candidate really reads each document (surprisal measured
+    over what it kept), then the gold answer is teacher-forced."""
+    vals = [closed_loop_fitness(lm, [p.refs() for p in prompts], candidate_policy(x, b)) for b in budgets]
+    return float(np.mean(vals))
+
+
+def spearman(a, b) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def correlation(lm, prompts: list[PoolPrompt], n: int, sigma: float, budgets: list[float], seed: int,
+                log=print) -> dict:
+    rng = np.random.default_rng(seed)
+    x0 = start_vector()
+    xs = [x0] + [x0 + rng.normal(0, sigma, x0.shape) for _ in range(n - 1)]
+    t0 = time.perf_counter()
+    sur = surrogate_fitness(lm, prompts, xs, budgets)
+    t_sur = time.perf_counter() - t0
+    real = []
+    for k, x in enumerate(xs):
+        real.append(real_fitness(lm, prompts, x, budgets))
+        log(f"candidate {k}: surrogate {sur[k]:.4f}, closed loop {real[-1]:.4f}")
+    t_real = time.perf_counter() - t0 - t_sur
+    return {"candidates": n, "prompts": len(prompts), "budgets": budgets, "sigma": sigma,
+            "spearman": spearman(sur, real), "pearson": float(np.corrcoef(sur, real)[0, 1]),
+            "surrogate_s_per_candidate": t_sur / n, "closed_loop_s_per_candidate": t_real / n,
+            "surrogate": sur, "closed_loop": real, "xs": [x.tolist() for x in xs]}
+
+
+def evolve(lm, prompts: list[PoolPrompt], out: Path, generations: int, population: int, batch: int,
+           sigma: float, budgets: list[float], seed: int, log=print) -> None:
+    from cmaes import CMA
+
+    out.mkdir(parents=True, exist_ok=True)
+    state_path, log_path = out / "state.pt", out / "log.csv"
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        opt, gen = load_optimizer(state["optimizer"]), state["generation"]
+        log(f"resuming at generation {gen + 1}")
+    else:
+        opt, gen = CMA(mean=start_vector(), sigma=sigma, seed=seed, population_size=population), 0
+    rng = random.Random(seed)
+    for _ in range(gen):  # the same mini-batches after a resume
+        rng.sample(range(len(prompts)), min(batch, len(prompts)))
+    while gen < generations:
+        t0 = time.perf_counter()
+        picked = [prompts[i] for i in rng.sample(range(len(prompts)), min(batch, len(prompts)))]
+        xs = [opt.ask() for _ in range(opt.population_size)]
+        fits = surrogate_fitness(lm, picked, xs + [opt.mean.copy()], budgets)
+        opt.tell([(x, -f) for x, f in zip(xs, fits)])
+        gen += 1
+        best = int(np.argmax(fits[:-1]))
+        row = {"generation": gen, "best": round(fits[best], 4), "population_mean": round(float(np.mean(fits[:-1])), 4),
+               "mean_before": round(fits[-1], 4), "sigma": round(float(opt._sigma), 4),
+               "seconds": round(time.perf_counter() - t0, 1), "prompts": len(picked),
+               "new_mean": json.dumps([round(float(v), 4) for v in opt.mean])}
+        new = not log_path.exists()
+        with log_path.open("a") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        torch.save({"optimizer": dump_optimizer(opt), "generation": gen, "bank": BANK, "budgets": budgets},
+                   state_path)
+        log(json.dumps(row))
+
+
+def export(state_path: Path, out: Path, budget: float) -> NammPolicy:
+    state = torch.load(state_path, weights_only=False)
+    opt = load_optimizer(state["optimizer"])
+    pol = candidate_policy(opt.mean, budget)
+    pol.save(out, training={"method": "cma-es over the surprisal channel (open-loop teacher-forced surrogate)",
+                            "generation": state["generation"], "bank": list(BANK), "vector": opt.mean.tolist()})
+    return pol
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("pool", "correlation", "evolve", "export"):
+        s = sub.add_parser(name)
+        s.add_argument("--threads", type=int, default=1)
+        s.add_argument("--pool", default="runs/spool/train")
+        s.add_argument("--budgets", default="0.28,0.5")
+        s.add_argument("--seed", type=int, default=0)
+        if name == "pool":
+            from .pool import DEFAULT_TASKS
+            s.add_argument("--split", default="train")
+            s.add_argument("--tasks", default=DEFAULT_TASKS)
+            s.add_argument("--lengths", default="1024,1536,2048")
+            s.add_argument("--n", type=int, default=500)
+        if name == "correlation":
+            s.add_argument("--candidates", type=int, default=32)
+            s.add_argument("--prompts", type=int, default=12)
+            s.add_argument("--sigma", type=float, default=0.3)
+            s.add_argument("--out", default="docs/results/surprisal-cma/correlation.json")
+        if name == "evolve":
+            s.add_argument("--out", default="docs/results/surprisal-cma")
+            s.add_argument("--generations", type=int, default=12)
+            s.add_argument("--population", type=int, default=12)
+            s.add_argument("--batch", type=int, default=24, help="prompts per generation")
+            s.add_argument("--sigma", type=float, default=0.3)
+        if name == "export":
+            s.add_argument("--state", default="docs/results/surprisal-cma/state.pt")
+            s.add_argument("--out", required=True)
+            s.add_argument("--budget", type=float, default=0.28)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    budgets = [float(b) for b in args.budgets.split(",")]
+    if args.cmd == "export":
+        pol = export(Path(args.state), Path(args.out), args.budget)
+        print(json.dumps({"surprise_mix": pol.surprise_mix, "recent": pol.recent, "out": args.out}))
+        return 0
+    from namm import load_model
+    from namm.tasks import parse_lengths
+
+    lm = load_model()
+    if args.cmd == "pool":
+        build_pool(lm, Path(args.pool), args.split, args.tasks.split(","), parse_lengths(args.lengths), args.n)
+        print(f"{len(load_pool(Path(args.pool), False))} prompts in {args.pool}, "
+              f"{len(load_pool(Path(args.pool)))} answered right by the full cache")
+        return 0
+    prompts = load_pool(Path(args.pool))
+    if args.cmd == "correlation":
+        picked = random.Random(args.seed + 1).sample(prompts, min(args.prompts, len(prompts)))
+        res = correlation(lm, picked, args.candidates, args.sigma, budgets, args.seed)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=1))
+        print(json.dumps({k: v for k, v in res.items() if k not in ("surrogate", "closed_loop", "xs")}))
+        return 0
+    evolve(lm, prompts, Path(args.out), args.generations, args.population, args.batch, args.sigma, budgets,
+           args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
