@@ -136,6 +136,7 @@ class JobSummary(BaseModel):
     progress: float
     kind: str
     policy: str
+    batch_id: str | None = Field(None, description="the repository batch the job belongs to, if any")
     created_at: datetime
     finished_at: datetime | None
 
@@ -200,4 +201,5 @@ def job_out(job, document=None) -> JobOut:
 
 def job_summary(job) -> JobSummary:
     return JobSummary(id=job.id, status=job.status, progress=job.progress, kind=job.kind,
-                      policy=job.policy, created_at=job.created_at, finished_at=job.finished_at)
+                      policy=job.policy, batch_id=job.batch_id, created_at=job.created_at,
+                      finished_at=job.finished_at)

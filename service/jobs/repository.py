@@ -134,9 +134,15 @@ class JobRepository:
             .options(selectinload(Job.result), selectinload(Job.usage))
         )
 
-    def page(self, tenant_id: int, *, status: str | None, offset: int,
-              limit: int) -> tuple[list[Job], int]:
+    def page(self, tenant_id: int, *, status: str | None, offset: int, limit: int,
+             batch: str | None = "any") -> tuple[list[Job], int]:
+        """`batch`: "any" (every job), None (jobs submitted on their own, not a batch's) or a
+        batch id (that batch's jobs)."""
         where = [Job.tenant_id == tenant_id]
+        if batch is None:
+            where.append(Job.batch_id.is_(None))
+        elif batch != "any":
+            where.append(Job.batch_id == batch)
         if status:
             where.append(Job.status == status)
         total = self.session.scalar(select(func.count()).select_from(Job).where(*where)) or 0

@@ -234,3 +234,25 @@ def test_questions_are_stored_and_shown_unanswered_until_their_job_runs(client, 
     r = client.post("/v1/batches", json={"source": {"kind": "path", "path": str(env / "demo")},
                                          "questions": [f"q{i}?" for i in range(40)]})
     assert r.status_code == 422 and "at most" in r.json()["detail"]
+
+
+def test_job_list_keeps_a_batchs_file_jobs_apart(client, env, keys):
+    """GET /v1/jobs lists the jobs a client submitted itself; a repository batch's file jobs
+    (hundreds per batch) are listed with ?batch=<id> or ?batch=any."""
+    from workers.batches import run_ingest
+
+    r = client.post("/v1/batches", json={"source": {"kind": "path", "path": str(env / "demo")}})
+    batch_id = r.json()["id"]
+    assert run_ingest(batch_id) == "ingested"  # one file job (pkg/a.py)
+    own = client.post("/v1/jobs", json={"document": "A note to summarise."})
+    assert own.status_code in (200, 201, 202), own.text
+    own_id = own.json()["id"]
+    listed = {j["id"]: j for j in client.get("/v1/jobs?limit=500").json()["items"]}
+    assert own_id in listed and all(j["batch_id"] is None for j in listed.values())
+    of_batch = client.get(f"/v1/jobs?batch={batch_id}").json()
+    assert of_batch["total"] == 1 and of_batch["items"][0]["batch_id"] == batch_id
+    every = {j["id"] for j in client.get("/v1/jobs?batch=any&limit=500").json()["items"]}
+    assert own_id in every and of_batch["items"][0]["id"] in every
+    other = client.get(f"/v1/jobs?batch={batch_id}", headers={"X-API-Key": keys[1]})
+    assert other.status_code == 404  # another tenant's batch, as a missing one
+    assert client.get("/v1/jobs?batch=not-a-uuid").status_code == 404

@@ -13,6 +13,7 @@ from fastapi import Query
 from service.api.deps import JobsDep, TenantDep
 from service.api.schemas import JobOut, JobPage, job_out, job_summary
 from service.core.settings import get_settings
+from service.repos.repository import BatchRepository
 
 StatusFilter = Literal["queued", "running", "done", "failed", "cancelled"]
 # every parameter is bounded (issue 13): a 23-digit offset was a 500 (SQLite) / 503 (PostgreSQL)
@@ -31,6 +32,17 @@ def job_id_or_404(job_id: str) -> str:
     raise HTTPException(404, "job not found")
 
 
+def batch_id_or_404(batch_id: str, tenant_id: int, session) -> str:
+    """A batch of this tenant, or 404 as for any other tenant's id."""
+    try:
+        batch_id = str(uuid.UUID(batch_id))
+    except ValueError:
+        raise HTTPException(404, "batch not found") from None
+    if BatchRepository(session).get(tenant_id, batch_id) is None:
+        raise HTTPException(404, "batch not found")
+    return batch_id
+
+
 def job_router() -> APIRouter:
     router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -41,9 +53,15 @@ def job_router() -> APIRouter:
         status: StatusFilter | None = Query(None, description="only jobs in this status"),
         offset: int = Query(0, ge=0, le=MAX_OFFSET),
         limit: int = Query(50, ge=1, le=MAX_LIMIT),
+        batch: str | None = Query(
+            None, max_length=64,
+            description="default: the jobs you submitted yourself (a repository batch's file "
+                        "jobs would bury them); 'any': every job; a batch id: that batch's jobs"),
     ) -> JobPage:
         limit = min(limit, get_settings().limits.page_size_max)
-        rows, total = jobs.page(tenant_id, status=status, offset=offset, limit=limit)
+        if batch is not None and batch != "any":
+            batch = batch_id_or_404(batch, tenant_id, jobs.session)
+        rows, total = jobs.page(tenant_id, status=status, offset=offset, limit=limit, batch=batch)
         return JobPage(items=[job_summary(j) for j in rows], total=total, offset=offset,
                        limit=limit)
 
