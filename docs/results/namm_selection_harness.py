@@ -1,6 +1,7 @@
 """Closed-loop validation of NAMM variants (exact match, prompts the full cache solves); the
 harness the shipped checkpoint was chosen with (rows: namm-selection-validation.jsonl). Variants:
-`ship`, `zero` (zero scorer) with :w= (surprise weight) :k= (pool) :r= (recent share), or a baseline name."""
+`ship`, `zero` (zero scorer) with :w= (surprise weight) :k= (pool) :r= (recent share), `file=PATH`
+(another checkpoint as it is), or a baseline name."""
 import sys, json, time, argparse, torch
 from pathlib import Path
 p = argparse.ArgumentParser()
@@ -19,6 +20,8 @@ from namm.policies import make_policy
 from namm.policies.namm import NammPolicy
 CK = a.base  # the selection ran with the previous shipped file (git show bb332e2~1:namm/checkpoints/smollm2-135m.pt)
 def variant(name, b):
+    if name.startswith("file="):
+        return NammPolicy.from_checkpoint(name[5:], budget=b)
     kind, *opts = name.split(":")
     kw = dict(o.split("=") for o in opts)
     if kind == "ship":
