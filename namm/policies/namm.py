@@ -9,6 +9,7 @@ import torch
 from .. import scorer
 from ..features import (EMA_COEFF, HOP, N_BINS, N_FFT, RunningNorm, frame_count, frame_end_positions, scorer_inputs,
                         spectrogram_ema)
+from ..spec import Budget
 from ..surprisal import mixed_surprisal, parse_view
 from .base import Policy, UpdateContext, budget_capacity
 
@@ -182,6 +183,8 @@ class NammPolicy(Policy):
         unknown = set(overrides) - set(cls.TUNABLE)
         if unknown:
             raise ValueError(f"unknown NAMM setting(s) {sorted(unknown)}; tunable: {sorted(cls.TUNABLE)}")
+        b = ckpt.get("budget") if budget == "checkpoint" else budget
+        ckpt.update(cls.profile_for(ckpt, b))
         for key, text in overrides.items():
             ckpt[key] = cls.TUNABLE[key](text)
         if {"surprise", "surprise_pool"} & set(overrides):  # the scalar form replaces the mix
@@ -190,13 +193,27 @@ class NammPolicy(Policy):
             ckpt["params"] = torch.zeros_like(ckpt["params"])
         norm = RunningNorm.from_state_dict(ckpt["norm"])
         norm.frozen = True
-        b = ckpt.get("budget") if budget == "checkpoint" else budget
         threshold = ckpt.get("threshold", True) or b is None  # rank-only needs a budget
         return cls(params=ckpt["params"].numpy(), budget=b, norm=norm, threshold=threshold,
                    rows=ckpt.get("rows"), block=ckpt.get("block"), sinks=ckpt.get("sinks", 0),
                    recent=ckpt.get("recent", 0.0), surprise=ckpt.get("surprise", 0.0),
                    surprise_pool=ckpt.get("surprise_pool", 33), min_keep=ckpt.get("min_keep", 0),
                    surprise_mix=ckpt.get("surprise_mix"))
+
+    @staticmethod
+    def profile_for(ckpt: dict, budget) -> dict:
+        """The settings a checkpoint's `profiles` give this budget: each profile is a dict of
+        settings with `from_budget` (a kept fraction); the highest one at or below a fraction
+        budget applies. What keeps answers at 28% is not what keeps them at 50% (chosen on
+        validation per budget, see CARD.md); token budgets use the base settings."""
+        parsed = Budget.coerce(budget) if budget is not None else None
+        if parsed is None or parsed.unit != "fraction":
+            return {}
+        chosen: dict = {}
+        for profile in sorted(ckpt.get("profiles") or [], key=lambda p: p["from_budget"]):
+            if parsed.value >= profile["from_budget"]:
+                chosen = {k: v for k, v in profile.items() if k != "from_budget"}
+        return chosen
 
     def save(self, path: str | Path, **extra) -> None:
         torch.save({**self.state_dict(), **extra}, path)

@@ -211,3 +211,9 @@ def test_make_policy_loads_the_shipped_checkpoint():
     val = ckpt["training"]["validation"]
     assert val["prompts"] >= 60 and val["namm"] >= max(val["baselines"].values())
     assert val["namm"] == max(val["grid"].values())
+    # a budget profile ships only where it won on validation, and the base where it did
+    for profile in ckpt.get("profiles", []):
+        won = ckpt["training"]["profiles"]["validation"]
+        assert profile["from_budget"] <= 0.5 and won["budget_0.5"]["cma"] > won["budget_0.5"]["base"]
+        assert ckpt["budget"] < profile["from_budget"] and won["budget_0.28"]["base"] >= won["budget_0.28"]["cma"]
+        assert NammPolicy.from_checkpoint(path, budget=0.5).surprise_mix == profile["surprise_mix"]

@@ -82,3 +82,16 @@ def test_masked_teacher_forcing_equals_eviction_and_batches(tiny):
         assert got == pytest.approx(answer_log_prob(evicted[-ans.shape[1]:], ans), abs=1e-4)
     assert batched[0] != pytest.approx(batched[1], abs=1e-6)  # the masks differ, so do the scores
     assert np.isfinite(batched).all()
+
+
+def test_checkpoint_profiles_pick_settings_by_budget(tmp_path):
+    base = NammPolicy(budget=0.28, threshold=False, sinks=4, recent=0.25, surprise=1.0, surprise_pool=65)
+    path = tmp_path / "p.pt"
+    base.save(path, profiles=[{"from_budget": 0.4, "surprise_mix": {"mean:33": 1.0, "max:9": 0.5}, "recent": 0.15}])
+    low = NammPolicy.from_checkpoint(path)  # the checkpoint's own budget, 0.28
+    assert (low.surprise_mix, low.recent) == ({"max:65": 1.0}, 0.25)
+    high = NammPolicy.from_checkpoint(path, budget=0.5)
+    assert (high.surprise_mix, high.recent, high.budget) == ({"mean:33": 1.0, "max:9": 0.5}, 0.15, 0.5)
+    assert NammPolicy.from_checkpoint(path, budget=2048).recent == 0.25  # a token budget: the base
+    tuned = NammPolicy.variant(path, {"recent": "0.3"}, budget=0.5)  # an explicit override wins
+    assert (tuned.recent, tuned.surprise_mix) == (0.3, {"mean:33": 1.0, "max:9": 0.5})
