@@ -51,3 +51,27 @@ def load_optimizer(blob: dict):
     opt = pickle.loads(blob["pickle"])
     opt._rng.set_state(blob["rng"])
     return opt
+
+
+def resume_or_start(state_path, start, log=print):
+    """(optimiser, generations done): from the state file a run wrote after its last
+    generation, or `start()` and 0, so a stopped run goes on here or on another machine."""
+    import torch
+
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        log(f"resuming at generation {state['generation'] + 1}")
+        return load_optimizer(state["optimizer"]), state["generation"]
+    return start(), 0
+
+
+def append_log_row(path, row: dict) -> None:
+    """One generation's row of a run's CSV log (the header with the first row)."""
+    import csv
+
+    new = not path.exists()
+    with path.open("a") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)

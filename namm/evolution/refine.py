@@ -14,7 +14,6 @@ fitness does. What ships is always chosen closed-loop (`namm.evaluation.compare`
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import random
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from namm.evolution.optimizer import dump_optimizer, load_optimizer
+from namm.evolution.optimizer import append_log_row, dump_optimizer, resume_or_start
 from namm.evolution.surrogate import Surrogate, closed_loop_fitness
 from namm.evolution.warmstart import load_pool
 from namm.policies.namm import NammPolicy
@@ -60,13 +59,8 @@ def evolve(sur: Surrogate, init: NammPolicy, out: Path, generations: int, popula
 
     out.mkdir(parents=True, exist_ok=True)
     state_path, log_path = out / "state.pt", out / "log.csv"
-    if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        opt, gen = load_optimizer(state["optimizer"]), state["generation"]
-        print(f"resuming at generation {gen + 1}")
-    else:
-        opt, gen = SepCMA(mean=init.params.numpy().astype(np.float64), sigma=sigma, seed=seed,
-                          population_size=population), 0
+    opt, gen = resume_or_start(state_path, lambda: SepCMA(
+        mean=init.params.numpy().astype(np.float64), sigma=sigma, seed=seed, population_size=population))
     rng = random.Random(seed)
     for _ in range(gen):  # the same mini-batches after a resume
         rng.sample(range(len(sur.recs)), batch)
@@ -80,12 +74,7 @@ def evolve(sur: Surrogate, init: NammPolicy, out: Path, generations: int, popula
         gen += 1
         row = {"generation": gen, "best": max(fits), "population_mean": float(np.mean(fits)), "mean": mean_fit,
                "sigma": opt._sigma, "seconds": round(time.perf_counter() - t0, 1)}
-        new = not log_path.exists()
-        with log_path.open("a") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        append_log_row(log_path, row)
         torch.save({"optimizer": dump_optimizer(opt), "generation": gen}, state_path)
         NammPolicy(params=opt.mean.astype(np.float32), budget=sur.budget, norm=init.norm, threshold=False,
                    rows=init.attention_rows, block=init.block, sinks=init.sinks, recent=init.recent).save(

@@ -24,9 +24,7 @@ budget over the document KV, which is computed once per prompt and generation.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -43,7 +41,8 @@ from namm.policies.namm import NammPolicy
 from namm.prompts import split_prompt
 from namm.surprisal import SurprisalLog
 
-from .optimizer import dump_optimizer, load_optimizer
+from .optimizer import append_log_row, dump_optimizer, load_optimizer, resume_or_start
+from .refine import spearman
 from .surrogate import PromptRefs, closed_loop_fitness, masked_answer_log_probs, relative
 
 BANK = ("max:1", "max:9", "max:33", "max:65", "max:129", "mean:33", "ahead:17", "behind:17")
@@ -183,11 +182,6 @@ def real_fitness(lm, prompts: list[PoolPrompt], x: np.ndarray, budgets: list[flo
     return float(np.mean(vals))
 
 
-def spearman(a, b) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
 def correlation(lm, prompts: list[PoolPrompt], n: int, sigma: float, budgets: list[float], seed: int,
                 log=print) -> dict:
     rng = np.random.default_rng(seed)
@@ -213,12 +207,8 @@ def evolve(lm, prompts: list[PoolPrompt], out: Path, generations: int, populatio
 
     out.mkdir(parents=True, exist_ok=True)
     state_path, log_path = out / "state.pt", out / "log.csv"
-    if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        opt, gen = load_optimizer(state["optimizer"]), state["generation"]
-        log(f"resuming at generation {gen + 1}")
-    else:
-        opt, gen = CMA(mean=start_vector(), sigma=sigma, seed=seed, population_size=population), 0
+    opt, gen = resume_or_start(state_path, lambda: CMA(mean=start_vector(), sigma=sigma, seed=seed,
+                                                       population_size=population), log)
     rng = random.Random(seed)
     for _ in range(gen):  # the same mini-batches after a resume
         rng.sample(range(len(prompts)), min(batch, len(prompts)))
@@ -234,12 +224,7 @@ def evolve(lm, prompts: list[PoolPrompt], out: Path, generations: int, populatio
                "mean_before": round(fits[-1], 4), "sigma": round(float(opt._sigma), 4),
                "seconds": round(time.perf_counter() - t0, 1), "prompts": len(picked),
                "new_mean": json.dumps([round(float(v), 4) for v in opt.mean])}
-        new = not log_path.exists()
-        with log_path.open("a") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        append_log_row(log_path, row)
         torch.save({"optimizer": dump_optimizer(opt), "generation": gen, "bank": BANK, "budgets": budgets},
                    state_path)
         log(json.dumps(row))

@@ -95,3 +95,22 @@ def test_checkpoint_profiles_pick_settings_by_budget(tmp_path):
     assert NammPolicy.from_checkpoint(path, budget=2048).recent == 0.25  # a token budget: the base
     tuned = NammPolicy.variant(path, {"recent": "0.3"}, budget=0.5)  # an explicit override wins
     assert (tuned.recent, tuned.surprise_mix) == (0.3, {"mean:33": 1.0, "max:9": 0.5})
+
+
+def test_a_run_resumes_from_its_state_file(tmp_path):
+    from cmaes import CMA
+
+    from namm.evolution.optimizer import append_log_row, dump_optimizer, resume_or_start
+
+    state, log = tmp_path / "state.pt", tmp_path / "log.csv"
+    opt, gen = resume_or_start(state, lambda: CMA(mean=np.zeros(3), sigma=0.3, seed=1, population_size=4))
+    assert gen == 0
+    xs = [opt.ask() for _ in range(4)]
+    opt.tell([(x, float((x ** 2).sum())) for x in xs])
+    torch.save({"optimizer": dump_optimizer(opt), "generation": 1}, state)
+    append_log_row(log, {"generation": 1, "best": 0.5})
+    append_log_row(log, {"generation": 2, "best": 0.6})
+    again, gen = resume_or_start(state, lambda: pytest.fail("a state file exists"), log=lambda _: None)
+    assert gen == 1 and np.allclose(again.mean, opt.mean)
+    assert np.allclose(again.ask(), opt.ask())  # the same random stream after the resume
+    assert log.read_text().splitlines() == ["generation,best", "1,0.5", "2,0.6"]
