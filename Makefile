@@ -1,11 +1,11 @@
 # Everything runs from the project's own virtual environment (.venv), installed from
-# requirements.lock: every package at the exact version the lock names. pyproject.toml holds
+# requirements.txt: every package at the exact version the lock names. pyproject.toml holds
 # the ranges the code supports; the lock changes only through `make lock` or `make upgrade`.
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-LOCK := requirements.lock
+LOCK := requirements.txt
 # The lock's header records this command too; tests/unit/test_lock.py reruns it (--dry-run).
 LOCK_ARGS := --quiet --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
 	--extra service --extra dev --output-file $(LOCK) pyproject.toml
@@ -32,7 +32,7 @@ lock: install
 	$(VENV)/bin/pip-compile $(LOCK_ARGS)
 
 # The deliberate upgrade: every package to the newest version pyproject.toml allows
-# (`make upgrade PACKAGE=kombu` for one). Review the diff of requirements.lock, then `make test`.
+# (`make upgrade PACKAGE=kombu` for one). Review the diff of requirements.txt, then `make test`.
 upgrade: install
 	$(VENV)/bin/pip-compile $(LOCK_ARGS) $(if $(PACKAGE),--upgrade-package $(PACKAGE),--upgrade)
 

@@ -1,4 +1,4 @@
-"""requirements.lock: every resolved package pinned, consistent with pyproject.toml, and exactly
+"""requirements.txt: every resolved package pinned, consistent with pyproject.toml, and exactly
 what `make lock` produces (the same pip-compile command, run with --dry-run)."""
 
 import os
@@ -15,7 +15,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[2]
-LOCK = ROOT / "requirements.lock"
+LOCK = ROOT / "requirements.txt"
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)$")
 
 

