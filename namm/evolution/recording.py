@@ -94,7 +94,7 @@ def record_prompt(lm, sample: Sample, rows: int | None = 128, n_up: int = 512) -
     correct = score_answer(prediction, sample.answers, sample.metric)
 
     cache.restore(snap)
-    gold = ", ".join(sample.answers) if sample.metric == "contains_all" else sample.answers[0]
+    gold = sample.gold_text
     a_ids = torch.tensor([tok.encode(gold, add_special_tokens=False)])
     qa = torch.cat([q_ids, a_ids], 1).to(lm.device)
     logits = lm.model(input_ids=qa, past_key_values=cache, use_cache=True).logits[0].float()

@@ -43,7 +43,7 @@ from namm.surprisal import SurprisalLog
 
 from .optimizer import append_log_row, dump_optimizer, load_optimizer, resume_or_start
 from .refine import spearman
-from .surrogate import PromptRefs, closed_loop_fitness, masked_answer_log_probs, relative
+from .surrogate import PromptRefs, answer_log_prob, closed_loop_fitness, masked_answer_log_probs, relative
 
 BANK = ("max:1", "max:9", "max:33", "max:65", "max:129", "mean:33", "ahead:17", "behind:17")
 START = {"max:65": 1.0}  # the shipped channel (session 5's hand-chosen closed-loop winner)
@@ -101,15 +101,19 @@ class PoolPrompt:
 
 
 @torch.no_grad()
-def full_pass(lm, ctx_ids: torch.Tensor, n_up: int = 512) -> tuple[NammCache, torch.Tensor]:
-    """The document read by the full cache in n_up chunks: (cache, surprisal [T])."""
+def full_pass(lm, ctx_ids: torch.Tensor, n_up: int = 512,
+              surprisal: bool = True) -> tuple[NammCache, torch.Tensor | None]:
+    """The document read by the full cache in n_up chunks: (cache, surprisal [T]). With
+    `surprisal=False` (the pool holds it already) the LM head runs for no token: the KV only."""
     cache = NammCache(lm.model.config, make_policy("full"), n_up=n_up)
     log = SurprisalLog()
     for start in range(0, ctx_ids.shape[1], n_up):
         chunk = ctx_ids[:, start: start + n_up].to(lm.device)
-        out = lm.model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=0)
-        log.record(chunk, out.logits)
-    return cache, log.values[0].cpu()
+        out = lm.model(input_ids=chunk, past_key_values=cache, use_cache=True,
+                       logits_to_keep=0 if surprisal else 1)
+        if surprisal:
+            log.record(chunk, out.logits)
+    return cache, log.values[0].cpu() if surprisal else None
 
 
 @torch.no_grad()
@@ -120,14 +124,13 @@ def record(lm, task: str, length: int, split: str, index: int) -> PoolPrompt:
     tok = lm.tokenizer
     parts = split_prompt(tok, sample.context, sample.question, None, query_aware=False)
     ctx_ids, q_ids = _encode(tok, parts.context), _encode(tok, parts.question)
-    gold = ", ".join(sample.answers) if sample.metric == "contains_all" else sample.answers[0]
+    gold = sample.gold_text
     gold_ids = torch.tensor([tok.encode(gold, add_special_tokens=False)[:32]])
     cache, surprisal = full_pass(lm, ctx_ids)
     snap = cache.snapshot()
     cont = torch.cat([q_ids, gold_ids], 1).to(lm.device)
-    logits = lm.model(input_ids=cont, past_key_values=cache, use_cache=True).logits[0].float()
-    n_a = gold_ids.shape[1]
-    full_lp = float(logits[-n_a - 1:-1].log_softmax(-1).gather(-1, gold_ids[0, :, None].to(logits.device)).mean())
+    logits = lm.model(input_ids=cont, past_key_values=cache, use_cache=True).logits[0]
+    full_lp = answer_log_prob(logits[-gold_ids.shape[1] - 1:-1], gold_ids)  # row i predicts token i
     cache.restore(snap)
     first = lm.model(input_ids=q_ids.to(lm.device), past_key_values=cache, use_cache=True).logits[:, -1]
     out = greedy_decode(lm, cache, first, spec.max_new_tokens, _stop_ids(tok))
@@ -149,7 +152,7 @@ def build_pool(lm, out: Path, split: str, tasks: list[str], lengths: list[int], 
         tmp = path.with_suffix(".tmp")
         torch.save(p.__dict__, tmp)
         tmp.rename(path)  # a killed run leaves no half-written prompt
-        log(f"{path.name}: {p.ctx_ids.shape[1]} tokens, correct {p.correct:.0f}, {time.perf_counter() - t0:.1f} s")
+        log(f"{path.name}: {p.ctx_ids.shape[1]} tokens, correct {p.correct:.2f}, {time.perf_counter() - t0:.1f} s")
 
 
 def load_pool(path: Path, solved_only: bool = True) -> list[PoolPrompt]:
@@ -165,7 +168,7 @@ def surrogate_fitness(lm, prompts: list[PoolPrompt], xs: list[np.ndarray], budge
     totals = np.zeros(len(xs))
     count = 0
     for p in prompts:
-        cache, _ = full_pass(lm, p.ctx_ids, n_up)
+        cache, _ = full_pass(lm, p.ctx_ids, n_up, surprisal=False)
         kv = [(layer.keys[:, :, :layer.length], layer.values[:, :, :layer.length]) for layer in cache.layers]
         for budget in budgets:
             masks = torch.stack([replay_keep(candidate_policy(x, budget), p.surprisal, n_up) for x in xs])

@@ -58,7 +58,7 @@ def prompt_refs(lm, rec: Recording) -> PromptRefs:
     sample = Sample.from_dict(rec.sample)
     tok = lm.tokenizer
     parts = split_prompt(tok, sample.context, sample.question, None, query_aware=False)
-    gold = ", ".join(sample.answers) if sample.metric == "contains_all" else sample.answers[0]
+    gold = sample.gold_text
     answers = []
     for text in dict.fromkeys([gold, rec.prediction]):  # the full cache's answer, when it differs
         ids = tok.encode(text, add_special_tokens=False)[:32]

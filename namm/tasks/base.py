@@ -35,6 +35,12 @@ class Sample:
     def metric(self) -> str:
         return self.meta.get("metric", "contains")
 
+    @property
+    def gold_text(self) -> str:
+        """The reference answer as one text, for teacher forcing: every part of a
+        `contains_all` answer, else the first alternative."""
+        return ", ".join(self.answers) if self.metric == "contains_all" else self.answers[0]
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -22,22 +22,23 @@ MAX_LIMIT = 10_000  # accepted, then cut to limits.page_size_max
 JobId = Annotated[str, PathParam(max_length=64, description="the job's id (a UUID)")]
 
 
-def job_id_or_404(job_id: str) -> str:
-    """A job id is a UUID; anything else (a NUL, a path) is no job, answered without a query."""
+def uuid_or_404(ident: str, what: str = "job") -> str:
+    """Ids are UUIDs; anything else (a NUL, a path) is no such thing, answered without a query."""
     try:
-        if str(uuid.UUID(job_id)) == job_id.lower():
-            return job_id.lower()
+        if str(uuid.UUID(ident)) == ident.lower():
+            return ident.lower()
     except ValueError:
         pass
-    raise HTTPException(404, "job not found")
+    raise HTTPException(404, f"{what} not found")
+
+
+def job_id_or_404(job_id: str) -> str:
+    return uuid_or_404(job_id, "job")
 
 
 def batch_id_or_404(batch_id: str, tenant_id: int, session) -> str:
     """A batch of this tenant, or 404 as for any other tenant's id."""
-    try:
-        batch_id = str(uuid.UUID(batch_id))
-    except ValueError:
-        raise HTTPException(404, "batch not found") from None
+    batch_id = uuid_or_404(batch_id, "batch")
     if BatchRepository(session).get(tenant_id, batch_id) is None:
         raise HTTPException(404, "batch not found")
     return batch_id
