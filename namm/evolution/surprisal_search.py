@@ -139,11 +139,15 @@ def record(lm, task: str, length: int, split: str, index: int) -> PoolPrompt:
                       float(score_answer(prediction, sample.answers, sample.metric)), prediction, full_lp)
 
 
-def build_pool(lm, out: Path, split: str, tasks: list[str], lengths: list[int], n: int, log=print) -> None:
+def build_pool(lm, out: Path, split: str, tasks: list[str], lengths: list[int], n: int, shard: tuple[int, int] = (0, 1),
+               log=print) -> None:
+    """Record the first `n` prompts of the plan; shard (i, k) records every k-th from the i-th, so
+    k processes with one thread each fill the same folder side by side."""
     from .pool import plan
 
     out.mkdir(parents=True, exist_ok=True)
-    for task, length, index in plan(tasks, lengths, n):
+    i, k = shard
+    for task, length, index in plan(tasks, lengths, n)[i::k]:
         path = out / f"{task}-{length}-{index:05d}.pt"
         if path.exists():
             continue
@@ -204,20 +208,24 @@ def correlation(lm, prompts: list[PoolPrompt], n: int, sigma: float, budgets: li
             "surrogate": sur, "closed_loop": real, "xs": [x.tolist() for x in xs]}
 
 
-def evolve(lm, prompts: list[PoolPrompt], out: Path, generations: int, population: int, batch: int,
-           sigma: float, budgets: list[float], seed: int, log=print) -> None:
+def evolve(lm, pool: Path, out: Path, generations: int, population: int, batch: int, sigma: float,
+           budgets: list[float], seed: int, start: np.ndarray | None = None, log=print) -> None:
+    """CMA-ES from `start` (default: the shipped channel). The pool is read again every generation,
+    so a run can go on while the pool is still being recorded; each generation samples its batch
+    from the solved prompts there are then (a resumed run draws the same batches only if the pool
+    did not grow meanwhile)."""
     from cmaes import CMA
 
     out.mkdir(parents=True, exist_ok=True)
     state_path, log_path = out / "state.pt", out / "log.csv"
-    opt, gen = resume_or_start(state_path, lambda: CMA(mean=start_vector(), sigma=sigma, seed=seed,
-                                                       population_size=population), log)
-    rng = random.Random(seed)
-    for _ in range(gen):  # the same mini-batches after a resume
-        rng.sample(range(len(prompts)), min(batch, len(prompts)))
+    x0 = start_vector() if start is None else start
+    opt, gen = resume_or_start(state_path, lambda: CMA(mean=x0, sigma=sigma, seed=seed, population_size=population),
+                               log)
     while gen < generations:
         t0 = time.perf_counter()
-        picked = [prompts[i] for i in rng.sample(range(len(prompts)), min(batch, len(prompts)))]
+        prompts = load_pool(pool)
+        g = random.Random(f"{seed}/{gen}")  # this generation's batch, whatever ran before
+        picked = g.sample(prompts, min(batch, len(prompts)))
         xs = [opt.ask() for _ in range(opt.population_size)]
         fits = surrogate_fitness(lm, picked, xs + [opt.mean.copy()], budgets)
         opt.tell([(x, -f) for x, f in zip(xs, fits)])
@@ -225,12 +233,17 @@ def evolve(lm, prompts: list[PoolPrompt], out: Path, generations: int, populatio
         best = int(np.argmax(fits[:-1]))
         row = {"generation": gen, "best": round(fits[best], 4), "population_mean": round(float(np.mean(fits[:-1])), 4),
                "mean_before": round(fits[-1], 4), "sigma": round(float(opt._sigma), 4),
-               "seconds": round(time.perf_counter() - t0, 1), "prompts": len(picked),
+               "seconds": round(time.perf_counter() - t0, 1), "prompts": len(picked), "pool_solved": len(prompts),
                "new_mean": json.dumps([round(float(v), 4) for v in opt.mean])}
         append_log_row(log_path, row)
         torch.save({"optimizer": dump_optimizer(opt), "generation": gen, "bank": BANK, "budgets": budgets},
                    state_path)
         log(json.dumps(row))
+
+
+def state_mean(state_path: Path) -> np.ndarray:
+    """The mean of a run's optimiser: where a follow-up run over other budgets starts."""
+    return load_optimizer(torch.load(state_path, weights_only=False)["optimizer"]).mean.copy()
 
 
 def export(state_path: Path, out: Path, budget: float) -> NammPolicy:
@@ -257,6 +270,7 @@ def main(argv=None) -> int:
             s.add_argument("--tasks", default=DEFAULT_TASKS)
             s.add_argument("--lengths", default="1024,1536,2048")
             s.add_argument("--n", type=int, default=500)
+            s.add_argument("--shard", default="0/1", help="i/k: this process records every k-th prompt from the i-th")
         if name == "correlation":
             s.add_argument("--candidates", type=int, default=32)
             s.add_argument("--prompts", type=int, default=12)
@@ -268,6 +282,7 @@ def main(argv=None) -> int:
             s.add_argument("--population", type=int, default=12)
             s.add_argument("--batch", type=int, default=24, help="prompts per generation")
             s.add_argument("--sigma", type=float, default=0.3)
+            s.add_argument("--start-state", help="start from the mean of this run's state.pt (a new run)")
         if name == "export":
             s.add_argument("--state", default="docs/results/surprisal-cma/state.pt")
             s.add_argument("--out", required=True)
@@ -284,20 +299,25 @@ def main(argv=None) -> int:
 
     lm = load_model()
     if args.cmd == "pool":
-        build_pool(lm, Path(args.pool), args.split, args.tasks.split(","), parse_lengths(args.lengths), args.n)
+        i, k = (int(v) for v in args.shard.split("/"))
+        if not 0 <= i < k:
+            p.error(f"--shard {args.shard}: want i/k with 0 <= i < k")
+        build_pool(lm, Path(args.pool), args.split, args.tasks.split(","), parse_lengths(args.lengths), args.n,
+                   (i, k))
         print(f"{len(load_pool(Path(args.pool), False))} prompts in {args.pool}, "
               f"{len(load_pool(Path(args.pool)))} answered right by the full cache")
         return 0
-    prompts = load_pool(Path(args.pool))
     if args.cmd == "correlation":
+        prompts = load_pool(Path(args.pool))
         picked = random.Random(args.seed + 1).sample(prompts, min(args.prompts, len(prompts)))
         res = correlation(lm, picked, args.candidates, args.sigma, budgets, args.seed)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(res, indent=1))
         print(json.dumps({k: v for k, v in res.items() if k not in ("surrogate", "closed_loop", "xs")}))
         return 0
-    evolve(lm, prompts, Path(args.out), args.generations, args.population, args.batch, args.sigma, budgets,
-           args.seed)
+    start = state_mean(Path(args.start_state)) if args.start_state else None
+    evolve(lm, Path(args.pool), Path(args.out), args.generations, args.population, args.batch, args.sigma, budgets,
+           args.seed, start)
     return 0
 
 

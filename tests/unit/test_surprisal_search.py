@@ -114,3 +114,17 @@ def test_a_run_resumes_from_its_state_file(tmp_path):
     assert gen == 1 and np.allclose(again.mean, opt.mean)
     assert np.allclose(again.ask(), opt.ask())  # the same random stream after the resume
     assert log.read_text().splitlines() == ["generation,best", "1,0.5", "2,0.6"]
+
+
+def test_a_follow_up_run_starts_from_the_mean_of_a_previous_one(tmp_path):
+    from cmaes import CMA
+
+    from namm.evolution.optimizer import dump_optimizer
+    from namm.evolution.surprisal_search import state_mean
+
+    opt = CMA(mean=start_vector(), sigma=0.3, seed=2, population_size=4)
+    xs = [opt.ask() for _ in range(4)]
+    opt.tell([(x, float(((x - 1) ** 2).sum())) for x in xs])
+    torch.save({"optimizer": dump_optimizer(opt), "generation": 1}, tmp_path / "state.pt")
+    mean = state_mean(tmp_path / "state.pt")
+    assert np.allclose(mean, opt.mean) and not np.allclose(mean, start_vector())
