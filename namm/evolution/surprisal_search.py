@@ -116,16 +116,24 @@ def full_pass(lm, ctx_ids: torch.Tensor, n_up: int = 512,
     return cache, log.values[0].cpu() if surprisal else None
 
 
+def prompt_ids(tok, task: str, length: int, split: str, index: int):
+    """(sample, document ids [1, T], question ids [1, Q], gold answer ids [1, A]): the prompt as
+    every run tokenises it (query-agnostic: the document is read before the question)."""
+    from namm.tasks import make_sample
+
+    sample = make_sample(task, length, split, index)
+    parts = split_prompt(tok, sample.context, sample.question, None, query_aware=False)
+    gold_ids = torch.tensor([tok.encode(sample.gold_text, add_special_tokens=False)[:32]])
+    return sample, _encode(tok, parts.context), _encode(tok, parts.question), gold_ids
+
+
 @torch.no_grad()
 def record(lm, task: str, length: int, split: str, index: int) -> PoolPrompt:
-    from namm.tasks import get_task, make_sample, score_answer
+    from namm.tasks import get_task, score_answer
 
-    sample, spec = make_sample(task, length, split, index), get_task(task)
     tok = lm.tokenizer
-    parts = split_prompt(tok, sample.context, sample.question, None, query_aware=False)
-    ctx_ids, q_ids = _encode(tok, parts.context), _encode(tok, parts.question)
-    gold = sample.gold_text
-    gold_ids = torch.tensor([tok.encode(gold, add_special_tokens=False)[:32]])
+    sample, ctx_ids, q_ids, gold_ids = prompt_ids(tok, task, length, split, index)
+    spec = get_task(task)
     cache, surprisal = full_pass(lm, ctx_ids)
     snap = cache.snapshot()
     cont = torch.cat([q_ids, gold_ids], 1).to(lm.device)
@@ -162,6 +170,33 @@ def build_pool(lm, out: Path, split: str, tasks: list[str], lengths: list[int], 
 def load_pool(path: Path, solved_only: bool = True) -> list[PoolPrompt]:
     prompts = [PoolPrompt(**torch.load(f, weights_only=False)) for f in sorted(path.glob("*.pt"))]
     return [p for p in prompts if p.correct >= 1.0 or not solved_only]
+
+
+PACKED_FIELDS = ("task", "length", "index", "surprisal", "correct", "prediction", "full_log_prob")
+
+
+def pack_pool(pool: Path, out: Path, split: str) -> int:
+    """The pool without its token ids (the task generators and the tokenizer give them back): one
+    small file to commit, so that a later session or another machine goes on from the same pool."""
+    prompts = load_pool(pool, solved_only=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"split": split, "prompts": [{k: getattr(p, k) for k in PACKED_FIELDS} for p in prompts]}, out)
+    return len(prompts)
+
+
+def unpack_pool(tok, packed: Path, pool: Path) -> int:
+    """Write the per-prompt files of a packed pool again (token ids re-made and checked against
+    the recorded surprisal: a changed generator or tokenizer is an error, not a silent mismatch)."""
+    data = torch.load(packed, weights_only=False)
+    pool.mkdir(parents=True, exist_ok=True)
+    for row in data["prompts"]:
+        _, ctx_ids, q_ids, gold_ids = prompt_ids(tok, row["task"], row["length"], data["split"], row["index"])
+        if ctx_ids.shape[1] != row["surprisal"].shape[0]:
+            raise ValueError(f"{row['task']}-{row['length']}-{row['index']}: {ctx_ids.shape[1]} document tokens now, "
+                             f"{row['surprisal'].shape[0]} when recorded (generator or tokenizer changed)")
+        p = PoolPrompt(ctx_ids=ctx_ids, q_ids=q_ids, gold_ids=gold_ids, **row)
+        torch.save(p.__dict__, pool / f"{p.task}-{p.length}-{p.index:05d}.pt")
+    return len(data["prompts"])
 
 
 # ---- the surrogate ---------------------------------------------------------------------------
@@ -258,7 +293,7 @@ def export(state_path: Path, out: Path, budget: float) -> NammPolicy:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("pool", "correlation", "evolve", "export"):
+    for name in ("pool", "correlation", "evolve", "export", "pack", "unpack"):
         s = sub.add_parser(name)
         s.add_argument("--threads", type=int, default=1)
         s.add_argument("--pool", default="runs/spool/train")
@@ -283,6 +318,9 @@ def main(argv=None) -> int:
             s.add_argument("--batch", type=int, default=24, help="prompts per generation")
             s.add_argument("--sigma", type=float, default=0.3)
             s.add_argument("--start-state", help="start from the mean of this run's state.pt (a new run)")
+        if name in ("pack", "unpack"):
+            s.add_argument("--packed", default="docs/results/surprisal-pool/train.pt")
+            s.add_argument("--split", default="train")
         if name == "export":
             s.add_argument("--state", default="docs/results/surprisal-cma/state.pt")
             s.add_argument("--out", required=True)
@@ -294,10 +332,18 @@ def main(argv=None) -> int:
         pol = export(Path(args.state), Path(args.out), args.budget)
         print(json.dumps({"surprise_mix": pol.surprise_mix, "recent": pol.recent, "out": args.out}))
         return 0
+    if args.cmd == "pack":
+        n = pack_pool(Path(args.pool), Path(args.packed), args.split)
+        print(f"{n} prompts from {args.pool} packed into {args.packed}")
+        return 0
     from namm import load_model
     from namm.tasks import parse_lengths
 
     lm = load_model()
+    if args.cmd == "unpack":
+        n = unpack_pool(lm.tokenizer, Path(args.packed), Path(args.pool))
+        print(f"{n} prompts from {args.packed} written to {args.pool}")
+        return 0
     if args.cmd == "pool":
         i, k = (int(v) for v in args.shard.split("/"))
         if not 0 <= i < k:

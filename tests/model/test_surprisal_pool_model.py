@@ -1,0 +1,40 @@
+"""The surprisal pool travels without its token ids: packed (what is committed), unpacked with
+the real tokenizer, checked against the recorded surprisal."""
+import pytest
+import torch
+
+from namm.evolution.surprisal_search import PoolPrompt, load_pool, pack_pool, prompt_ids, unpack_pool
+
+
+def _recorded(tok, task, length, index):
+    # the fields a full-cache pass would write; surprisal made up (its length is what is checked)
+    _, ctx_ids, q_ids, gold_ids = prompt_ids(tok, task, length, "train", index)
+    sur = torch.rand(ctx_ids.shape[1]).to(torch.float16)
+    return PoolPrompt(task, length, index, ctx_ids, q_ids, gold_ids, sur, 1.0, "an answer", -0.5)
+
+
+def test_a_packed_pool_unpacks_to_the_same_prompts(lm, tmp_path):
+    pool, packed, again = tmp_path / "pool", tmp_path / "packed.pt", tmp_path / "again"
+    pool.mkdir()
+    originals = [_recorded(lm.tokenizer, "passkey", 1024, 0), _recorded(lm.tokenizer, "code_constant", 1024, 3)]
+    for p in originals:
+        torch.save(p.__dict__, pool / f"{p.task}-{p.length}-{p.index:05d}.pt")
+    assert pack_pool(pool, packed, "train") == 2
+    assert "ctx_ids" not in torch.load(packed, weights_only=False)["prompts"][0]  # ids are re-made
+    assert unpack_pool(lm.tokenizer, packed, again) == 2
+    back = {(p.task, p.index): p for p in load_pool(again)}
+    for p in originals:
+        q = back[(p.task, p.index)]
+        for field in ("ctx_ids", "q_ids", "gold_ids", "surprisal"):
+            assert torch.equal(getattr(p, field), getattr(q, field)), field
+        assert (q.correct, q.prediction, q.full_log_prob) == (1.0, "an answer", -0.5)
+
+
+def test_unpacking_refuses_a_pool_recorded_with_other_tokens(lm, tmp_path):
+    p = _recorded(lm.tokenizer, "passkey", 1024, 1)
+    p.surprisal = p.surprisal[:-3]  # as if the generator or tokenizer had changed since
+    (tmp_path / "pool").mkdir()
+    torch.save(p.__dict__, tmp_path / "pool" / "passkey-1024-00001.pt")
+    pack_pool(tmp_path / "pool", tmp_path / "packed.pt", "train")
+    with pytest.raises(ValueError, match="document tokens now"):
+        unpack_pool(lm.tokenizer, tmp_path / "packed.pt", tmp_path / "again")
