@@ -224,6 +224,40 @@ def real_fitness(lm, prompts: list[PoolPrompt], x: np.ndarray, budgets: list[flo
     return float(np.mean(vals))
 
 
+def evidence_spans(tok, p: PoolPrompt, split: str, before: int = 12, most: int = 8) -> list[tuple[int, int]]:
+    """Token spans [a, b) of the document holding the answer (each occurrence, at most `most`),
+    with the `before` tokens in front of it: the key of a needle, "the instrument of X is"."""
+    from namm.tasks import make_sample
+
+    ids = p.ctx_ids[0].tolist()
+    starts, pos = [], 0
+    for t in ids:
+        starts.append(pos)
+        pos += len(tok.decode([t]))
+    text = tok.decode(ids)
+    spans = []
+    for answer in make_sample(p.task, p.length, split, p.index).answers:
+        c = text.find(answer)
+        while c >= 0 and len(spans) < most:
+            first = max(i for i, st in enumerate(starts) if st <= c)
+            last = max(i for i, st in enumerate(starts) if st < c + len(answer))
+            spans.append((max(0, first - before), last + 1))
+            c = text.find(answer, c + 1)
+    return spans
+
+
+def evidence_retention(prompts: list[tuple[PoolPrompt, list[tuple[int, int]]]], policy: NammPolicy
+                       ) -> dict[str, float]:
+    """Per task, the share of prompts of which `policy` (replayed open loop) keeps some occurrence
+    of the answer whole: a check with no forward pass that does not saturate where the
+    teacher-forced surrogate does (at 0.5 most candidates score the full cache's log-prob)."""
+    by: dict[str, list[bool]] = {}
+    for p, spans in prompts:
+        keep = replay_keep(policy, p.surprisal.float())
+        by.setdefault(p.task, []).append(any(bool(keep[a:b].all()) for a, b in spans))
+    return {task: float(np.mean(v)) for task, v in sorted(by.items())}
+
+
 def correlation(lm, prompts: list[PoolPrompt], n: int, sigma: float, budgets: list[float], seed: int,
                 log=print) -> dict:
     rng = np.random.default_rng(seed)
@@ -293,7 +327,7 @@ def export(state_path: Path, out: Path, budget: float) -> NammPolicy:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("pool", "correlation", "evolve", "export", "pack", "unpack"):
+    for name in ("pool", "correlation", "evolve", "export", "pack", "unpack", "retention"):
         s = sub.add_parser(name)
         s.add_argument("--threads", type=int, default=1)
         s.add_argument("--pool", default="runs/spool/train")
@@ -321,6 +355,11 @@ def main(argv=None) -> int:
         if name in ("pack", "unpack"):
             s.add_argument("--packed", default="docs/results/surprisal-pool/train.pt")
             s.add_argument("--split", default="train")
+        if name == "retention":
+            s.add_argument("--split", default="train")
+            s.add_argument("--mixes", default='[{"max:65": 1}, {"max:33": 1}]', help="JSON list of surprise_mix")
+            s.add_argument("--recent", default="0.1,0.25", help="recent shares to try with each mix")
+            s.add_argument("--checkpoint", help="also this NAMM file as it is")
         if name == "export":
             s.add_argument("--state", default="docs/results/surprisal-cma/state.pt")
             s.add_argument("--out", required=True)
@@ -340,6 +379,20 @@ def main(argv=None) -> int:
     from namm.tasks import parse_lengths
 
     lm = load_model()
+    if args.cmd == "retention":
+        prompts = [(p, evidence_spans(lm.tokenizer, p, args.split)) for p in load_pool(Path(args.pool))]
+        prompts = [(p, spans) for p, spans in prompts if spans]
+        budget = budgets[0]  # the first of --budgets
+        policies = {f"{json.dumps(mix)} recent {r}": NammPolicy(budget=budget, threshold=False, sinks=SINKS,
+                                                                recent=float(r), min_keep=MIN_KEEP, surprise_mix=mix)
+                    for mix in json.loads(args.mixes) for r in args.recent.split(",")}
+        if args.checkpoint:
+            policies[args.checkpoint] = NammPolicy.from_checkpoint(args.checkpoint, budget=budget)
+        print(f"{len(prompts)} solved prompts with the answer in the document, budget {budget}")
+        for name, pol in policies.items():
+            by = evidence_retention(prompts, pol)
+            print(f"{name}: {np.mean(list(by.values())):.3f} (task mean) {json.dumps({t: round(v, 2) for t, v in by.items()})}")
+        return 0
     if args.cmd == "unpack":
         n = unpack_pool(lm.tokenizer, Path(args.packed), Path(args.pool))
         print(f"{n} prompts from {args.packed} written to {args.pool}")

@@ -38,3 +38,27 @@ def test_unpacking_refuses_a_pool_recorded_with_other_tokens(lm, tmp_path):
     pack_pool(tmp_path / "pool", tmp_path / "packed.pt", "train")
     with pytest.raises(ValueError, match="document tokens now"):
         unpack_pool(lm.tokenizer, tmp_path / "packed.pt", tmp_path / "again")
+
+
+def test_evidence_retention_sees_whether_the_answer_is_kept_whole(lm):
+    from namm.evolution.surprisal_search import evidence_retention, evidence_spans
+    from namm.policies.namm import NammPolicy
+
+    p = _recorded(lm.tokenizer, "passkey", 1024, 2)
+    spans = evidence_spans(lm.tokenizer, p, "train")
+    assert spans and all(b - a >= 13 for a, b in spans)  # the answer and the 12 tokens before it
+    a, b = spans[0]
+    assert lm.tokenizer.decode(p.ctx_ids[0, a:b]).strip().endswith(make_answer(p))
+    pol = NammPolicy(budget=0.3, threshold=False, sinks=4, recent=0.0, min_keep=128, surprise_mix={"max:33": 1.0})
+    p.surprisal = torch.zeros_like(p.surprisal)
+    p.surprisal[a:b] = 9.0  # the answer is the surprise: kept whole
+    assert evidence_retention([(p, spans)], pol) == {"passkey": 1.0}
+    p.surprisal = torch.zeros_like(p.surprisal)
+    p.surprisal[: a - 200] = 9.0  # the surprise lies elsewhere, nothing recent is reserved: lost
+    assert evidence_retention([(p, spans)], pol) == {"passkey": 0.0}
+
+
+def make_answer(p):
+    from namm.tasks import make_sample
+
+    return make_sample(p.task, p.length, "train", p.index).answers[0]
