@@ -11,6 +11,10 @@ weights, and which recent share keep the answers, scored on an open-loop teacher
     python -m namm.evolution.surprisal_search evolve --pool runs/spool/train --out docs/results/surprisal-cma
     # 4. the optimiser's mean as a checkpoint, to be validated closed-loop before it ships
     python -m namm.evolution.surprisal_search export --state docs/results/surprisal-cma/state.pt --out runs/cma.pt
+    # the pool without token ids, to commit (`unpack` writes the per-prompt files again)
+    python -m namm.evolution.surprisal_search pack --pool runs/spool/train --packed docs/results/surprisal-pool/train.pt
+    # open-loop evidence retention of channel settings (a diagnostic: it did not predict closed loop)
+    python -m namm.evolution.surprisal_search retention --budgets 0.5 --mixes '[{"max:33": 1}]'
 
 A candidate is a vector: one weight per view of `BANK` (namm/surprisal.py SURPRISAL_VIEWS) and the
 recent share. With a zero spectrogram scorer NAMM's decisions depend on the surprisal alone, the
@@ -293,6 +297,8 @@ def evolve(lm, pool: Path, out: Path, generations: int, population: int, batch: 
     while gen < generations:
         t0 = time.perf_counter()
         prompts = load_pool(pool)
+        if not prompts:
+            raise SystemExit(f"{pool}: no prompt the full cache answers right (record them with `pool` or `unpack`)")
         g = random.Random(f"{seed}/{gen}")  # this generation's batch, whatever ran before
         picked = g.sample(prompts, min(batch, len(prompts)))
         xs = [opt.ask() for _ in range(opt.population_size)]
@@ -322,6 +328,13 @@ def export(state_path: Path, out: Path, budget: float) -> NammPolicy:
     pol.save(out, training={"method": "cma-es over the surprisal channel (open-loop teacher-forced surrogate)",
                             "generation": state["generation"], "bank": list(BANK), "vector": opt.mean.tolist()})
     return pol
+
+
+def _shard(text: str) -> tuple[int, int]:
+    i, _, k = text.partition("/")
+    if not (i.isdigit() and k.isdigit() and int(i) < int(k)):
+        raise ValueError(f"--shard {text}: want i/k with 0 <= i < k, e.g. 0/2")
+    return int(i), int(k)
 
 
 def main(argv=None) -> int:
@@ -366,7 +379,14 @@ def main(argv=None) -> int:
             s.add_argument("--budget", type=float, default=0.28)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    budgets = [float(b) for b in args.budgets.split(",")]
+    try:  # bad arguments are a usage error before anything loads, not a traceback
+        budgets = [float(b) for b in args.budgets.split(",")]
+        shard = _shard(args.shard) if args.cmd == "pool" else (0, 1)
+        mixes = json.loads(args.mixes) if args.cmd == "retention" else []
+        for mix in mixes:
+            NammPolicy(budget=0.5, surprise_mix=mix)
+    except (ValueError, TypeError, AttributeError) as err:
+        p.error(str(err))
     if args.cmd == "export":
         pol = export(Path(args.state), Path(args.out), args.budget)
         print(json.dumps({"surprise_mix": pol.surprise_mix, "recent": pol.recent, "out": args.out}))
@@ -385,7 +405,7 @@ def main(argv=None) -> int:
         budget = budgets[0]  # the first of --budgets
         policies = {f"{json.dumps(mix)} recent {r}": NammPolicy(budget=budget, threshold=False, sinks=SINKS,
                                                                 recent=float(r), min_keep=MIN_KEEP, surprise_mix=mix)
-                    for mix in json.loads(args.mixes) for r in args.recent.split(",")}
+                    for mix in mixes for r in args.recent.split(",")}
         if args.checkpoint:
             policies[args.checkpoint] = NammPolicy.from_checkpoint(args.checkpoint, budget=budget)
         print(f"{len(prompts)} solved prompts with the answer in the document, budget {budget}")
@@ -398,11 +418,7 @@ def main(argv=None) -> int:
         print(f"{n} prompts from {args.packed} written to {args.pool}")
         return 0
     if args.cmd == "pool":
-        i, k = (int(v) for v in args.shard.split("/"))
-        if not 0 <= i < k:
-            p.error(f"--shard {args.shard}: want i/k with 0 <= i < k")
-        build_pool(lm, Path(args.pool), args.split, args.tasks.split(","), parse_lengths(args.lengths), args.n,
-                   (i, k))
+        build_pool(lm, Path(args.pool), args.split, args.tasks.split(","), parse_lengths(args.lengths), args.n, shard)
         print(f"{len(load_pool(Path(args.pool), False))} prompts in {args.pool}, "
               f"{len(load_pool(Path(args.pool)))} answered right by the full cache")
         return 0

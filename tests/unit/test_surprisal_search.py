@@ -128,3 +128,18 @@ def test_a_follow_up_run_starts_from_the_mean_of_a_previous_one(tmp_path):
     torch.save({"optimizer": dump_optimizer(opt), "generation": 1}, tmp_path / "state.pt")
     mean = state_mean(tmp_path / "state.pt")
     assert np.allclose(mean, opt.mean) and not np.allclose(mean, start_vector())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["pool", "--shard", "x"], "want i/k"),
+    (["pool", "--shard", "2/2"], "want i/k"),
+    (["retention", "--mixes", "[{"], "Expecting"),
+    (["retention", "--mixes", '[{"max:4": 1}]'], "odd width"),
+    (["evolve", "--budgets", "half"], "could not convert"),
+])
+def test_bad_arguments_are_usage_errors_before_the_model_loads(argv, message, capsys):
+    from namm.evolution.surprisal_search import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
