@@ -28,6 +28,8 @@ budget over the document KV, which is computed once per prompt and generation.
 from __future__ import annotations
 
 import argparse
+import bisect
+import itertools
 import json
 import random
 import time
@@ -233,18 +235,16 @@ def evidence_spans(tok, p: PoolPrompt, split: str, before: int = 12, most: int =
     with the `before` tokens in front of it: the key of a needle, "the instrument of X is"."""
     from namm.tasks import make_sample
 
-    ids = p.ctx_ids[0].tolist()
-    starts, pos = [], 0
-    for t in ids:
-        starts.append(pos)
-        pos += len(tok.decode([t]))
-    text = tok.decode(ids)
+    # the text is the tokens' own pieces joined, so a character offset maps back to a token
+    pieces = [tok.decode([t]) for t in p.ctx_ids[0].tolist()]
+    starts = list(itertools.accumulate((len(piece) for piece in pieces[:-1]), initial=0))
+    text = "".join(pieces)
     spans = []
     for answer in make_sample(p.task, p.length, split, p.index).answers:
         c = text.find(answer)
         while c >= 0 and len(spans) < most:
-            first = max(i for i, st in enumerate(starts) if st <= c)
-            last = max(i for i, st in enumerate(starts) if st < c + len(answer))
+            first = bisect.bisect_right(starts, c) - 1
+            last = bisect.bisect_left(starts, c + len(answer)) - 1
             spans.append((max(0, first - before), last + 1))
             c = text.find(answer, c + 1)
     return spans
