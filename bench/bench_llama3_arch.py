@@ -19,7 +19,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from namm.bench import format_table, run_rows  # noqa: E402
+from namm.bench import format_table, run_one, run_rows  # noqa: E402
 from namm.models import LoadedModel, prepare_model  # noqa: E402
 
 ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
@@ -59,6 +59,10 @@ def main(argv=None) -> int:
     p.add_argument("--n-up", type=int, default=512)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json-out", default=None)
+    p.add_argument("--warmup", type=int, default=1024,
+                   help="tokens of one unmeasured full-cache pass first (kernel selection, allocator warm-up)")
+    p.add_argument("--profile", default=None, metavar="POLICY:TOKENS",
+                   help="after the table, profile one run of POLICY at TOKENS and print the top operators")
     args = p.parse_args(argv)
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     started = time.perf_counter()
@@ -74,11 +78,32 @@ def main(argv=None) -> int:
             row["gpu_peak_bytes"] = torch.cuda.max_memory_allocated()
             torch.cuda.reset_peak_memory_stats()
 
+    if args.warmup:  # the first forward on a GPU pays for kernel selection: keep it out of the table
+        run_one(lm, ids_all[:, :args.warmup], "full", None, 2, args.n_up)
+        torch.cuda.reset_peak_memory_stats() if args.device.startswith("cuda") else None
     rows = run_rows(lm, ids_all, [(n, p) for n in lengths for p in policies], args, on_row=gpu_peak)
     print(f"model {lm.name}, device {args.device}, budget {args.budget}, n_up {args.n_up}, "
           f"{args.decode_tokens} decode tokens")
     print(format_table(rows))
+    if args.profile:
+        print_profile(lm, ids_all, args)
     return 0
+
+
+def print_profile(lm: LoadedModel, ids_all: torch.Tensor, args) -> None:
+    """Where one run's time goes, by operator (CPU and, on a GPU, device time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    policy, _, tokens = args.profile.partition(":")
+    ids = ids_all[:, :int(tokens or ids_all.shape[1])]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
+    with profile(activities=activities) as prof:
+        run_one(lm, ids, policy, args.budget, args.decode_tokens, args.n_up)
+    key = "cuda_time_total" if args.device.startswith("cuda") else "cpu_time_total"
+    print(f"profile of {policy} at {ids.shape[1]} tokens, by {key}")
+    print(prof.key_averages().table(sort_by=key, row_limit=25))
+    print("by cpu_time_total")
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25))
 
 
 if __name__ == "__main__":
