@@ -194,6 +194,7 @@ class NammLayer(CacheLayerMixin):
             layer_idx=self.layer_idx, keys=self.keys[:, :, :s], values=self.values[:, :, :s],
             positions=self.positions[:, :, :s], valid=self.valid[:, :, :s], seen=self.seen,
             n_new=self.since_update, state=self.state, surprisal=self.cache.surprisal,
+            token_ids=self.cache.surprisal_log.ids,
         )
         if policy.needs_attention:
             ctx.attn = self._window_attention(policy, ctx)

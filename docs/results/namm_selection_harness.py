@@ -9,6 +9,7 @@ p.add_argument("--tasks"); p.add_argument("--lengths", default="1024,2048"); p.a
 p.add_argument("--start", type=int, default=0)
 p.add_argument("--variants"); p.add_argument("--out"); p.add_argument("--threads", type=int, default=1)
 p.add_argument("--split", default="validation"); p.add_argument("--budget", type=float, default=0.28)
+p.add_argument("--only", default="", help="comma-separated samples (task@length/index): run just these")
 p.add_argument("--base", default="namm/checkpoints/smollm2-135m.pt", help="the checkpoint `ship` and `zero` start from")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
@@ -51,6 +52,7 @@ for idx in range(a.start, a.start + a.n):
         key = f"{task}@{length}/{idx}"
         spec = get_task(task)
         if key in full_wrong: continue  # a recorded full-cache miss: nothing to compare
+        if a.only and key not in a.only.split(","): continue
         for v in ["full"] + a.variants.split(","):
             if (v, key) in done: continue
             t0 = time.time()

@@ -163,9 +163,9 @@ def main(argv=None) -> int:
                 pol = policy
                 if policy.startswith("namm:"):  # a variant: namm:recent=0.25:surprise=1:scorer=zero
                     pol = NammPolicy.variant(args.namm_checkpoint or default_checkpoint(None),
-                                             parse_variant(policy), budget=budget)
+                                             parse_variant(policy), budget=budget, model_name=lm.name)
                 elif policy == "namm" and args.namm_checkpoint:
-                    pol = NammPolicy.from_checkpoint(args.namm_checkpoint, budget=budget)
+                    pol = NammPolicy.from_checkpoint(args.namm_checkpoint, budget=budget, model_name=lm.name)
                 _reuse_full_row(refs, lm, sample, results.get(("full", None, key)))
                 rec = evaluate(lm, [sample], pol, budget, reference_cache=refs)
                 r = rec.samples[0]

@@ -69,7 +69,8 @@ def candidate_policy(x: np.ndarray, budget: float) -> NammPolicy:
                       surprise_mix=mix)
 
 
-def replay_keep(policy: NammPolicy, surprisal: torch.Tensor, n_up: int = 512) -> torch.Tensor:
+def replay_keep(policy: NammPolicy, surprisal: torch.Tensor, n_up: int = 512,
+                token_ids: torch.Tensor | None = None) -> torch.Tensor:
     """[T] bool: what `policy` keeps of a T-token document whose surprisal is `surprisal` [T],
     with an update every `n_up` tokens and the flush at the end (as namm.generate reads it)."""
     t = surprisal.shape[0]
@@ -82,7 +83,8 @@ def replay_keep(policy: NammPolicy, surprisal: torch.Tensor, n_up: int = 512) ->
     for end in ends:
         ctx = UpdateContext(layer_idx=0, keys=empty, values=empty, positions=torch.arange(end)[None, None],
                             valid=alive[None, None, :end].clone(), seen=end, n_new=end - prev,
-                            surprisal=surprisal[None, :end].float())
+                            surprisal=surprisal[None, :end].float(),
+                            token_ids=None if token_ids is None else token_ids.reshape(1, -1)[:, :end])
         alive[:end] &= policy.select(ctx)[0, 0]
         prev = end
     return alive

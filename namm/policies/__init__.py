@@ -35,7 +35,8 @@ def make_policy(name: str, budget: Budget | float | int | None = None, *, model_
 
         ckpt = default_checkpoint(model_name)
         if ckpt is not None:
-            return NammPolicy.from_checkpoint(ckpt, budget="checkpoint" if budget is None else validate_budget(budget))
+            return NammPolicy.from_checkpoint(ckpt, budget="checkpoint" if budget is None else validate_budget(budget),
+                                              model_name=model_name)
     if budget is None and key not in ("full", "namm"):
         budget = DEFAULT_BASELINE_BUDGET.number
     return POLICIES[key](budget=budget, **kwargs)

@@ -25,6 +25,7 @@ class UpdateContext:
     attn: torch.Tensor | None = None  # [B, H, R, S] attention of the last R window queries, GQA-averaged
     state: dict[str, torch.Tensor] = field(default_factory=dict)  # per-slot policy state, slot axis 2
     surprisal: torch.Tensor | None = None  # [B, seen] nats per token read, for policies with needs_surprisal
+    token_ids: torch.Tensor | None = None  # [B, seen] the ids of the tokens read (with the surprisal)
 
     def slot_state(self, name: str, trailing: tuple[int, ...] = (), fill: float = 0.0) -> torch.Tensor:
         """State tensor `name` grown to the current slot count (new slots get `fill`)."""

@@ -10,7 +10,7 @@ from .. import scorer
 from ..features import (EMA_COEFF, HOP, N_BINS, N_FFT, RunningNorm, frame_count, frame_end_positions, scorer_inputs,
                         spectrogram_ema)
 from ..spec import Budget
-from ..surprisal import mixed_surprisal, parse_view
+from ..surprisal import close_spans, mixed_surprisal, parse_view, word_sums
 from .base import Policy, UpdateContext, budget_capacity
 
 
@@ -21,7 +21,8 @@ class NammPolicy(Policy):
     def __init__(self, params=None, budget=None, norm: RunningNorm | None = None, threshold: bool = True,
                  rows: int | None = None, block: int | None = None, sinks: int = 0, recent: float = 0.0,
                  surprise: float = 0.0, surprise_pool: int = 33, min_keep: int = 0,
-                 surprise_mix: dict[str, float] | None = None):
+                 surprise_mix: dict[str, float] | None = None, surprise_close: int = 1,
+                 word_starts: torch.Tensor | None = None):
         super().__init__(budget)
         # min_keep: a text shorter than this is never cut (the flush after a short document
         # would otherwise evict from a cache too small to be worth saving, and drop its facts)
@@ -45,6 +46,18 @@ class NammPolicy(Policy):
             parse_view(view)
         self.surprise_mix = {str(k): float(v) for k, v in surprise_mix.items() if float(v) != 0.0}
         self.needs_surprisal = bool(self.surprise_mix)
+        # surprise_close: close the mixed score over this many tokens (namm/surprisal.py
+        # close_spans), so a phrase is kept or evicted whole; 1 = off
+        if surprise_close < 1 or surprise_close % 2 == 0:
+            raise ValueError(f"surprise_close must be odd and >= 1, got {surprise_close}")
+        self.surprise_close = int(surprise_close)
+        # word_starts: [V] bool, which tokens of the model's vocabulary begin a word
+        # (namm/surprisal.py word_start_table), for the "word:K" views; stored in the checkpoint
+        # because a checkpoint belongs to one model
+        self.word_starts = None if word_starts is None else torch.as_tensor(word_starts, dtype=torch.bool)
+        self.word_starts_model: str | None = None  # the model whose vocabulary the table is of
+        if any(v.startswith("word:") for v in self.surprise_mix) and self.word_starts is None:
+            raise ValueError("a word:K surprisal view needs word_starts (the model's word-start table)")
         # recent: the share of the budget cap reserved for the newest tokens (StreamingLLM's
         # window); the scorer then chooses the rest among older tokens. With sinks and a zero
         # scorer this is StreamingLLM itself, the starting point evolution can only improve on
@@ -141,7 +154,15 @@ class NammPolicy(Policy):
         sur = ctx.surprisal.to(ctx.positions.device)
         if sur.shape[1] < ctx.seen:  # tokens read without their logits (see NammCache.after_forward)
             sur = torch.nn.functional.pad(sur, (0, ctx.seen - sur.shape[1]))
-        pooled = mixed_surprisal(sur, self.surprise_mix, ctx.seen)
+        words = None
+        if self.word_starts is not None and any(v.startswith("word:") for v in self.surprise_mix):
+            if ctx.token_ids is None:
+                raise ValueError("word:K surprisal views need the token ids read (UpdateContext.token_ids)")
+            ids = ctx.token_ids.to(sur.device)
+            if ids.shape[1] < sur.shape[1]:
+                ids = torch.nn.functional.pad(ids, (0, sur.shape[1] - ids.shape[1]))
+            words = word_sums(sur, ids[:, : sur.shape[1]], self.word_starts)
+        pooled = close_spans(mixed_surprisal(sur, self.surprise_mix, ctx.seen, words), self.surprise_close)
         b, h, s = ctx.positions.shape
         idx = ctx.positions.clamp(0, pooled.shape[1] - 1).reshape(b, h * s)
         return pooled.gather(1, idx).reshape(b, h, s)
@@ -161,18 +182,20 @@ class NammPolicy(Policy):
                 "threshold": self.use_threshold, "rows": self.attention_rows, "block": self.block,
                 "sinks": self.sinks, "recent": self.recent, "surprise": self.surprise,
                 "surprise_pool": self.surprise_pool, "min_keep": self.min_keep,
-                "surprise_mix": dict(self.surprise_mix)}
+                "surprise_mix": dict(self.surprise_mix), "surprise_close": self.surprise_close,
+                "word_starts": self.word_starts, "word_starts_model": self.word_starts_model}
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, budget="checkpoint") -> "NammPolicy":
-        return cls.variant(path, {}, budget=budget)
+    def from_checkpoint(cls, path: str | Path, budget="checkpoint", model_name: str | None = None) -> "NammPolicy":
+        return cls.variant(path, {}, budget=budget, model_name=model_name)
 
     # the settings a variant may override (compare's `namm:recent=0.25:surprise_pool=33`; also scorer=zero)
     TUNABLE = {"recent": float, "sinks": int, "surprise": float, "surprise_pool": int, "rows": int, "block": int,
-               "min_keep": int}
+               "min_keep": int, "surprise_close": int}
 
     @classmethod
-    def variant(cls, path: str | Path, overrides: dict[str, str], budget="checkpoint") -> "NammPolicy":
+    def variant(cls, path: str | Path, overrides: dict[str, str], budget="checkpoint",
+                model_name: str | None = None) -> "NammPolicy":
         """The checkpoint with some settings replaced (values as text, e.g. from a command line);
         `scorer=zero` sets all-zero scorer parameters (the window and the surprisal channel decide)."""
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
@@ -191,6 +214,7 @@ class NammPolicy(Policy):
             ckpt["surprise_mix"] = None
         if scorer_choice == "zero":
             ckpt["params"] = torch.zeros_like(ckpt["params"])
+        ckpt["surprise_mix"] = cls.words_for_model(ckpt, model_name)
         norm = RunningNorm.from_state_dict(ckpt["norm"])
         norm.frozen = True
         threshold = ckpt.get("threshold", True) or b is None  # rank-only needs a budget
@@ -198,7 +222,29 @@ class NammPolicy(Policy):
                    rows=ckpt.get("rows"), block=ckpt.get("block"), sinks=ckpt.get("sinks", 0),
                    recent=ckpt.get("recent", 0.0), surprise=ckpt.get("surprise", 0.0),
                    surprise_pool=ckpt.get("surprise_pool", 33), min_keep=ckpt.get("min_keep", 0),
-                   surprise_mix=ckpt.get("surprise_mix"))
+                   surprise_mix=ckpt.get("surprise_mix"), surprise_close=ckpt.get("surprise_close", 1),
+                   word_starts=ckpt.get("word_starts"))._with_word_model(ckpt.get("word_starts_model"))
+
+    def _with_word_model(self, name: str | None) -> "NammPolicy":
+        self.word_starts_model = name
+        return self
+
+    @staticmethod
+    def words_for_model(ckpt: dict, model_name: str | None) -> dict | None:
+        """The checkpoint's surprisal mix for `model_name`: its word-start table belongs to the
+        vocabulary of the model it was made for (`word_starts_model`); on another model (NAMMs
+        transfer zero-shot) each word:K view becomes max:K, the nearest view that needs no table."""
+        mix = ckpt.get("surprise_mix")
+        if not mix or not any(str(v).startswith("word:") for v in mix):
+            return mix
+        made_for = ckpt.get("word_starts_model")
+        if ckpt.get("word_starts") is not None and (model_name is None or made_for is None or model_name == made_for):
+            return mix
+        out: dict[str, float] = {}
+        for view, weight in mix.items():
+            key = "max:" + str(view)[5:] if str(view).startswith("word:") else str(view)
+            out[key] = out.get(key, 0.0) + float(weight)
+        return out
 
     @staticmethod
     def profile_for(ckpt: dict, budget) -> dict:

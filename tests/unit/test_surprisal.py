@@ -137,3 +137,109 @@ def test_min_keep_leaves_a_short_text_whole_and_the_pool_narrows_on_it(tiny):
     ctx = UpdateContext(layer_idx=0, keys=None, values=None, positions=positions,
                         valid=torch.ones_like(positions, dtype=torch.bool), seen=16, n_new=16, surprisal=sur)
     assert pol.pooled_surprisal(ctx)[0, 0].tolist() == sur[0].tolist()
+
+
+class _Pieces:
+    """A stand-in vocabulary (only `decode` and `len` are read): the rule under test is on text."""
+    pieces = [" The", " number", " is", ":", " ", "1", "8", "6", "\n", "AUD", "_", "SIZE", "-", "pill", "ow"]
+
+    def __len__(self):
+        return len(self.pieces)
+
+    def decode(self, ids):
+        return "".join(self.pieces[i] for i in ids)
+
+
+def test_words_begin_at_whitespace_or_punctuation_and_sum_their_pieces():
+    from namm.surprisal import word_start_table, word_sums
+
+    table = word_start_table(_Pieces())
+    begins = [p for p, b in zip(_Pieces.pieces, table.tolist()) if b]
+    assert begins == [" The", " number", " is", ":", " ", "\n", "-"]  # digits, letters and '_' continue
+    ids = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]])  # " The number is: 186\nAUD_SIZE"
+    sur = torch.tensor([[1.0, 2.0, 0.5, 0.5, 0.1, 2.3, 2.3, 2.3, 0.2, 4.0, 1.0, 3.0]])
+    sums = word_sums(sur, ids, table)
+    # the number is one word " 186" (the space and three digits), the identifier "\nAUD_SIZE" another
+    torch.testing.assert_close(sums[0, 4:8], torch.full((4,), 7.0))
+    torch.testing.assert_close(sums[0, 8:], torch.full((4,), 8.2))
+    torch.testing.assert_close(sums[0, :4], sur[0, :4])
+
+
+def test_a_word_view_scores_a_number_by_its_whole_information():
+    table = torch.tensor([True, True, True, True, True, False, False, False])
+    ids = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7]])   # four one-token words, then a four-token number
+    sur = torch.tensor([[3.0, 3.0, 3.0, 3.0, 0.3, 2.3, 2.3, 2.3]])
+    positions = torch.arange(8)[None, None]
+    ctx = UpdateContext(layer_idx=0, keys=None, values=None, positions=positions,
+                        valid=torch.ones_like(positions, dtype=torch.bool), seen=56, n_new=56,
+                        surprisal=sur, token_ids=ids)
+    per_token = NammPolicy(budget=0.5, threshold=False, surprise_mix={"max:1": 1.0}).pooled_surprisal(ctx)
+    per_word = NammPolicy(budget=0.5, threshold=False, surprise_mix={"word:1": 1.0},
+                          word_starts=table).pooled_surprisal(ctx)
+    assert per_token[0, 0, 5:].max() < per_token[0, 0, :4].min()   # token by token the digits lose
+    assert per_word[0, 0, 4:].min() > per_word[0, 0, :4].max()     # as one word (7.2 nats) they win
+    with pytest.raises(ValueError, match="word_starts"):
+        NammPolicy(budget=0.5, threshold=False, surprise_mix={"word:9": 1.0})
+
+
+def test_closing_fills_a_dip_inside_a_phrase_but_does_not_widen_it():
+    from namm.surprisal import close_spans
+
+    score = torch.tensor([[0.0, 0.0, 5.0, 1.0, 5.0, 0.0, 0.0, 0.0]])
+    closed = close_spans(score, 3)
+    assert closed.tolist() == [[0.0, 0.0, 5.0, 5.0, 5.0, 0.0, 0.0, 0.0]]
+    assert close_spans(score, 1) is score
+    with pytest.raises(ValueError, match="surprise_close"):
+        NammPolicy(budget=0.5, threshold=False, surprise=1.0, surprise_close=4)
+
+
+def test_the_cache_hands_the_token_ids_with_the_surprisal_and_forgets_them_on_restore(tiny):
+    table = torch.zeros(tiny.model.config.vocab_size, dtype=torch.bool)
+    table[::3] = True
+    pol = NammPolicy(budget=0.5, threshold=False, sinks=2, recent=0.25, surprise_mix={"word:5": 1.0},
+                     word_starts=table)
+    rec = RecordingPolicy(pol)
+    rec.needs_surprisal = True
+    cache = NammCache(tiny.model.config, rec, n_up=N_UP)
+    ids = random_ids(3 * N_UP, seed=7)
+    with torch.no_grad():
+        prefill(tiny, cache, ids[:, : 2 * N_UP])
+        snap = cache.snapshot()
+        prefill(tiny, cache, ids[:, 2 * N_UP:])
+    assert torch.equal(cache.surprisal_log.ids, ids) and len(rec.kept_positions) >= 2
+    cache.restore(snap)
+    assert torch.equal(cache.surprisal_log.ids, ids[:, : 2 * N_UP])
+
+
+def test_a_word_profile_is_stored_with_its_table_and_falls_back_on_another_model(tmp_path):
+    from namm.checkpoints import default_checkpoint
+    from namm.evolution.profile import set_profile
+
+    base = torch.load(default_checkpoint(None), weights_only=False)
+    table = torch.zeros(16, dtype=torch.bool)
+    ck = set_profile(base, 0.45, {"word:33": 1.0, "max:9": 0.5}, 0.2, table, "SmolLM2-135M-Instruct")
+    assert [p["from_budget"] for p in ck["profiles"]][-1] == 0.45
+    path = tmp_path / "w.pt"
+    torch.save(ck, path)
+    here = NammPolicy.from_checkpoint(path, budget=0.5, model_name="SmolLM2-135M-Instruct")
+    assert here.surprise_mix == {"word:33": 1.0, "max:9": 0.5} and here.recent == 0.2
+    assert torch.equal(here.word_starts, table) and here.word_starts_model == "SmolLM2-135M-Instruct"
+    # the table is the default model's vocabulary: elsewhere the word view becomes its token view
+    other = NammPolicy.from_checkpoint(path, budget=0.5, model_name="Llama-3-8b")
+    assert other.surprise_mix == {"max:33": 1.0, "max:9": 0.5}
+    below = NammPolicy.from_checkpoint(path, budget=0.3)  # under the profile: the base channel
+    assert below.surprise_mix == {"max:65": 1.0}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--mix", "{not json"], "--mix is not JSON"),
+    (["--mix", "[1]"], "JSON object"),
+    (["--mix", '{"word:32": 1}'], "odd width"),
+    (["--mix", '{"max:9": 1}', "--from-budget", "1.5"], "kept fraction"),
+])
+def test_bad_profile_arguments_are_clear_errors(argv, message, tmp_path):
+    from namm.evolution.profile import main
+
+    args = ["--base", "unused.pt", "--out", str(tmp_path / "o.pt"), "--from-budget", "0.4"] + argv
+    with pytest.raises(SystemExit, match=message):
+        main(args)
