@@ -31,6 +31,5 @@ def test_the_shipped_table_is_the_tokenizers(lm):
     from namm.checkpoints import default_checkpoint
 
     ckpt = torch.load(default_checkpoint(lm.name), weights_only=False)
-    if ckpt.get("word_starts") is not None:
-        assert ckpt["word_starts_model"] == lm.name
-        assert torch.equal(ckpt["word_starts"], word_start_table(lm.tokenizer))
+    assert ckpt["word_starts_model"] == lm.name
+    assert torch.equal(ckpt["word_starts"], word_start_table(lm.tokenizer))
