@@ -29,15 +29,20 @@ def _json(text: str, flag: str):
         raise SystemExit(f"{flag} is not JSON: {exc}") from None
 
 
-def set_profile(base: dict, from_budget: float, mix: dict[str, float], recent: float | None,
+def set_profile(base: dict, from_budget: float | None, mix: dict[str, float], recent: float | None,
                 word_starts: torch.Tensor | None, model_name: str | None) -> dict:
-    """A copy of checkpoint dict `base` whose profile from `from_budget` up is (mix, recent)."""
+    """A copy of checkpoint dict `base` whose profile from `from_budget` up is (mix, recent);
+    `from_budget` None sets the base settings (what applies below every profile, and to token budgets)."""
     ckpt = dict(base)
-    profile = {"from_budget": float(from_budget), "surprise_mix": {str(k): float(v) for k, v in mix.items()}}
+    settings = {"surprise_mix": {str(k): float(v) for k, v in mix.items()}}
     if recent is not None:
-        profile["recent"] = float(recent)
-    others = [p for p in ckpt.get("profiles") or [] if p["from_budget"] != profile["from_budget"]]
-    ckpt["profiles"] = sorted(others + [profile], key=lambda p: p["from_budget"])
+        settings["recent"] = float(recent)
+    if from_budget is None:
+        ckpt.update(settings)
+    else:
+        profile = {"from_budget": float(from_budget), **settings}
+        others = [p for p in ckpt.get("profiles") or [] if p["from_budget"] != profile["from_budget"]]
+        ckpt["profiles"] = sorted(others + [profile], key=lambda p: p["from_budget"])
     if word_starts is not None:
         ckpt["word_starts"], ckpt["word_starts_model"] = word_starts, model_name
     return ckpt
@@ -47,7 +52,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--from-budget", type=float, required=True, help="the kept fraction the profile applies from")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--from-budget", type=float, help="the kept fraction the profile applies from")
+    where.add_argument("--base-settings", action="store_true",
+                       help="set the base settings instead (below every profile, and token budgets)")
     p.add_argument("--mix", required=True, help='surprisal views and weights, JSON: {"word:33": 1.0}')
     p.add_argument("--recent", type=float, default=None, help="the recent share under this profile")
     p.add_argument("--model", default=None, help="a local model folder (the default model when not given)")
@@ -62,7 +70,7 @@ def main(argv=None) -> int:
             parse_view(view)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
-    if not 0.0 < args.from_budget < 1.0:
+    if args.from_budget is not None and not 0.0 < args.from_budget < 1.0:
         raise SystemExit(f"--from-budget is a kept fraction in (0, 1), got {args.from_budget}")
     validation = _json(args.validation, "--validation") if args.validation else None
     base = torch.load(args.base, map_location="cpu", weights_only=False)
@@ -82,12 +90,12 @@ def main(argv=None) -> int:
     tmp = f"{args.out}.tmp"
     torch.save(ckpt, tmp)
     try:  # the file must load at the profile's budget before it replaces anything
-        NammPolicy.from_checkpoint(tmp, budget=max(args.from_budget, base.get("budget") or 0.0), model_name=model_name)
+        NammPolicy.from_checkpoint(tmp, budget=args.from_budget or base.get("budget"), model_name=model_name)
     except ValueError as exc:
         os.remove(tmp)
         raise SystemExit(f"the profile does not load: {exc}") from None
     os.replace(tmp, args.out)  # processes loading the file meanwhile see the old one or the new one
-    print(f"wrote {args.out}: from {args.from_budget}: {mix}" + (f", recent {args.recent}" if args.recent is not None else ""))
+    print(f"wrote {args.out}: {'base' if args.from_budget is None else f'from {args.from_budget}'}: {mix}" + (f", recent {args.recent}" if args.recent is not None else ""))
     return 0
 
 

@@ -229,6 +229,10 @@ def test_a_word_profile_is_stored_with_its_table_and_falls_back_on_another_model
     assert other.surprise_mix == {"max:33": 1.0, "max:9": 0.5}
     below = NammPolicy.from_checkpoint(path, budget=0.3)  # under the profile: the base channel
     assert below.surprise_mix == {"max:65": 1.0}
+    based = set_profile(ck, None, {"word:65": 1.0}, 0.3, table, "SmolLM2-135M-Instruct")
+    torch.save(based, path)
+    assert NammPolicy.from_checkpoint(path, budget=0.3).surprise_mix == {"word:65": 1.0}
+    assert NammPolicy.from_checkpoint(path, budget=0.5).surprise_mix == {"word:33": 1.0, "max:9": 0.5}
 
 
 @pytest.mark.parametrize("argv, message", [
