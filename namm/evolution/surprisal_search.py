@@ -52,7 +52,7 @@ from .refine import spearman
 from .surrogate import PromptRefs, answer_log_prob, closed_loop_fitness, masked_answer_log_probs, relative
 
 BANK = ("max:1", "max:9", "max:33", "max:65", "max:129", "mean:33", "ahead:17", "behind:17")
-START = {"max:65": 1.0}  # the shipped channel (session 5's hand-chosen closed-loop winner)
+START = {"max:65": 1.0}  # session 5's hand-chosen closed-loop winner (the shipped base until session 8)
 SINKS, MIN_KEEP, START_RECENT = 4, 128, 0.25
 
 

@@ -215,7 +215,7 @@ def test_a_word_profile_is_stored_with_its_table_and_falls_back_on_another_model
     from namm.checkpoints import default_checkpoint
     from namm.evolution.profile import set_profile
 
-    base = torch.load(default_checkpoint(None), weights_only=False)
+    base = {**torch.load(default_checkpoint(None), weights_only=False), "surprise_mix": {"max:65": 1.0}}
     table = torch.zeros(16, dtype=torch.bool)
     ck = set_profile(base, 0.45, {"word:33": 1.0, "max:9": 0.5}, 0.2, table, "SmolLM2-135M-Instruct")
     assert [p["from_budget"] for p in ck["profiles"]][-1] == 0.45

@@ -35,7 +35,7 @@ def test_the_scalar_channel_is_the_one_view_mix():
     assert NammPolicy(budget=0.3).needs_surprisal is False
 
 
-def test_the_start_vector_is_the_shipped_channel():
+def test_the_start_vector_is_the_token_channel_it_was_evolved_from():
     pol = candidate_policy(start_vector(), 0.28)
     assert pol.surprise_mix == {"max:65": 1.0} and pol.recent == 0.25 and pol.sinks == 4
     assert len(start_vector()) == len(BANK) + 1
