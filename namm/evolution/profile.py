@@ -73,6 +73,8 @@ def main(argv=None) -> int:
     if args.from_budget is not None and not 0.0 < args.from_budget < 1.0:
         raise SystemExit(f"--from-budget is a kept fraction in (0, 1), got {args.from_budget}")
     validation = _json(args.validation, "--validation") if args.validation else None
+    if not os.path.isfile(args.base):
+        raise SystemExit(f"--base {args.base}: no such checkpoint file")
     base = torch.load(args.base, map_location="cpu", weights_only=False)
     word_starts, model_name = None, None
     if any(str(v).startswith("word:") for v in mix):

@@ -240,6 +240,7 @@ def test_a_word_profile_is_stored_with_its_table_and_falls_back_on_another_model
     (["--mix", "[1]"], "JSON object"),
     (["--mix", '{"word:32": 1}'], "odd width"),
     (["--mix", '{"max:9": 1}', "--from-budget", "1.5"], "kept fraction"),
+    (["--mix", '{"max:9": 1}'], "no such checkpoint file"),
 ])
 def test_bad_profile_arguments_are_clear_errors(argv, message, tmp_path):
     from namm.evolution.profile import main
