@@ -10,7 +10,7 @@ import numpy as np
 
 from .config import EvolveConfig, config_from_dict
 from .fitness import SyntheticFitness, TaskFitness
-from .optimizer import dump_optimizer, load_optimizer, make_optimizer
+from .optimizer import checkpoint_optimizer, load_optimizer, make_optimizer
 from .records import CHECKPOINT, RunState, load_state, save_policy, save_state, write_logs
 
 
@@ -46,7 +46,8 @@ def run(cfg: EvolveConfig, resume: bool = False, fitness=None, log: Callable[[st
     if state is None:
         fitness.prepare(log)
         opt = make_optimizer(cfg, fitness.dim)
-        state = RunState(config=cfg.to_dict(), optimizer=dump_optimizer(opt), norm=fitness.norm_state)
+        state = RunState(config=cfg.to_dict(), optimizer={}, norm=fitness.norm_state)
+        state.optimizer, opt = checkpoint_optimizer(opt)
         if cfg.validate_every and cfg.fitness == "tasks":
             z = fitness(np.zeros(fitness.dim), split="validation")
             state.zero_validation = {"normalised": z.normalised, "kept": z.kept_fraction, "per_task": z.per_task}
@@ -56,6 +57,8 @@ def run(cfg: EvolveConfig, resume: bool = False, fitness=None, log: Callable[[st
     else:
         fitness.prepare(log)
     title = f"NAMM CMA-ES, {cfg.model or 'SmolLM2-135M-Instruct'}, pop {cfg.population}, budget {cfg.budget}"
+    if resume:  # a kill between the logs and the checkpoint left a row the state does not know
+        write_logs(out_dir, state.logs, title, plot=False)
     done_here = 0
     while state.stage < len(cfg.stages):
         stage = cfg.stages[state.stage]
@@ -107,7 +110,7 @@ def run(cfg: EvolveConfig, resume: bool = False, fitness=None, log: Callable[[st
         row["seconds"] = time.perf_counter() - t0
         state.wall_seconds += row["seconds"]
         state.logs.append(row)
-        state.optimizer = dump_optimizer(opt)
+        state.optimizer, opt = checkpoint_optimizer(opt)  # go on from what is saved: exact resume
         if state.stage_generation >= stage.generations:
             state.stage += 1
             state.stage_generation = 0

@@ -53,16 +53,73 @@ def load_optimizer(blob: dict):
     return opt
 
 
-def resume_or_start(state_path, start, log=print):
+def checkpoint_optimizer(opt) -> tuple[dict, object]:
+    """The optimiser's saved form, and the optimiser restored from it, which the run goes on with.
+
+    cmaes pickles its covariance as one triangle, so the live matrix and the saved one can differ
+    in the last bits; a run that went on with the live one would drift away from a run resumed
+    from the file, by an amount that depends on where it was killed. Going on from what was
+    written makes an uninterrupted run and a resumed one the same computation."""
+    blob = dump_optimizer(opt)
+    return blob, load_optimizer(blob)
+
+
+def save_run_state(path, payload: dict) -> None:
+    """A surrogate run's state file (torch.save format), replaced atomically: a kill while
+    writing leaves the previous generation's state, never a torn file."""
+    import io
+
+    import torch
+
+    from .records import atomic_write_bytes
+
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def resume_or_start(state_path, start, log=print, log_path=None):
     """(optimiser, generations done): from the state file a run wrote after its last
-    generation, or `start()` and 0, so a stopped run goes on here or on another machine."""
+    generation, or `start()` and 0, so a stopped run goes on here or on another machine.
+
+    The log is written just before the state; a kill between the two leaves a row the state
+    does not know. `log_path` is then cut back to the state's generation, so the resumed run
+    neither repeats nor skips a row."""
     import torch
 
     if state_path.exists():
         state = torch.load(state_path, weights_only=False)
         log(f"resuming at generation {state['generation'] + 1}")
+        if log_path is not None:
+            trim_log(log_path, state["generation"])
         return load_optimizer(state["optimizer"]), state["generation"]
+    if log_path is not None:
+        trim_log(log_path, 0)
     return start(), 0
+
+
+def trim_log(path, generations: int) -> None:
+    """Keep the CSV log's rows of generations 1..`generations` (atomic rewrite)."""
+    import csv
+    import io
+
+    from .records import atomic_write_text
+
+    if not path.exists():
+        return
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    kept = [r for r in rows if int(r["generation"]) <= generations]
+    if len(kept) == len(rows):
+        return
+    if not kept:
+        path.unlink()
+        return
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(kept)
+    atomic_write_text(path, buf.getvalue())
 
 
 def append_log_row(path, row: dict) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from namm.evolution.optimizer import append_log_row, dump_optimizer, resume_or_start
+from namm.evolution.optimizer import append_log_row, checkpoint_optimizer, resume_or_start, save_run_state
 from namm.evolution.surrogate import Surrogate, closed_loop_fitness
 from namm.evolution.warmstart import load_pool
 from namm.policies.namm import NammPolicy
@@ -60,7 +60,8 @@ def evolve(sur: Surrogate, init: NammPolicy, out: Path, generations: int, popula
     out.mkdir(parents=True, exist_ok=True)
     state_path, log_path = out / "state.pt", out / "log.csv"
     opt, gen = resume_or_start(state_path, lambda: SepCMA(
-        mean=init.params.numpy().astype(np.float64), sigma=sigma, seed=seed, population_size=population))
+        mean=init.params.numpy().astype(np.float64), sigma=sigma, seed=seed, population_size=population),
+        log_path=log_path)
     rng = random.Random(seed)
     for _ in range(gen):  # the same mini-batches after a resume
         rng.sample(range(len(sur.recs)), batch)
@@ -75,7 +76,8 @@ def evolve(sur: Surrogate, init: NammPolicy, out: Path, generations: int, popula
         row = {"generation": gen, "best": max(fits), "population_mean": float(np.mean(fits)), "mean": mean_fit,
                "sigma": opt._sigma, "seconds": round(time.perf_counter() - t0, 1)}
         append_log_row(log_path, row)
-        torch.save({"optimizer": dump_optimizer(opt), "generation": gen}, state_path)
+        blob, opt = checkpoint_optimizer(opt)  # go on from what is saved: exact resume
+        save_run_state(state_path, {"optimizer": blob, "generation": gen})
         NammPolicy(params=opt.mean.astype(np.float32), budget=sur.budget, norm=init.norm, threshold=False,
                    rows=init.attention_rows, block=init.block, sinks=init.sinks, recent=init.recent).save(
             out / "mean.pt", training={"method": "warmstart+cma-es surrogate", "generation": gen})

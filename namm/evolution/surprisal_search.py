@@ -47,7 +47,7 @@ from namm.policies.namm import NammPolicy
 from namm.prompts import split_prompt
 from namm.surprisal import SurprisalLog
 
-from .optimizer import append_log_row, dump_optimizer, load_optimizer, resume_or_start
+from .optimizer import append_log_row, checkpoint_optimizer, load_optimizer, resume_or_start, save_run_state
 from .refine import spearman
 from .surrogate import PromptRefs, answer_log_prob, closed_loop_fitness, masked_answer_log_probs, relative
 
@@ -295,7 +295,7 @@ def evolve(lm, pool: Path, out: Path, generations: int, population: int, batch: 
     state_path, log_path = out / "state.pt", out / "log.csv"
     x0 = start_vector() if start is None else start
     opt, gen = resume_or_start(state_path, lambda: CMA(mean=x0, sigma=sigma, seed=seed, population_size=population),
-                               log)
+                               log, log_path=log_path)
     while gen < generations:
         t0 = time.perf_counter()
         prompts = load_pool(pool)
@@ -313,8 +313,8 @@ def evolve(lm, pool: Path, out: Path, generations: int, population: int, batch: 
                "seconds": round(time.perf_counter() - t0, 1), "prompts": len(picked), "pool_solved": len(prompts),
                "new_mean": json.dumps([round(float(v), 4) for v in opt.mean])}
         append_log_row(log_path, row)
-        torch.save({"optimizer": dump_optimizer(opt), "generation": gen, "bank": BANK, "budgets": budgets},
-                   state_path)
+        blob, opt = checkpoint_optimizer(opt)  # go on from what is saved: exact resume
+        save_run_state(state_path, {"optimizer": blob, "generation": gen, "bank": BANK, "budgets": budgets})
         log(json.dumps(row))
 
 
