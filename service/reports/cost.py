@@ -25,6 +25,10 @@ GroupBy = Literal["day", "model", "policy", "batch", "tenant"]
 GROUPS: tuple[str, ...] = ("day", "model", "policy", "batch", "tenant")
 MAX_DAYS = 366
 DEFAULT_DAYS = 30
+# bounds of a report's period in UTC: far inside what Python's datetime and both databases can
+# hold, so a time zone or the "+1 day" of an inclusive `to` can never overflow (a 500 before)
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(9000, 1, 1, tzinfo=timezone.utc)
 NO_BATCH = "(none)"
 
 
@@ -60,14 +64,28 @@ def _bound(raw: str | None, tz: ZoneInfo, name: str, *, end: bool) -> datetime |
         day = date.fromisoformat(raw)
     except ValueError:
         day = None
-    if day is not None:
-        start = datetime.combine(day + timedelta(days=1) if end else day, time(0), tzinfo=tz)
-        return start
     try:
-        when = datetime.fromisoformat(raw)
-    except ValueError:
-        raise ReportError(f"{name}: {raw!r} is not a date (YYYY-MM-DD) or an ISO datetime") from None
-    return when if when.tzinfo else when.replace(tzinfo=tz)
+        if day is not None:
+            return _representable(
+                datetime.combine(day + timedelta(days=1) if end else day, time(0), tzinfo=tz), name)
+        try:
+            when = datetime.fromisoformat(raw)
+        except ValueError:
+            raise ReportError(f"{name}: {raw!r} is not a date (YYYY-MM-DD) or an ISO datetime") from None
+        return _representable(when if when.tzinfo else when.replace(tzinfo=tz), name)
+    except OverflowError:
+        raise ReportError(_out_of_range(name)) from None
+
+
+def _out_of_range(name: str) -> str:
+    return f"{name}: out of range (between {EARLIEST.date()} and {LATEST.date()} UTC)"
+
+
+def _representable(when: datetime, name: str) -> datetime:
+    """`when` if it lies in [EARLIEST, LATEST] once in UTC; OverflowError is caught by callers."""
+    if not EARLIEST <= when.astimezone(timezone.utc) <= LATEST:
+        raise ReportError(_out_of_range(name))
+    return when
 
 
 def parse_query(*, from_: str | None, to: str | None, group_by: str, tz: str | None,

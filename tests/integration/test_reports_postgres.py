@@ -42,3 +42,28 @@ def test_report_figures_on_postgres(fresh_pg, monkeypatch):  # noqa: F811
             "acme": 4500, "globex": 99_999}
     finally:
         reset_process_state()
+
+
+def test_dates_at_and_past_the_range_on_postgres(fresh_pg, monkeypatch):  # noqa: F811
+    """The edges of the period's range are queried on timestamptz; past them is a ReportError
+    (the route's 422) before any SQL, and the session stays usable."""
+    monkeypatch.setenv("NAMM_DATABASE__URL", fresh_pg)
+    reset_process_state()
+    try:
+        from service.core import migrate
+        from service.core.db import session_scope
+        from service.reports.cost import ReportError, build_report, parse_query
+
+        migrate.upgrade(fresh_pg)
+        with session_scope() as s:
+            for from_, to in (("9999-12-30", "9999-12-31"), ("0001-01-01", "0001-01-02")):
+                with pytest.raises(ReportError, match="out of range"):
+                    parse_query(from_=from_, to=to, group_by="day", tz="Pacific/Kiritimati",
+                                tenant_id=None)
+            for from_, to in (("1970-01-01", "1970-01-02"), ("8999-12-30", "8999-12-31")):
+                rep = build_report(s, parse_query(from_=from_, to=to, group_by="day",
+                                                  tz="Pacific/Kiritimati", tenant_id=None),
+                                   with_status=True)
+                assert len(rep["groups"]) == 2 and rep["totals"]["jobs"] == 0
+    finally:
+        reset_process_state()

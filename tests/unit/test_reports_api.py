@@ -191,6 +191,30 @@ def test_bad_parameters_are_422_with_a_message(client, keys, params, words):
     assert words in str(r.json()["detail"])
 
 
+@pytest.mark.parametrize("params", [
+    {"from": "9999-12-30", "to": "9999-12-31"},  # the "+1 day" of `to` overflowed: a 500
+    {"from": "0001-01-01", "to": "0001-01-02"},
+    {"from": "10000-01-01", "to": "10000-01-02"},
+    {"from": "9999-12-31T23:00:00", "to": "9999-12-31T23:59:59"},
+    {"from": "0001-01-01T00:00:00+14:00", "to": "0001-01-01T10:00:00+14:00"},
+    {"from": "9999-12-30", "to": "9999-12-31", "tz": "Pacific/Kiritimati"},
+    {"from": "0001-01-01", "to": "0001-01-02", "tz": "Pacific/Kiritimati"},
+    {"from": "9999-12-31", "to": "0001-01-01"},
+    {"from": "0001-01-01", "to": "9999-12-31"},
+])
+def test_dates_out_of_range_are_422_and_the_connection_goes_on(client, keys, params):
+    r = client.get("/v1/reports/cost", params=params, headers={"X-API-Key": keys["a"]})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].split(":")[0] in ("from", "to")  # names the parameter
+    assert report(client, keys["a"], **{"from": "2026-03-09", "to": "2026-03-10"})["groups"]
+
+
+def test_the_edges_of_the_range_are_served(client, keys):
+    assert len(report(client, keys["a"], **{"from": "1970-01-01", "to": "1970-01-02"})["groups"]) == 2
+    assert len(report(client, keys["a"], **{"from": "8999-12-30", "to": "8999-12-31",
+                                          "tz": "Pacific/Kiritimati"})["groups"]) == 2
+
+
 def test_price_change_inside_the_period_and_half_up_rounding(client, keys, tmp_path):
     """Two jobs with the same work either side of a price change keep the price of their day;
     each job is rounded once (2.5 micro-USD -> 3), and the report sums the rounded figures."""
