@@ -88,8 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from service.core.db import session_scope
+    from service.core.db_check import readable_database_problem
+    from service.core.settings import get_settings
     from service.jobs.models import Tenant
 
+    # a read command must never create a database: check the configured one is there first
+    problem = readable_database_problem(get_settings().database.url.get_secret_value())
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     with session_scope() as session:
         tenant_id = None
         if args.tenant is not None:

@@ -69,3 +69,41 @@ def test_bad_input_exits_2_with_a_message(db_env):
     assert r.returncode == 2 and "time zone" in r.stderr
     r = cli(env, "--tenant", "nobody")
     assert r.returncode == 2 and "no tenant" in r.stderr
+
+
+def _without_settings(tmp_path):
+    # no NAMM_ variable: the defaults, as for a new user; tmp_path has no .env either
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NAMM_")}
+    return env
+
+
+def test_from_another_folder_without_settings_creates_nothing_and_says_what_to_set(tmp_path):
+    """Issue 23 #15: the default sqlite:///var/namm.db, relative to a folder with no database,
+    used to be created empty and end in a traceback ("no such table")."""
+    r = subprocess.run([sys.executable, "-m", "service.reports"], cwd=tmp_path,
+                       env=_without_settings(tmp_path), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no database file at")
+    assert "sqlite:///var/namm.db" in lines[0] and "NAMM_DATABASE__URL" in lines[0]
+    assert "Traceback" not in r.stderr
+    assert list(tmp_path.iterdir()) == []  # neither var/ nor var/namm.db
+
+
+def test_an_unmigrated_database_is_named_with_its_password_masked(tmp_path):
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    env = {**_without_settings(tmp_path), "NAMM_DATABASE__URL": f"sqlite:///{empty}"}
+    r = cli_in(tmp_path, env)
+    assert r.returncode == 2 and "not migrated" in r.stderr and "usage_records" in r.stderr
+    assert empty.stat().st_size == 0  # opened read-only: nothing written
+    env["NAMM_DATABASE__URL"] = "postgresql+psycopg://namm:s3cret@127.0.0.1:5432/no_such_db_x"
+    r = cli_in(tmp_path, env)
+    assert r.returncode == 2 and "cannot open database" in r.stderr
+    assert "s3cret" not in r.stderr and "namm:***@127.0.0.1" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def cli_in(cwd, env, *args):
+    return subprocess.run([sys.executable, "-m", "service.reports", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
