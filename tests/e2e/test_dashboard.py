@@ -120,3 +120,61 @@ def test_dashboard_renders_the_report_in_chromium(api):
     assert "saved, measured on 1 full-cache rerun(s)" in summary and "$0.000900" in summary
     assert "1 of 1" in summary and "2.0 vs 3.0" in summary
     assert shot.stat().st_size > 10_000
+
+
+CHART_SHAPE = """() => Object.fromEntries(Object.entries(window.nammCharts).map(([name, c]) =>
+    [name, {type: c.config.type, labels: c.data.labels, offset: c.options.scales.x.offset,
+            datasets: c.data.datasets.map(d => ({label: d.label, data: d.data, order: d.order || 0,
+                                                  pointRadius: d.pointRadius}))}]))"""
+
+
+def test_dashboard_is_readable_on_a_first_day_and_over_a_month(api):
+    """Issue 23 item 16: one day of data is bars centred on the axis (not a lone point at the
+    edge), a month is lines with visible markers, "cost" is drawn above "cost, all jobs", and the
+    page (favicon included) loads with no console error and no failed request."""
+    from playwright.sync_api import sync_playwright
+
+    url, key = api
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "dashboard-one-day.png"
+    errors, failed, favicon = [], [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1300})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("requestfailed", lambda r: failed.append(r.url))
+            page.on("response", lambda r: favicon.append(r.status) if r.url.endswith("/favicon.ico") else None)
+            page.goto(f"{url}/dashboard?from=2026-03-10&to=2026-03-10&tz=UTC")
+            page.fill("#api-key", key)
+            page.click("#login button[type=submit]")
+            page.wait_for_selector("body[data-loaded=true]", timeout=30_000)
+            one_day = page.evaluate(CHART_SHAPE)
+            page.screenshot(path=str(shot), full_page=True)
+            page.evaluate("() => { delete document.body.dataset.loaded; }")
+            page.fill("#from", "2026-02-10")
+            page.fill("#to", "2026-03-11")
+            page.click("#filters button[type=submit]")
+            page.wait_for_selector("body[data-loaded=true]", timeout=30_000)
+            month = page.evaluate(CHART_SHAPE)
+            page.screenshot(path=str(ARTIFACTS / "dashboard-month.png"), full_page=True)
+            icon = page.request.get(f"{url}/favicon.ico")
+            icon_type, icon_size = icon.headers["content-type"], len(icon.body())
+        finally:
+            browser.close()
+    print(f"\ndashboard screenshots: {shot}, {ARTIFACTS / 'dashboard-month.png'}")
+    for name, chart in one_day.items():
+        assert chart["type"] == "bar" and chart["offset"] is True, name
+        assert chart["labels"] == ["2026-03-10"], name
+    assert one_day["kv"]["datasets"][0]["data"] == [3100]
+    for name in ("kv", "cost"):
+        assert month[name]["type"] == "line" and month[name]["offset"] is True
+        assert len(month[name]["labels"]) == 30
+        assert all(d["pointRadius"] >= 4 for d in month[name]["datasets"]), name
+    cost = {d["label"]: d for d in month["cost"]["datasets"]}
+    # a lower order is drawn later, on top: "cost" must not hide under "cost, all jobs"
+    assert cost["cost"]["order"] < cost["cost, all jobs"]["order"]
+    assert errors == [] and failed == []
+    assert set(favicon) <= {200}  # headless Chromium may not ask; the request below does
+    assert icon_type == "image/x-icon" and 0 < icon_size < 5000

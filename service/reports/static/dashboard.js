@@ -43,23 +43,31 @@ function query(groupBy) {
   return "/v1/reports/cost?" + p.toString();
 }
 
+// Up to this many days the series are bars: one or a few points on a line read as a flat line
+// stuck to the axis (a new tenant's first day); a month reads better as lines.
+const BAR_DAYS = 7;
+
 function chart(id, type, labels, datasets, options) {
   if (window.nammCharts[id]) window.nammCharts[id].destroy();
   window.nammCharts[id] = new Chart($("chart-" + id), {
     type, data: { labels, datasets },
+    // offset: the first and last day sit half a step in from the edges, never on the axis
     options: Object.assign({ animation: false, responsive: true, interaction: { mode: "index", intersect: false },
-      scales: { y: { beginAtZero: true } } }, options || {}),
+      scales: { x: { offset: true }, y: { beginAtZero: true } } }, options || {}),
   });
 }
 
 function line(label, data, color, extra) {
-  return Object.assign({ label, data, borderColor: color, backgroundColor: color, tension: 0.2 }, extra || {});
+  // visible markers: a day with a value is a dot even where no line joins it to a neighbour
+  return Object.assign({ label, data, borderColor: color, backgroundColor: color, tension: 0.2,
+    pointRadius: 4, pointHoverRadius: 6 }, extra || {});
 }
 
 function drawCharts(report) {
   const days = report.groups.map((g) => g.key);
   const g = report.groups;
-  chart("kv", "line", days, [
+  const type = days.length <= BAR_DAYS ? "bar" : "line";
+  chart("kv", type, days, [
     line("kept (this service)", g.map((x) => x.kv_token_steps), COLORS.run),
     line("full cache", g.map((x) => x.kv_token_steps_full), COLORS.full),
   ]);
@@ -68,11 +76,14 @@ function drawCharts(report) {
   // the full cache's figure exists only for jobs with a counterfactual: compare it with the cost
   // of those jobs (no point where a day has none), and show the cost of every job beside them
   const withCf = (x, value) => (x.jobs_with_counterfactual > 0 ? value / 1e6 : null);
-  chart("cost", "line", days, [
-    line("cost, all jobs", g.map((x) => x.cost_micro_usd / 1e6), COLORS.b),
-    line("cost", g.map((x) => withCf(x, x.cost_with_counterfactual_micro_usd)), COLORS.run),
+  // "cost" (jobs with a full-cache figure) often equals "cost, all jobs": drawn last would hide
+  // it, so "cost, all jobs" is a wide pale band drawn under (order 2) and "cost" a thin line on top
+  chart("cost", type, days, [
+    line("cost, all jobs", g.map((x) => x.cost_micro_usd / 1e6), COLORS.b,
+      { order: 2, borderWidth: 8, borderColor: COLORS.b + "66", backgroundColor: COLORS.b + "99", pointRadius: 7 }),
+    line("cost", g.map((x) => withCf(x, x.cost_with_counterfactual_micro_usd)), COLORS.run, { order: 0 }),
     line("full cache" + (estimated ? " (estimated)" : ""), g.map((x) => withCf(x, x.full_cache_cost_micro_usd)),
-      COLORS.full, { borderDash: estimated ? [6, 4] : [] }),
+      COLORS.full, { order: 1, borderDash: estimated ? [6, 4] : [] }),
   ]);
   chart("tokens", "bar", days, [
     line("tokens in", g.map((x) => x.tokens_in), COLORS.a),
