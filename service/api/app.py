@@ -126,6 +126,7 @@ def build_server() -> JobServer:
         timeout=30,
         healthcheck_path="/health/workers",
         model_metadata={"service": "namm", "submit": JOBS_PATH},
+        drain_notice_s=settings.api.drain_notice_s,
     )
     server.app.title = "NAMM long-document service"
     server.app.include_router(job_router())
@@ -147,5 +148,8 @@ def build_server() -> JobServer:
     from service.api.docs_ui import install_docs
 
     install_docs(server.app)  # /docs with local assets, no CDN
+    from service.api.drain import DrainMiddleware
+
+    server.app.add_middleware(DrainMiddleware)  # on SIGTERM: 503 + Connection: close
     server.app.add_middleware(MetricsMiddleware)  # outermost: times everything
     return server

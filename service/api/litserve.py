@@ -15,11 +15,16 @@ an upgrade (`make upgrade`) is a deliberate re-check of each override below:
 - `JobServer._register_api_endpoints`: POST /v1/jobs answers 202 with its own OpenAPI body.
 - `SubmissionHandler._prepare_request`: read the body without turning bad input into a 500.
 - `JobServer.inference_workers_ready`: reads LitServe's worker status for /health.
+- `JobServer._start_server` / `_perform_graceful_shutdown` and `DrainingUvicornServer`: a clean
+  stop on SIGTERM (service/api/drain.py). LitServe stopped its uvicorn processes one after the
+  other (each drained up to the timeout while the others kept accepting) and its parent kept
+  the shared listening socket open, so connections queued there were never answered.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +32,7 @@ from queue import Empty
 from typing import Any
 
 import litserve as ls
+import litserve.server as litserve_server
 from fastapi import Depends, HTTPException, Request
 from litserve.callbacks.base import EventTypes
 from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
@@ -34,6 +40,8 @@ from litserve.loops.simple_loops import BatchedLoop
 from litserve.server import RegularRequestHandler
 from litserve.transport.process_transport import MPQueueTransport
 from litserve.utils import LitAPIStatus, LoopResponseType, WorkerSetupStatus
+
+from service.api.drain import draining, start_draining
 
 SUPPORTED_LITSERVE = "0.2.19"
 
@@ -84,12 +92,63 @@ class SubmissionHandler(RegularRequestHandler):
         return response
 
 
+class DrainingUvicornServer(litserve_server._Server):
+    """LitServe's uvicorn server (one per API process) that gives notice before it stops."""
+
+    drain_notice_s = 1.0  # set by JobServer before the processes fork
+
+    def run(self, worker_id: int, sockets=None) -> None:
+        # Forked from the API process: its SIGTERM handler (KeyboardInterrupt) is not ours.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        self._listen_sockets = list(sockets or [])
+        return super().run(worker_id, sockets)
+
+    def handle_exit(self, sig, frame) -> None:
+        if sig == signal.SIGTERM and not draining.is_set():
+            # 503 + Connection: close first; uvicorn's own shutdown after the notice
+            start_draining(lambda: setattr(self, "should_exit", True), self.drain_notice_s,
+                           getattr(self, "_listen_sockets", None))
+            return
+        super().handle_exit(sig, frame)  # a second signal: uvicorn's usual (faster) exit
+
+
 class JobServer(ls.LitServer):
     """LitServer whose one LitAPI route is registered by `route` (a RouteSpec below)."""
 
-    def __init__(self, lit_api, *, route: RouteSpec, **kwargs):
+    def __init__(self, lit_api, *, route: RouteSpec, drain_notice_s: float = 1.0, **kwargs):
         self._route = route
+        self._drain_notice_s = drain_notice_s
+        self._listen_sockets: list = []
         super().__init__(lit_api, **kwargs)
+
+    def _start_server(self, port, num_uvicorn_servers, log_level, sockets, uvicorn_worker_type,
+                      **kwargs):
+        self._listen_sockets = list(sockets)
+        DrainingUvicornServer.drain_notice_s = self._drain_notice_s
+        litserve_server._Server = DrainingUvicornServer  # the class LitServe instantiates
+        return super()._start_server(port, num_uvicorn_servers, log_level, sockets,
+                                     uvicorn_worker_type, **kwargs)
+
+    def _perform_graceful_shutdown(self, manager, uvicorn_workers, shutdown_reason="normal"):
+        # This process's copy of the listening socket: once every uvicorn process has closed
+        # its own, new connections are refused instead of queueing unanswered.
+        for sock in self._listen_sockets:
+            sock.close()
+        self._listen_sockets = []
+        # Every uvicorn process drains at the same time, under one deadline.
+        processes = [w for w in uvicorn_workers.values() if isinstance(w, mp.process.BaseProcess)]
+        for proc in processes:
+            if proc.is_alive():
+                proc.terminate()
+        deadline = time.monotonic() + self._drain_notice_s + self.uvicorn_graceful_timeout + 1.0
+        for proc in processes:
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+        others = {k: w for k, w in uvicorn_workers.items() if w not in processes}
+        # then LitServe's own: the queues, the inference workers, the manager
+        super()._perform_graceful_shutdown(manager, others, shutdown_reason)
 
     def _init_manager(self, num_api_servers: int):
         # LitServe (0.2.19) passes requests and responses through multiprocessing.Manager

@@ -52,10 +52,12 @@ def main(argv: list[str] | None = None) -> int:
 
     server = build_server()
     # SIGTERM (docker stop, systemd, Kubernetes) used to kill this process alone, leaving its
-    # uvicorn and inference children running and accepting jobs. Taken as Ctrl-C instead,
-    # LitServe's own shutdown runs: each uvicorn process gets SIGTERM and finishes its open
-    # requests for up to drain_timeout_s, then the inference workers and the manager stop.
-    server.uvicorn_graceful_timeout = settings.api.drain_timeout_s
+    # uvicorn and inference children running and accepting jobs. Taken as Ctrl-C instead, the
+    # shutdown of service/api/litserve.py runs: every uvicorn process at once gives notice
+    # (503, Connection: close) for drain_notice_s, closes its listener and finishes its open
+    # requests; then the inference workers and the manager stop, all within drain_timeout_s.
+    server.uvicorn_graceful_timeout = max(
+        0.5, settings.api.drain_timeout_s - settings.api.drain_notice_s - 1.0)
     signal.signal(signal.SIGTERM, _interrupt)
     server.run(host=args.host, port=args.port, num_api_servers=args.api_servers,
                log_level=settings.api.log_level, generate_client_file=False,

@@ -174,8 +174,12 @@ class ApiSettings(BaseModel):
     # Operator key for /metrics (same X-API-Key header). Unset: /metrics is open (local use).
     metrics_key: SecretStr | None = None
     log_level: str = "warning"
-    # SIGTERM: uvicorn finishes open requests for this long, then every child is stopped
+    # SIGTERM: the API exits within this time (notice, then open requests finish), then every
+    # child is stopped
     drain_timeout_s: float = 20.0
+    # SIGTERM: for this long (part of drain_timeout_s) new requests get 503 and every answer
+    # says Connection: close, so keep-alive clients leave before the listener closes
+    drain_notice_s: float = 1.0
     idempotency_ttl_s: int = 24 * 3600  # an Idempotency-Key answers the same job this long
 
 
