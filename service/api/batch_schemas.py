@@ -35,7 +35,8 @@ class BatchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tasks: list[Task] = Field(default_factory=lambda: ["summaries", "overview"],
-                              description="summaries (one per file) and overview (from them)")
+                              description="summaries (one per file) and overview (from them)",
+                              json_schema_extra={"contains": {"const": "summaries"}})
     policy: PolicyField | None = Field(None, description="memory policy; default from settings")
     budget: BudgetField = Field(None, description="as for jobs; null: the policy's default")
     max_new_tokens: int | None = Field(None, ge=1, description="per file summary")
@@ -82,7 +83,7 @@ class ScheduleUpdate(BaseModel):
     cron: str | None = Field(None, min_length=9, max_length=100)
     timezone: str | None = Field(None, max_length=64)
     source: Source | None = None
-    tasks: list[Task] | None = None
+    tasks: list[Task] | None = Field(None, json_schema_extra={"contains": {"const": "summaries"}})
     questions: list[str] | None = None
     policy: PolicyField | None = None
     budget: BudgetField = None

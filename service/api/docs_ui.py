@@ -20,6 +20,14 @@ REPLACED = {"/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
 def install_docs(app: FastAPI) -> None:
+    from service.api.openapi_contract import install_contract
+    from service.core.settings import get_settings
+
+    def metrics_key_set() -> bool:
+        key = get_settings().api.metrics_key
+        return key is not None and bool(key.get_secret_value())
+
+    install_contract(app, metrics_key_set)  # the shared error answers, declared once
     app.router.routes[:] = [r for r in app.router.routes
                             if getattr(r, "path", None) not in REPLACED]
     app.docs_url = app.redoc_url = None

@@ -42,7 +42,9 @@ class JobOptions(BaseModel):
 
 
 class JsonJobRequest(JobOptions):
-    document: str = Field(..., description="the document text")
+    # the schema states what the handler checks: some non-whitespace text (issue 23 item 10)
+    document: str = Field(..., description="the document text (not empty or only whitespace)",
+                          json_schema_extra={"minLength": 1, "pattern": r"\S"})
     document_format: Literal["text", "markdown", "html"] = "text"
     filename: str | None = None
 

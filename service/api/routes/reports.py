@@ -18,6 +18,8 @@ from service.reports.cost import MAX_DAYS, ReportError, build_report, parse_quer
 GroupByParam = Literal["day", "model", "policy", "batch", "tenant"]
 
 
+DAY_OR_TIME = {"anyOf": [{"format": "date"}, {"format": "date-time"}]}
+
 def report_router() -> APIRouter:
     router = APIRouter(prefix="/v1/reports", tags=["reports"])
 
@@ -36,8 +38,9 @@ def report_router() -> APIRouter:
     def cost_report(
         principal: PrincipalDep,
         session: SessionDep,
-        from_: str | None = Query(None, alias="from", max_length=40),
-        to: str | None = Query(None, max_length=40),
+        # a date or an ISO datetime, stated so that clients (and schemathesis) send one
+        from_: str | None = Query(None, alias="from", max_length=40, json_schema_extra=DAY_OR_TIME),
+        to: str | None = Query(None, max_length=40, json_schema_extra=DAY_OR_TIME),
         group_by: GroupByParam = Query("day"),
         tz: str = Query("UTC", max_length=64, description="IANA time zone for days"),
         format: Literal["json", "csv"] = Query("json"),

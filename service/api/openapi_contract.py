@@ -1,0 +1,105 @@
+"""The answers every operation can give, declared once in the OpenAPI document (issue 23
+item 10): schemathesis found 401/404/422/429 answered but undocumented on most routes, and
+/metrics declared with a required key header while it is open. Routes declare what is theirs;
+this adds, to every operation, the error answers that come from shared code (the key check,
+tenancy, validation, quotas, the database handler), all with the `{"detail": ...}` body."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import FastAPI
+
+ERROR_BODY = {"type": "object", "required": ["detail"],
+              "properties": {"detail": {"description": "what was wrong, for a person to read"}}}
+# a 422 comes from FastAPI's validation (a list of errors) or from a handler's own check (a
+# sentence): both are declared, so that neither violates the schema
+UNPROCESSABLE = {"description": "invalid parameters or body", "content": {"application/json": {
+    "schema": {"type": "object", "required": ["detail"], "properties": {"detail": {"anyOf": [
+        {"type": "string"},
+        {"type": "array", "items": {"$ref": "#/components/schemas/ValidationError"}}]}}}}}}
+# operations that never ask for a key (the rest answer 401 without one)
+OPEN_PATHS = {"/health", "/openapi.json"}
+# /metrics asks for the operator key only when NAMM_API__METRICS_KEY is set
+METRICS_PATH = "/metrics"
+# LitServe's own routes answer plain text ("litserve running", "ok")
+PLAIN_TEXT_PATHS = {"/", "/health/workers"}
+
+
+def _error(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": ERROR_BODY}}}
+
+
+def shared_responses(path: str, method: str) -> dict[str, dict]:
+    """The error answers an operation gets from shared code, by status code."""
+    answers = {"422": UNPROCESSABLE,
+               "503": _error("database unavailable, or the API is stopping; retry")}
+    if path not in OPEN_PATHS and path != METRICS_PATH:
+        answers["401"] = _error("missing, wrong or revoked X-API-Key")
+        answers["429"] = _error("tenant quota or rate reached (see Retry-After)")
+    if path.startswith("/v1/admin"):
+        answers["403"] = _error("an admin key is required")
+    if "{" in path or path.startswith("/v1/"):  # another tenant's id answers as unknown
+        answers["404"] = _error("unknown id (or another tenant's)")
+    return answers
+
+
+def complete_contract(schema: dict, metrics_key_set: bool) -> dict:
+    """Add the shared answers to every operation (what a route declares itself is kept)."""
+    for path, item in schema.get("paths", {}).items():
+        for method, operation in item.items():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            for code, answer in shared_responses(path, method).items():
+                operation["responses"].setdefault(code, answer)
+            operation["responses"]["422"] = UNPROCESSABLE
+            if path in PLAIN_TEXT_PATHS:
+                operation["responses"]["200"] = {
+                    "description": "plain text", "content": {"text/plain": {"schema": {"type": "string"}}}}
+            if path == METRICS_PATH:
+                operation["responses"]["200"] = {
+                    "description": "Prometheus text exposition",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}}
+                if metrics_key_set:
+                    operation["responses"]["401"] = _error("missing or wrong operator key")
+                else:  # open: no key is asked for, so none is declared
+                    operation.pop("security", None)
+                    operation["parameters"] = [p for p in operation.get("parameters", [])
+                                               if p.get("name") != "X-API-Key"]
+    return schema
+
+
+class AllowHeaderMiddleware:
+    """A 405's Allow lists every method the path has: Starlette names only the methods of the
+    first route whose path matched, and GET and POST of one path are two routes here."""
+
+    def __init__(self, app, routes: Callable[[], list]):
+        self.app, self.routes = app, routes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_allow(message):
+            if message["type"] == "http.response.start" and message["status"] == 405:
+                methods = sorted({m for r in self.routes() if getattr(r, "methods", None)
+                                  and r.path_regex.match(scope["path"]) for m in r.methods})
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
+                message = {**message, "headers": headers + [(b"allow", ", ".join(methods).encode())]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_allow)
+
+
+def install_contract(app: FastAPI, metrics_key_set: Callable[[], bool]) -> None:
+    """Wrap app.openapi so that /openapi.json carries the shared answers, and make a 405's
+    Allow header exact."""
+    app.add_middleware(AllowHeaderMiddleware, routes=lambda: app.router.routes)
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = complete_contract(build(), metrics_key_set())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
