@@ -6,6 +6,7 @@ tenancy, validation, quotas, the database handler), all with the `{"detail": ...
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from fastapi import FastAPI
@@ -22,6 +23,7 @@ UNPROCESSABLE = {"description": "invalid parameters or body", "content": {"appli
 OPEN_PATHS = {"/health", "/openapi.json"}
 # /metrics asks for the operator key only when NAMM_API__METRICS_KEY is set
 METRICS_PATH = "/metrics"
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 # LitServe's own routes answer plain text ("litserve running", "ok")
 PLAIN_TEXT_PATHS = {"/", "/health/workers"}
 
@@ -69,32 +71,45 @@ def complete_contract(schema: dict, metrics_key_set: bool) -> dict:
     return schema
 
 
-class AllowHeaderMiddleware:
-    """A 405's Allow lists every method the path has: Starlette names only the methods of the
-    first route whose path matched, and GET and POST of one path are two routes here."""
+class ResponseContractMiddleware:
+    """Answers as the document says: a 405's Allow lists every method the document gives the
+    path (Starlette names only those of the first route that matched, and GET and POST of one
+    path are two routes here); LitServe's plain-text answers get their Content-Type."""
 
-    def __init__(self, app, routes: Callable[[], list]):
-        self.app, self.routes = app, routes
+    def __init__(self, app, schema: Callable[[], dict]):
+        self.app, self.schema, self._allow = app, schema, None
+
+    def allowed(self, path: str) -> str | None:
+        if self._allow is None:  # path templates -> methods, built once from the document
+            self._allow = [(re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(p)) + "$"),
+                            ", ".join(sorted(m.upper() for m in item if m in HTTP_METHODS)))
+                           for p, item in self.schema().get("paths", {}).items()]
+        return next((methods for regex, methods in self._allow if regex.match(path)), None)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
 
-        async def send_with_allow(message):
-            if message["type"] == "http.response.start" and message["status"] == 405:
-                methods = sorted({m for r in self.routes() if getattr(r, "methods", None)
-                                  and r.path_regex.match(scope["path"]) for m in r.methods})
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
-                message = {**message, "headers": headers + [(b"allow", ", ".join(methods).encode())]}
+        async def send_as_documented(message):
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                allow = self.allowed(scope["path"]) if message["status"] == 405 else None
+                if allow is not None:
+                    headers = [(k, v) for k, v in headers if k.lower() != b"allow"]
+                    headers.append((b"allow", allow.encode()))
+                if scope["path"] in PLAIN_TEXT_PATHS and b"content-type" not in names:
+                    headers.append((b"content-type", b"text/plain; charset=utf-8"))
+                message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, receive, send_with_allow)
+        await self.app(scope, receive, send_as_documented)
 
 
 def install_contract(app: FastAPI, metrics_key_set: Callable[[], bool]) -> None:
     """Wrap app.openapi so that /openapi.json carries the shared answers, and make a 405's
     Allow header exact."""
-    app.add_middleware(AllowHeaderMiddleware, routes=lambda: app.router.routes)
+    app.add_middleware(ResponseContractMiddleware, schema=lambda: app.openapi())
     build = app.openapi
 
     def openapi() -> dict:
