@@ -212,3 +212,91 @@ def test_sigterm_lets_the_worker_finish_its_job(faults):
         worker.wait(timeout=240)
         job = client.get(f"/v1/jobs/{job_id}").json()
     _check_done_once(faults, job, attempts=1)
+
+
+def test_pg_terminate_backend_storm_every_request_answered(tmp_path):
+    """Issue 23, item 8: every API connection killed every 20 ms while 6 clients submit, list
+    and read jobs: every request gets an answer (503 with a message at worst) and the API log
+    has no "response already started" (a second response tried after the first began)."""
+    import threading
+
+    import psycopg
+    from conftest import PG_HOST, PG_PORT
+
+    from service.dev.processes import ServiceProcesses, api_command
+
+    with own_pg_database("storm") as db_url:
+        env = base_env(tmp_path, NAMM_DATABASE__URL=db_url, NAMM_API__LOG_LEVEL="info",
+                       NAMM_BROKER__URL=f"sqla+sqlite:///{tmp_path / 'broker.db'}")
+        os.environ.update(env)
+        from service.api.keys import get_or_create_tenant, issue_key
+        from service.core.db import session_scope
+        from service.core.migrate import upgrade
+        from service.core.state import reset_process_state
+
+        reset_process_state()
+        upgrade(db_url)
+        with session_scope() as s:
+            key = issue_key(s, get_or_create_tenant(s, "tenant-storm")).raw_key
+        reset_process_state()  # the storm kills this process's connections too
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        procs = ServiceProcesses(env=env, log_dir=tmp_path / "logs")
+        procs.start("api", api_command(port, api_servers=2))
+        dbname = db_url.rsplit("/", 1)[1]
+        stop = threading.Event()
+        killed = [0]
+        answers: list = []
+
+        def storm() -> None:
+            with psycopg.connect(host=PG_HOST, port=PG_PORT, user="postgres", dbname=dbname,
+                                 autocommit=True) as conn:
+                while not stop.is_set():
+                    killed[0] += len(conn.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                        "datname = current_database() AND pid <> pg_backend_pid()").fetchall())
+                    time.sleep(0.02)
+
+        def client(n: int) -> None:
+            with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=30) as c:
+                job_id = None
+                while not stop.is_set():
+                    try:
+                        if n % 3 == 0:
+                            r = c.post("/v1/jobs", json={"document": f"storm {n}"})
+                            if r.status_code == 202:
+                                job_id = r.json()["id"]
+                        elif n % 3 == 1 or job_id is None:
+                            r = c.get("/v1/jobs?limit=5")
+                        else:
+                            r = c.get(f"/v1/jobs/{job_id}")
+                        answers.append((r.status_code, r.text[:200]))
+                    except httpx.TransportError as exc:
+                        answers.append((None, f"{type(exc).__name__}: {exc}"))
+
+        try:
+            procs.wait_healthy(url, timeout_s=120)
+            threads = [threading.Thread(target=storm, daemon=True)] + [
+                threading.Thread(target=client, args=(n,), daemon=True) for n in range(6)]
+            for t in threads:
+                t.start()
+            time.sleep(8)
+            stop.set()
+            for t in threads:
+                t.join(timeout=40)
+            with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=30) as c:
+                after = [c.get("/v1/jobs?limit=5").status_code for _ in range(5)]
+            log = (tmp_path / "logs" / "api.log").read_text(errors="replace") if (
+                tmp_path / "logs" / "api.log").exists() else procs.log_tail("api", 400)
+        finally:
+            procs.stop()
+            reset_process_state()
+        codes = [a[0] for a in answers]
+        print(f"\npg_terminate_backend storm: {killed[0]} connections killed under "
+              f"{len(codes)} requests: { {c: codes.count(c) for c in set(codes)} }")
+        assert killed[0] > 0
+        assert None not in codes, [a for a in answers if a[0] is None][:5]
+        assert set(codes) <= {200, 202, 503}, [a for a in answers if a[0] not in (200, 202, 503)][:5]
+        assert all("detail" in a[1] for a in answers if a[0] == 503)
+        assert "already started" not in log, log[-3000:]
+        assert after == [200] * 5
