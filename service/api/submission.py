@@ -115,6 +115,9 @@ def _form_options(fields: dict[str, list[str]]) -> dict[str, Any]:
                         raise HTTPException(422, f"{name}: not a valid JSON list") from None
                     if not isinstance(decoded, list):
                         raise HTTPException(422, f"{name}: expected a list")
+                    # the JSON's escapes may spell NUL or a lone surrogate the raw field
+                    # did not hold: the same 422 as a JSON body's (questions[i], offset)
+                    check_tree(decoded, name)
                     items.extend(str(v) for v in decoded)
                 else:
                     items.append(value)
@@ -122,6 +125,11 @@ def _form_options(fields: dict[str, list[str]]) -> dict[str, Any]:
         else:
             if len(values) > 1:
                 raise HTTPException(422, f"{name}: given {len(values)} times")
+            if name == "budget":  # a JSON object's escapes may spell NUL: named as for JSON bodies
+                try:
+                    check_tree(json.loads(values[0]), name)
+                except ValueError:
+                    pass  # not JSON: the schema's validator says what is wrong
             options[name] = values[0] if values[0] != "" else None
     return options
 

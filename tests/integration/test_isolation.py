@@ -116,6 +116,38 @@ def test_no_5xx_from_parameters_limits_or_files(api):
     assert r.status_code == 422 and r.json()["detail"].startswith("filename:"), r.text
 
 
+# (form fields, field the 422 must name): BAD_BODIES sent as multipart. `questions` as one
+# JSON list string whose escapes spell the bad character (issue 23 #6: a 500 and a silent NUL)
+BAD_FORMS = [
+    ({"questions": '["a\\ud800b"]'}, "questions[0]"),
+    ({"questions": '["ok", "a\\u0000b"]'}, "questions[1]"),
+    ({"questions": '["\\udc80"]'}, "questions[0]"),
+    ({"questions": "plain \x00 question"}, "questions"),
+    ({"kind": "extract", "instruction": "a\x00"}, "instruction"),
+    ({"policy": "namm\x00"}, "policy"),
+    ({"kind": "ans\x00wer", "questions": "q"}, "kind"),
+    ({"budget": '{"tokens": "\\u0000"}'}, "budget.tokens"),
+    ({"budget": "0.\x005"}, "budget"),
+    ({"filename": "a\x00b.txt"}, "filename"),
+]
+
+
+@pytest.mark.parametrize("fields, field", BAD_FORMS)
+def test_multipart_text_fields_are_checked_like_json_bodies(api, fields, field):
+    before = _stored_jobs("tenant-a")
+    r = httpx.post(f"{api.url}/v1/jobs", headers={"X-API-Key": api.keys[0]}, timeout=60,
+                   data=fields, files={"file": ("doc.txt", b"a document", "text/plain")})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert detail.startswith(f"{field}:") and "offset" in detail, detail
+    assert _stored_jobs("tenant-a") == before
+    # the same words, valid, are accepted: only the bad character was refused
+    ok = httpx.post(f"{api.url}/v1/jobs", headers={"X-API-Key": api.keys[0]}, timeout=60,
+                    data={"questions": '["a b"]'},
+                    files={"file": ("doc.txt", b"a document", "text/plain")})
+    assert ok.status_code == 202, ok.text
+
+
 def test_idempotency_key_one_job_per_key_and_body(api):
     body = json.dumps({"document": "idempotent document", "questions": ["Who?"]}).encode()
     key = {"Idempotency-Key": f"retry-{api.url[-5:]}"}

@@ -160,6 +160,36 @@ def test_hostile_archives_are_refused_with_422(client, name, data, message):
     assert batch_count() == before
 
 
+@pytest.mark.parametrize("fields, field", [
+    ({"questions": "a\x00b"}, "questions[0]"),
+    ({"policy": "h2o\x00"}, "policy"),
+    ({"tasks": "summaries,\x00"}, "tasks"),
+    ({"budget": '{"tokens": "\\u0000"}'}, "budget.tokens"),
+    ({"budget": '{"tokens": "\\ud800"}'}, "budget.tokens"),
+    ({"max_new_tokens": "8\x00"}, "max_new_tokens"),
+])
+def test_multipart_text_fields_are_checked_like_json_bodies(client, fields, field):
+    """Issue 23 #6 for batches: NUL or a lone surrogate in any form field is the same 422 as in
+    a JSON body (field and offset), before anything is stored."""
+    before = batch_count()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("demo/a.py", "X = 1\n")
+    r = client.post("/v1/batches", files={"file": ("demo.zip", buffer.getvalue())}, data=fields)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith(f"{field}:") and "offset" in r.json()["detail"]
+    assert batch_count() == before
+
+
+@pytest.mark.parametrize("body, field", [
+    (b'{"source": {"kind": "path", "path": "/x"}, "questions": ["a\\u0000"]}', "questions[0]"),
+    (b'{"source": {"kind": "path", "path": "/x"}, "policy": "\\ud800"}', "policy"),
+])
+def test_json_bodies_with_nul_or_surrogates_name_the_field(client, body, field):
+    r = client.post("/v1/batches", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"].startswith(f"{field}:"), r.text
+
+
 def test_archive_upload_is_stored_and_limited(client):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as z:

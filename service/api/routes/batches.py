@@ -9,6 +9,7 @@ is unpacked once into a temporary directory by the same checks ingestion uses
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -32,6 +33,7 @@ from service.api.batch_schemas import (
 )
 from service.api.deps import SessionDep, TenantDep
 from service.api.schemas import validation_message
+from service.api.text_checks import check_text, check_tree
 from service.core.settings import Settings, get_settings
 from service.repos.repository import BatchRepository, NewBatch
 from service.repos.sources import (
@@ -97,6 +99,11 @@ async def _read_json(request: Request) -> JsonBatchRequest:
             raise HTTPException(413, f"a JSON batch request is limited to {JSON_BODY_LIMIT} bytes; "
                                      "send an archive as multipart/form-data")
     try:
+        decoded = json.loads(body)
+    except ValueError:
+        decoded = None  # the schema's validation below says what is wrong
+    check_tree(decoded)  # NUL and lone surrogates: the same 422 as POST /v1/jobs
+    try:
         return JsonBatchRequest.model_validate_json(body or b"{}")
     except ValidationError as exc:
         raise HTTPException(422, validation_message(exc)) from None
@@ -114,7 +121,10 @@ async def _read_multipart(request: Request, settings: Settings) -> tuple[BatchOp
     upload: tuple[str, bytes] | None = None
     try:
         for name, value in form.multi_items():
+            check_text("a form field name", name)
             if isinstance(value, UploadFile):
+                if value.filename:
+                    check_text("filename", value.filename)
                 if name != "file":
                     raise HTTPException(422, f"unexpected file field {name!r}; send the archive "
                                              "as the field 'file'")
@@ -123,13 +133,18 @@ async def _read_multipart(request: Request, settings: Settings) -> tuple[BatchOp
                     raise HTTPException(413, f"the archive is larger than {cap} bytes")
                 upload = (value.filename or "upload", data)
             elif name == "questions":
+                check_text(f"questions[{len(fields.get('questions', []))}]", value)
                 fields.setdefault("questions", []).append(value)
             elif name == "tasks":
+                check_text(name, value)
                 fields.setdefault("tasks", []).extend(t.strip() for t in value.split(",")
                                                       if t.strip())
             elif name == "budget":
+                check_text(name, value)
                 fields["budget"] = _form_budget(value)
+                check_tree(fields["budget"], name)  # its JSON escapes may spell NUL too
             else:
+                check_text(name, value)
                 fields[name] = value
     finally:
         await form.close()
@@ -144,8 +159,6 @@ async def _read_multipart(request: Request, settings: Settings) -> tuple[BatchOp
 
 
 def _form_budget(value: str) -> Any:
-    import json
-
     try:
         return json.loads(value)
     except ValueError:
