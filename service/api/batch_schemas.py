@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.api.schemas import _as_utc
 from service.core.contract import BudgetField, PolicyField
+from service.repos.report_text import safe_markdown
 
 Task = Literal["summaries", "overview"]
 
@@ -236,16 +237,17 @@ def report_markdown(out: BatchOut) -> str:
              f"- policy: {out.policy}", ""]
     if out.error:
         lines += [f"> {out.error}", ""]
-    lines += ["## Overview", "", (out.overview or "(none)").strip(), ""]
+    lines += ["## Overview", "", safe_markdown((out.overview or "(none)").strip()), ""]
     if out.answers:
         lines += ["## Questions", ""]
         for a in out.answers:
-            lines += [f"**{a.question}**", "", (a.answer or "(no answer yet)").strip(), ""]
+            answer = safe_markdown((a.answer or "(no answer yet)").strip())
+            lines += [f"**{a.question}**", "", answer, ""]
     lines += ["## Files", ""]
     for f in out.files:
         lines += [f"### {f.path}", "", f"*{f.language}, {f.size_bytes} bytes, {f.status}*", ""]
         if f.summary:
-            lines += [f.summary.strip(), ""]
+            lines += [safe_markdown(f.summary.strip()), ""]
         if f.error and f.status != "done":
             lines += [f"> error: {f.error}", ""]
     if out.skipped:
