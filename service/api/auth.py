@@ -1,9 +1,9 @@
 """X-API-Key authentication: the key's sha256 is looked up in the database.
 
-A small per-process cache (key hash -> tenant id, `api.key_cache_s` seconds) keeps the lookup
-off the hot path of submissions. Revocation is immediate all the same: every process checks
-at most every REVOCATION_CHECK_S whether any key was revoked since (one small query on
-api_keys) and then forgets its cache.
+Revocation and rotation are immediate in every API process: a valid key is looked up on every
+request (one indexed query, the price of no window at all; a cache with a revocation check
+let a revoked key through for up to a second). Only *unknown* keys are cached, briefly, so
+a flood of bad keys does not hammer the database; a key that is unknown cannot be revoked.
 """
 
 from __future__ import annotations
@@ -25,36 +25,17 @@ api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
 
 _MISSING = HTTPException(401, "missing X-API-Key header", headers={"WWW-Authenticate": "APIKey"})
 _INVALID = HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "APIKey"})
-REVOCATION_CHECK_S = 1.0
+UNKNOWN_KEY_CACHE_S = 5.0
 
 
 class KeyCache:
-    def __init__(self, ttl_s: float, max_entries: int = 10_000):
+    """Hashes of keys the database did not know, for UNKNOWN_KEY_CACHE_S; never a valid key."""
+
+    def __init__(self, ttl_s: float = UNKNOWN_KEY_CACHE_S, max_entries: int = 10_000):
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self._entries: dict[str, tuple[float, int | None]] = {}
         self._lock = threading.Lock()
-        self._revocations: tuple | None = None  # (revoked keys, latest revocation) last seen
-        self._checked_at = float("-inf")
-
-    def revocations_due(self) -> bool:
-        return time.monotonic() - self._checked_at >= REVOCATION_CHECK_S
-
-    def check_revocations(self) -> None:
-        """Forget every cached key when a key was revoked since the last check."""
-        from sqlalchemy import func, select
-
-        from service.core.db import session_factory
-        from service.jobs.models import ApiKey
-
-        with session_factory()() as session:
-            seen = tuple(session.execute(
-                select(func.count(ApiKey.revoked_at), func.max(ApiKey.revoked_at))).one())
-        with self._lock:
-            if self._revocations is not None and seen != self._revocations:
-                self._entries.clear()
-            self._revocations = seen
-            self._checked_at = time.monotonic()
 
     def get(self, key_hash: str) -> tuple[bool, int | None]:
         entry = self._entries.get(key_hash)
@@ -66,9 +47,8 @@ class KeyCache:
         with self._lock:
             if len(self._entries) >= self.max_entries:
                 self._entries.clear()  # crude but bounded; misses just hit the database
-            # unknown keys are cached briefly too, so a flood of bad keys does not hammer the DB
-            ttl = self.ttl_s if tenant_id is not None else min(self.ttl_s, 5.0)
-            self._entries[key_hash] = (time.monotonic() + ttl, tenant_id)
+            if tenant_id is None:  # a valid key is never cached: revocation stays immediate
+                self._entries[key_hash] = (time.monotonic() + self.ttl_s, None)
 
     def clear(self) -> None:
         with self._lock:
@@ -81,7 +61,7 @@ _cache: KeyCache | None = None
 def key_cache() -> KeyCache:
     global _cache
     if _cache is None:
-        _cache = KeyCache(get_settings().api.key_cache_s)
+        _cache = KeyCache(min(get_settings().api.key_cache_s, UNKNOWN_KEY_CACHE_S))
     return _cache
 
 
@@ -103,15 +83,12 @@ def _lookup_tenant(raw_key: str, digest: str) -> int | None:
 async def require_tenant(request: Request, x_api_key: str | None = Security(api_key_header)) -> int:
     """FastAPI dependency: the tenant id of a valid key (also left in request.state).
 
-    Async so that a cache hit (nearly every request) stays on the event loop; only a miss
-    goes to a thread for the database lookup."""
+    An unknown key cached as such is refused on the event loop; every other key is looked
+    up in the database (in a thread), so a revoked key fails on the very next request."""
     if not x_api_key:
         raise _MISSING
     digest = hash_key(x_api_key)
-    cache = key_cache()
-    if cache.revocations_due():
-        await run_in_threadpool(cache.check_revocations)
-    cached, tenant_id = cache.get(digest)
+    cached, tenant_id = key_cache().get(digest)
     if not cached:
         tenant_id = await run_in_threadpool(_lookup_tenant, x_api_key, digest)
     if tenant_id is None:

@@ -170,7 +170,7 @@ class ApiSettings(BaseModel):
     num_api_servers: int = 2
     inference_workers: int = 1  # LitServe worker processes that validate and store submissions
     max_batch_size: int = 32  # submissions stored per transaction under load
-    key_cache_s: float = 30.0  # revoked keys stop working within this time
+    key_cache_s: float = 30.0  # caps how long an unknown key stays refused from cache (5 s); valid keys are never cached
     # Operator key for /metrics (same X-API-Key header). Unset: /metrics is open (local use).
     metrics_key: SecretStr | None = None
     log_level: str = "warning"

@@ -146,7 +146,7 @@ def admin_router() -> APIRouter:
             raise HTTPException(404, "active key not found")
         old.revoked_at = utcnow()
         issued = _issue(session, _tenant(session, old.tenant_id), old.label, old.is_admin)
-        key_cache().clear()  # this process at once; the others within a second
+        key_cache().clear()  # unknown-key entries only; valid keys are looked up every request
         return issued
 
     @router.post("/keys/{key_id}/revoke", response_model=KeyOut,
