@@ -286,3 +286,29 @@ def test_job_list_keeps_a_batchs_file_jobs_apart(client, env, keys):
     other = client.get(f"/v1/jobs?batch={batch_id}", headers={"X-API-Key": keys[1]})
     assert other.status_code == 404  # another tenant's batch, as a missing one
     assert client.get("/v1/jobs?batch=not-a-uuid").status_code == 404
+
+
+def test_a_tenant_at_its_quota_is_refused_a_batch_with_429_and_retry_after(client, env, keys):
+    """Issue 23 #3 (the submission half): a batch's file jobs count against the quotas, so a
+    tenant already at max_active_jobs or its daily tokens is refused a batch, as a job."""
+    from service.api.keys import get_or_create_tenant, issue_key
+    from service.core.db import session_scope
+    from service.jobs.quotas import set_limits
+
+    with session_scope() as s:
+        busy, spent = get_or_create_tenant(s, "busy"), get_or_create_tenant(s, "spent")
+        set_limits(s, busy.id, max_active_jobs=2, max_tokens_per_day=None)
+        set_limits(s, spent.id, max_active_jobs=None, max_tokens_per_day=0)
+        busy_key, spent_key = issue_key(s, busy).raw_key, issue_key(s, spent).raw_key
+    source = {"source": {"kind": "path", "path": str(env / "demo")}}
+    first = client.post("/v1/batches", json=source, headers={"X-API-Key": busy_key})
+    assert first.status_code == 202, first.text  # under the quota: admitted
+    for i in range(2):  # two jobs (no worker here: they stay queued) fill the quota
+        r = client.post("/v1/jobs", json={"document": f"doc {i}"}, headers={"X-API-Key": busy_key})
+        assert r.status_code == 202, r.text
+    before = batch_count()
+    for key, words in ((busy_key, "queued or running"), (spent_key, "daily token")):
+        r = client.post("/v1/batches", json=source, headers={"X-API-Key": key})
+        assert r.status_code == 429 and words in r.json()["detail"], r.text
+        assert int(r.headers["Retry-After"]) >= 1
+    assert batch_count() == before

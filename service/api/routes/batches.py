@@ -158,6 +158,18 @@ async def _read_multipart(request: Request, settings: Settings) -> tuple[BatchOp
     return options, upload[0], upload[1]
 
 
+def refuse_over_quota(tenant_id: int, settings: Settings) -> None:
+    """429 with Retry-After when the tenant is already at its active-jobs or daily-token quota
+    (the same gate as POST /v1/jobs): a batch's file jobs count like any other job."""
+    from service.core.db import session_factory
+    from service.jobs.quotas import QuotaGate
+
+    over = QuotaGate(session_factory(), settings.quotas).admit(tenant_id)
+    if over is not None:
+        raise HTTPException(429, f"batch refused: {over.message}",
+                            headers={"Retry-After": str(over.retry_after_s)})
+
+
 def _form_budget(value: str) -> Any:
     try:
         return json.loads(value)
@@ -187,6 +199,8 @@ def batch_router() -> APIRouter:
                                "max_new_tokens": {"type": "integer"}}}}}}},
         responses={400: {"description": "unreadable body"}, 413: {"description": "too large"},
                    415: {"description": "unsupported content type"},
+                   429: {"description": "the tenant is at its active-jobs or daily-token quota "
+                                        "(Retry-After)"},
                    422: {"description": "refused source or archive, or invalid options"}})
     async def submit_route(request: Request, tenant_id: TenantDep,
                            batches: BatchesDep) -> BatchSubmitted:
@@ -211,6 +225,7 @@ def batch_router() -> APIRouter:
             raise HTTPException(415, "send application/json (a path or git source) or "
                                      "multipart/form-data (an archive in the field 'file')")
         resolved = resolve_options(options, settings)
+        await run_in_threadpool(refuse_over_quota, tenant_id, settings)
 
         def store() -> str:
             batch = batches.create(NewBatch(tenant_id=tenant_id, source=source, upload=upload,
