@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from service.core.db import session_scope
+from service.core.queue import BATCH_TICK_INTERVAL_S
 from service.core.settings import get_settings
 from service.repos.queue import BATCH_TICK, INGEST_BATCH, enqueue_ingest, enqueue_jobs_group
 from service.repos.models import Batch
@@ -161,7 +162,7 @@ def tick(now: datetime | None = None) -> dict[str, int]:
     for file_id in unsettled:
         after_settle(settle(file_id))
     for batch_id in queued:
-        enqueue_ingest(batch_id)
+        enqueue_ingest(batch_id, expires_s=BATCH_TICK_INTERVAL_S)
     for batch_id in aggregating:
         with session_scope() as session:
             finished = BatchRepository(session).finish(batch_id)

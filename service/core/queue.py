@@ -18,6 +18,8 @@ logger = logging.getLogger(__name__)
 
 RUN_JOB = "namm.run_job"
 SWEEP_JOBS = "namm.sweep_jobs"
+BATCH_TICK = "namm.batch_tick"
+BATCH_TICK_INTERVAL_S = 30.0
 GPU_QUEUE = "gpu"
 CPU_QUEUE = "cpu"
 QUEUES = (GPU_QUEUE, CPU_QUEUE)
@@ -77,10 +79,14 @@ def make_celery(settings: Settings | None = None, include: tuple[str, ...] = ())
         # the API must not hang on a dead broker: the beat sweeper enqueues what was missed
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
                                    "interval_max": 0.5},
+        # a tick not started within its interval is dropped by the worker (expires): the next
+        # one does the same work, so a stopped or busy cpu worker never finds a pile of them
         beat_schedule={
-            "sweep-jobs": {"task": SWEEP_JOBS, "schedule": float(settings.worker.sweep_interval_s)},
+            "sweep-jobs": {"task": SWEEP_JOBS, "schedule": float(settings.worker.sweep_interval_s),
+                           "options": {"expires": float(settings.worker.sweep_interval_s)}},
             # repository batches (workers/batches.py): due schedules, lost batch messages
-            "batch-tick": {"task": "namm.batch_tick", "schedule": 30.0},
+            "batch-tick": {"task": BATCH_TICK, "schedule": BATCH_TICK_INTERVAL_S,
+                           "options": {"expires": BATCH_TICK_INTERVAL_S}},
         },
         worker_hijack_root_logger=False,
         worker_send_task_events=False,

@@ -1,8 +1,8 @@
 """`make run`: the whole service on this machine with nothing else installed.
 
 SQLite (WAL) for the database, kombu's SQLAlchemy transport on another SQLite file as the
-broker, a real Celery worker process (queues gpu+cpu, the default model) and beat, and the
-LitServe API. Prints the URL and a fresh API key for the `local` tenant, then runs the demo.
+broker, two real Celery worker processes (queue gpu: the default model; queue cpu: ingestion,
+ticks, sweeps), beat, and the LitServe API. Prints the URL and a fresh API key for the `local` tenant, then runs the demo.
 """
 
 from __future__ import annotations
@@ -61,13 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     key = prepare(env)
 
     from service.dev.demo import curl_example, run_demo
-    from service.dev.processes import ServiceProcesses, api_command, beat_command, worker_command
+    from service.dev.processes import ServiceProcesses, api_command, beat_command, worker_commands
 
     url = f"http://127.0.0.1:{args.port}"
     procs = ServiceProcesses(env=env, log_dir=var / "logs")
     status = 0
     try:
-        procs.start("worker", worker_command())
+        for name, argv in worker_commands().items():
+            procs.start(name, argv)
         procs.start("beat", beat_command(var / "celerybeat-schedule"))
         procs.start("api", api_command(args.port))
         procs.wait_healthy(url)

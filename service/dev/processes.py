@@ -1,4 +1,4 @@
-"""Start and stop the service's processes (API, Celery GPU/CPU worker, beat) as subprocesses.
+"""Start and stop the service's processes (API, Celery GPU and CPU workers, beat) as subprocesses.
 
 Used by `make run` (service/local.py) and by the integration tests' fixtures.
 """
@@ -21,6 +21,14 @@ def worker_command(queues: str = "gpu,cpu", name: str = "worker") -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", queues,
             "-c", "1", "--pool", "prefork", "-n", f"{name}@%h", "-l", "info",
             "--without-gossip", "--without-mingle"]
+
+
+def worker_commands() -> dict[str, list[str]]:
+    """The two workers of the embedded default, as in docker-compose.yml: `worker` serves only
+    the model's queue (`gpu`, one job at a time); `worker-cpu` serves ingestion, the beat's ticks
+    and sweeps (`cpu`) and never loads the model, so control work never waits behind a job."""
+    return {"worker": worker_command("gpu", "worker-gpu"),
+            "worker-cpu": worker_command("cpu", "worker-cpu")}
 
 
 def beat_command(schedule_file: Path) -> list[str]:

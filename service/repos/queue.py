@@ -19,17 +19,20 @@ from __future__ import annotations
 
 import logging
 
-from service.core.queue import CPU_QUEUE, GPU_QUEUE, RUN_JOB, celery_app
+from service.core.queue import BATCH_TICK, CPU_QUEUE, GPU_QUEUE, RUN_JOB, celery_app
 
 logger = logging.getLogger(__name__)
 
 INGEST_BATCH = "namm.batch_ingest"
-BATCH_TICK = "namm.batch_tick"  # beat: due schedules -> batches; repair of lost messages
+__all__ = ["BATCH_TICK", "INGEST_BATCH", "enqueue_ingest", "enqueue_jobs_group"]
 
 
-def enqueue_ingest(batch_id: str) -> bool:
+def enqueue_ingest(batch_id: str, expires_s: float | None = None) -> bool:
+    """`expires_s` for the tick's re-sends: one left waiting that long is dropped by the worker
+    (the next tick sends another while the batch is still queued), so re-sends cannot pile up."""
     try:
-        celery_app().send_task(INGEST_BATCH, args=[batch_id], queue=CPU_QUEUE)
+        celery_app().send_task(INGEST_BATCH, args=[batch_id], queue=CPU_QUEUE,
+                               expires=expires_s)
         return True
     except Exception as exc:  # broker down: the row is committed; the tick resends it
         logger.warning("could not send the ingestion of batch %s (%s); the batch tick will "

@@ -92,7 +92,7 @@ class Stack:
 
 def start_stack(env: dict[str, str], log_dir: Path, with_beat: bool = False) -> Stack:
     from service.core.migrate import upgrade
-    from service.dev.processes import ServiceProcesses, api_command, beat_command, worker_command
+    from service.dev.processes import ServiceProcesses, api_command, beat_command, worker_commands
     from service.core.state import reset_process_state
 
     os.environ.update(env)
@@ -109,7 +109,8 @@ def start_stack(env: dict[str, str], log_dir: Path, with_beat: bool = False) -> 
     port = free_port()
     procs = ServiceProcesses(env=env, log_dir=log_dir)
     try:
-        procs.start("worker", worker_command())
+        for name, argv in worker_commands().items():  # gpu and cpu, as `make run` does
+            procs.start(name, argv)
         if with_beat:
             procs.start("beat", beat_command(log_dir / "celerybeat-schedule"))
         procs.start("api", api_command(port, api_servers=1))
