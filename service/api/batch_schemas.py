@@ -25,7 +25,8 @@ class GitSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["git"]
     url: str = Field(..., min_length=1, max_length=2000,
-                     description="https:// or file:// (under an allowed root); shallow clone")
+                     description="https:// or file:// (under an allowed root); shallow clone",
+                     json_schema_extra={"pattern": "^(https://[^/?#@\\s]+|file://)"})
     ref: str | None = Field(None, max_length=200, description="branch or tag (default branch)")
 
 
@@ -78,8 +79,26 @@ class ScheduleRequest(BatchOptions):
     enabled: bool = True
 
 
+# PATCH: a field left out keeps its value; null is refused for these (routes/schedules.py), and
+# the schema says so, so that a client generated from it never sends one
+NOT_NULL_IN_PATCH = ("cron", "timezone", "source", "tasks", "questions", "policy",
+                     "max_new_tokens", "enabled")
+
+
+def _absent_not_null(schema: dict) -> None:
+    for name in NOT_NULL_IN_PATCH:
+        prop = schema["properties"].get(name, {})
+        options = [o for o in prop.get("anyOf", []) if o.get("type") != "null"]
+        prop.pop("default", None)
+        if len(options) == 1:
+            prop.pop("anyOf")
+            prop.update(options[0])
+        elif options:
+            prop["anyOf"] = options
+
+
 class ScheduleUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_absent_not_null)
     name: str | None = Field(None, max_length=200)
     cron: str | None = Field(None, min_length=9, max_length=100)
     timezone: str | None = Field(None, max_length=64)

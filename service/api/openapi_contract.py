@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 from fastapi import FastAPI
 
+from namm.spec import POLICY_NAMES
+
 ERROR_BODY = {"type": "object", "required": ["detail"],
               "properties": {"detail": {"description": "what was wrong, for a person to read"}}}
 # a 422 comes from FastAPI's validation (a list of errors) or from a handler's own check (a
@@ -46,6 +48,44 @@ def shared_responses(path: str, method: str) -> dict[str, dict]:
     return answers
 
 
+# what the form handlers accept in their text fields, stated (a budget is a fraction in (0, 1]
+# or a JSON budget object; a batch's tasks must include summaries)
+FRACTION = r"(0?\.[0-9]*[1-9][0-9]*|1(\.0*)?)"
+FORM_PATTERNS = {
+    "budget": (rf'^({FRACTION}|\{{ ?"fraction": ?{FRACTION} ?\}}|\{{ ?"tokens": ?[1-9][0-9]{{0,5}} ?\}})$'),
+    "tasks": "^(summaries|summaries,overview|overview,summaries)$",
+}
+
+
+def form_field(name: str, schema: dict) -> dict:
+    """A form field as a form can carry it: never null (a form omits a field instead: "null"
+    would be text) and never empty (an empty field is refused, not taken as absent)."""
+    options = [s for s in schema.get("anyOf", [schema]) if s.get("type") != "null"]
+    field = dict(options[0]) if len(options) == 1 else {**schema, "anyOf": options}
+    for key in ("title", "description", "default"):
+        if key in schema:
+            field[key] = schema[key]
+    if field.get("type") == "string" and field.get("format") != "binary":
+        field["minLength"] = max(1, field.get("minLength", 0))
+        if name in FORM_PATTERNS:
+            field["pattern"] = FORM_PATTERNS[name]
+    if field.get("type") == "array":  # an empty question is refused
+        field["items"] = {**field.get("items", {}), "minLength": 1}
+    if name == "policy":  # the same names as the JSON body's policy
+        field["enum"] = list(POLICY_NAMES)
+    if name == "max_new_tokens":
+        field["minimum"] = max(1, field.get("minimum", 1))
+    return field
+
+
+def complete_forms(operation: dict) -> None:
+    form = operation.get("requestBody", {}).get("content", {}).get("multipart/form-data")
+    if form and "properties" in form.get("schema", {}):
+        props = form["schema"]["properties"]
+        for name, schema in props.items():
+            props[name] = form_field(name, schema)
+
+
 def complete_contract(schema: dict, metrics_key_set: bool) -> dict:
     """Add the shared answers to every operation (what a route declares itself is kept)."""
     for path, item in schema.get("paths", {}).items():
@@ -55,6 +95,7 @@ def complete_contract(schema: dict, metrics_key_set: bool) -> dict:
             for code, answer in shared_responses(path, method).items():
                 operation["responses"].setdefault(code, answer)
             operation["responses"]["422"] = UNPROCESSABLE
+            complete_forms(operation)
             if path in PLAIN_TEXT_PATHS:
                 operation["responses"]["200"] = {
                     "description": "plain text", "content": {"text/plain": {"schema": {"type": "string"}}}}
