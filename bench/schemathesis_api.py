@@ -42,7 +42,7 @@ def run(backend: str, max_examples: int, seed: int, phases: str | None = None,
             # the key is a secret: it goes in the header, never into what is printed
             result = subprocess.run(
                 schemathesis_command(url, keys["user"], max_examples, seed, phases, workers),
-                capture_output=True, text=True, timeout=3600,
+                capture_output=True, text=True, timeout=3600, cwd=tmpdir,  # its cache dir too
                 env={**os.environ, "NO_COLOR": "1"})
             procs.check_alive()
         finally:
