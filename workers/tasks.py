@@ -52,7 +52,11 @@ def run_job(self, job_id: str) -> str:
 
 @app.task(name=SWEEP_JOBS)
 def sweep_jobs() -> dict[str, int]:
-    return sweep()
+    from service.core.task_lock import PERIODIC_LOCK_TTL_S, run_alone
+
+    # another sweep running: it does this work; this one returns at once instead of doubling it
+    with run_alone("sweep", ttl_s=PERIODIC_LOCK_TTL_S) as alone:
+        return sweep() if alone else {"skipped": 1}
 
 
 def sweep() -> dict[str, int]:

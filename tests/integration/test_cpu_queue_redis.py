@@ -73,3 +73,22 @@ def test_cpu_work_runs_while_gpu_queue_is_blocked_and_stale_ticks_are_dropped(cp
     _wait_for(lambda: _succeeded(cpu_stack, SWEEP_JOBS) >= 2, timeout_s=60)
     time.sleep(3)  # time for any stale one to run, if it wrongly would
     assert _succeeded(cpu_stack, SWEEP_JOBS) == 2  # the first phase's one + exactly one now
+
+
+@pytest.mark.parametrize("backend", ["redis", "embedded"])
+def test_a_periodic_task_finding_another_of_its_kind_running_skips(backend, redis_broker,
+                                                                   tmp_path, monkeypatch):
+    from service.core.state import reset_process_state
+    from service.core.task_lock import run_alone
+
+    redis_url, prefix = redis_broker
+    url = redis_url if backend == "redis" else f"sqla+sqlite:///{tmp_path / 'broker.db'}"
+    monkeypatch.setenv("NAMM_BROKER__URL", url)
+    monkeypatch.setenv("NAMM_BROKER__KEY_PREFIX", f"{prefix}lock-")
+    reset_process_state()
+    with run_alone("tick", ttl_s=30) as first:
+        with run_alone("tick", ttl_s=30) as second, run_alone("sweep", ttl_s=30) as other:
+            assert (first, second, other) == (True, False, True)
+    with run_alone("tick", ttl_s=30) as again:  # released once the holder finished
+        assert again
+    reset_process_state()
