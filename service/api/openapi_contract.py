@@ -95,6 +95,8 @@ def complete_contract(schema: dict, metrics_key_set: bool) -> dict:
             for code, answer in shared_responses(path, method).items():
                 operation["responses"].setdefault(code, answer)
             operation["responses"]["422"] = UNPROCESSABLE
+            if "requestBody" in operation:  # Starlette's answer to a body it cannot parse
+                operation["responses"].setdefault("400", _error("unreadable body"))
             complete_forms(operation)
             if path in PLAIN_TEXT_PATHS:
                 operation["responses"]["200"] = {
