@@ -10,6 +10,7 @@ is unpacked once into a temporary directory by the same checks ingestion uses
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,6 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
+from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.batch_schemas import (
@@ -158,13 +160,12 @@ async def _read_multipart(request: Request, settings: Settings) -> tuple[BatchOp
     return options, upload[0], upload[1]
 
 
-def refuse_over_quota(tenant_id: int, settings: Settings) -> None:
+def refuse_over_quota(session: Session, tenant_id: int, settings: Settings) -> None:
     """429 with Retry-After when the tenant is already at its active-jobs or daily-token quota
     (the same gate as POST /v1/jobs): a batch's file jobs count like any other job."""
-    from service.core.db import session_factory
     from service.jobs.quotas import QuotaGate
 
-    over = QuotaGate(session_factory(), settings.quotas).admit(tenant_id)
+    over = QuotaGate(lambda: nullcontext(session), settings.quotas).admit(tenant_id)
     if over is not None:
         raise HTTPException(429, f"batch refused: {over.message}",
                             headers={"Retry-After": str(over.retry_after_s)})
@@ -225,7 +226,7 @@ def batch_router() -> APIRouter:
             raise HTTPException(415, "send application/json (a path or git source) or "
                                      "multipart/form-data (an archive in the field 'file')")
         resolved = resolve_options(options, settings)
-        await run_in_threadpool(refuse_over_quota, tenant_id, settings)
+        await run_in_threadpool(refuse_over_quota, batches.session, tenant_id, settings)
 
         def store() -> str:
             batch = batches.create(NewBatch(tenant_id=tenant_id, source=source, upload=upload,
