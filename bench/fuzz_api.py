@@ -246,8 +246,9 @@ def start_api(backend: str, tmp: Path):
     """An API process (no worker) on a fresh database; its keys: user, other tenant, admin."""
     from service.dev.processes import ServiceProcesses, api_command
 
+    # generated git URLs name random hosts: admit none, so nothing is looked up or contacted
     env = dict(os.environ, NAMM_API__LOG_LEVEL="warning", PROMETHEUS_MULTIPROC_DIR=str(tmp / "m"),
-               NAMM_ENVIRONMENT="test")
+               NAMM_ENVIRONMENT="test", NAMM_BATCHES__GIT_ALLOW_PUBLIC_HOSTS="false")
     cleanup = lambda: None  # noqa: E731
     if backend == "pg":
         sys.path.insert(0, str(ROOT / "bench"))

@@ -22,16 +22,18 @@ from service.core.settings import get_settings
 from service.repos.queue import BATCH_TICK, INGEST_BATCH, enqueue_ingest, enqueue_jobs_group
 from service.repos.models import Batch
 from service.repos.repository import BatchRepository, Settlement
+from service.repos.sources import Unpacked
 from workers.celery_app import app
 
 logger = logging.getLogger(__name__)
 
 
 # ---- ingestion -------------------------------------------------------------------------------
-def materialize(source: dict, upload: bytes | None, workdir: Path) -> Path:
-    """The repository's files on disk, below `workdir`; SourceError when refused."""
-    from service.repos.sources import Limits, SourceError, clone_git, extract_archive, \
-        resolve_server_path
+def materialize(source: dict, upload: bytes | None, workdir: Path) -> Unpacked:
+    """The repository's files on disk, below `workdir`, and what was left out on the way
+    (an archive's links and special files); SourceError when refused."""
+    from service.repos.git_source import GitAccess, clone_git
+    from service.repos.sources import Limits, SourceError, extract_archive, resolve_server_path
 
     settings = get_settings().batches
     kind = source.get("kind")
@@ -41,11 +43,10 @@ def materialize(source: dict, upload: bytes | None, workdir: Path) -> Path:
         return extract_archive(upload, source.get("filename") or "upload", workdir / "src",
                                Limits.of(settings))
     if kind == "path":
-        return resolve_server_path(source.get("path", ""), settings.allowed_roots)
+        return Unpacked(resolve_server_path(source.get("path", ""), settings.allowed_roots), [])
     if kind == "git":
-        return clone_git(source.get("url", ""), workdir / "src",
-                         allowed_roots=settings.allowed_roots, ref=source.get("ref"),
-                         timeout_s=settings.git_timeout_s)
+        return Unpacked(clone_git(source.get("url", ""), workdir / "src",
+                                  access=GitAccess.of(settings), ref=source.get("ref")), [])
     raise SourceError(f"unknown source kind {kind!r}")
 
 
@@ -65,9 +66,10 @@ def run_ingest(batch_id: str) -> str:
     workdir = Path(tempfile.mkdtemp(prefix=f"namm-batch-{batch_id[:8]}-"))
     try:
         with Heartbeat(batch_id, worker.heartbeat_interval_s, touch=ingest_heartbeat):
-            root = materialize(claim.source, claim.upload, workdir)
-            ingestion = ingest(root, IngestLimits(settings.max_file_bytes, settings.max_total_bytes,
-                                                  settings.max_files))
+            unpacked = materialize(claim.source, claim.upload, workdir)
+            ingestion = ingest(unpacked.root, IngestLimits(
+                settings.max_file_bytes, settings.max_total_bytes, settings.max_files))
+            ingestion.skipped[:0] = unpacked.left_out
     except SourceError as exc:
         logger.info("batch %s: source refused: %s", batch_id, exc)
         with session_scope() as session:

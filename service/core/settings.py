@@ -158,7 +158,18 @@ class BatchSettings(BaseModel):
     max_total_bytes: int = 16 * 1024 * 1024  # source text read per batch; the rest is skipped
     max_files: int = 2_000  # files summarised per batch; the rest is skipped
     file_attempts: int = 2  # a file whose job failed is tried this often in all
-    git_timeout_s: int = 300
+    # git sources: a clone is killed past this total time, refused when the host takes longer
+    # than git_connect_timeout_s to accept, killed when no data came for
+    # git_stall_s (a host that accepts and never answers), or past max_unpacked_bytes on disk
+    git_timeout_s: int = 120
+    git_connect_timeout_s: int = 10
+    git_stall_s: int = 20
+    # https hosts a clone may reach although they are not public (a private Git server): host
+    # names or CIDR blocks; every other host must resolve to public addresses only (SSRF guard)
+    git_allowed_hosts: list[str] = Field(default_factory=list)
+    # false: only git_allowed_hosts may be cloned (no DNS lookup for any other name)
+    git_allow_public_hosts: bool = True
+    git_ca_file: str | None = None  # CA bundle for a private Git server's TLS certificate
     overview_max_chars: int = 24_000  # the file summaries the overview is written from
     # the repository text a batch's questions are answered over (about 4 characters a token)
     questions_max_chars: int = 1_000_000

@@ -7,16 +7,15 @@ member by member before a byte is written, and written only below its own direct
 
 - absolute paths, `..` parts, drive letters and backslashes: refused (path traversal);
 - symbolic and hard links: refused when their target leaves the archive, otherwise left out
-  (ingestion never follows links);
-- devices and FIFOs: left out;
+  (ingestion never follows links) and listed as skipped (`link`);
+- devices and FIFOs: left out, and listed among the batch's skipped files (`special_file`);
 - archive bombs: the unpacked size is capped (`max_unpacked_bytes`) and so is its ratio to the
   compressed size (`max_ratio`, past 10 MB), counted on the bytes really written as well as on
   the sizes the headers declare;
 - more than `max_entries` members, or a corrupt archive: refused.
 
-Git URLs: only `https://` and `file://` (the latter under an allowed root, like a path
-source); nothing that could be read as an option (`--upload-pack=...`), cloned with
-`git clone --depth 1 -- URL DIR` and `GIT_ALLOW_PROTOCOL` limited to the same two schemes.
+Git sources: service.repos.git_source (the URL, the clone) and service.repos.git_remote (which
+hosts a clone may reach).
 """
 
 from __future__ import annotations
@@ -26,12 +25,10 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit
 
 from service.core.settings import BatchSettings
 
@@ -130,9 +127,18 @@ def _copy_capped(src, dest_path: Path, declared: int, budget: _Budget) -> None:
             out.write(chunk)
 
 
-def extract_archive(data: bytes, filename: str, dest: Path, limits: Limits) -> Path:
-    """Unpack `data` into the empty directory `dest`; returns the repository root (the single
-    top-level folder, if the archive has one, else `dest`)."""
+@dataclass(frozen=True)
+class Unpacked:
+    """An unpacked repository: its root, and the members left out, as (path relative to the
+    root, reason) like ingestion's skipped files."""
+
+    root: Path
+    left_out: list[tuple[str, str]]
+
+
+def extract_archive(data: bytes, filename: str, dest: Path, limits: Limits) -> Unpacked:
+    """Unpack `data` into the empty directory `dest`; the repository root is the single
+    top-level folder, if the archive has one, else `dest`."""
     if len(data) > limits.max_archive_bytes:
         raise SourceError(f"the archive is larger than {limits.max_archive_bytes} bytes")
     if not data:
@@ -141,9 +147,9 @@ def extract_archive(data: bytes, filename: str, dest: Path, limits: Limits) -> P
     kind = archive_kind(filename, data)
     try:
         if kind == "zip":
-            _extract_zip(data, dest, limits)
+            left_out = _extract_zip(data, dest, limits)
         else:
-            _extract_tar(data, dest, limits)
+            left_out = _extract_tar(data, dest, limits)
     except SourceError:
         shutil.rmtree(dest, ignore_errors=True)
         raise
@@ -153,9 +159,18 @@ def extract_archive(data: bytes, filename: str, dest: Path, limits: Limits) -> P
         raise SourceError(f"the archive {filename!r} is corrupt or unreadable "
                           f"({type(exc).__name__})") from None
     entries = [p for p in dest.iterdir()]
+    root = dest
     if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
-        return entries[0]
-    return dest
+        root = entries[0]
+    top = PurePosixPath(root.relative_to(dest).as_posix())
+    return Unpacked(root, [(_below(rel, top), reason) for rel, reason in left_out])
+
+
+def _below(rel: PurePosixPath, top: PurePosixPath) -> str:
+    """`rel` as a path below the repository root `top` (a member beside it keeps its path)."""
+    if str(top) != "." and rel.parts[:len(top.parts)] == top.parts:
+        return str(PurePosixPath(*rel.parts[len(top.parts):]))
+    return str(rel)
 
 
 def _target(dest: Path, rel: PurePosixPath) -> Path:
@@ -166,8 +181,9 @@ def _target(dest: Path, rel: PurePosixPath) -> Path:
     return path
 
 
-def _extract_tar(data: bytes, dest: Path, limits: Limits) -> None:
+def _extract_tar(data: bytes, dest: Path, limits: Limits) -> list[tuple[PurePosixPath, str]]:
     budget = _Budget(limits, len(data))
+    left_out: list[tuple[PurePosixPath, str]] = []
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
         count = 0
         for member in tar:  # streamed: a header bomb stops at max_entries
@@ -180,15 +196,17 @@ def _extract_tar(data: bytes, dest: Path, limits: Limits) -> None:
                     kind = "hard link" if member.islnk() else "symbolic link"
                     raise SourceError(f"archive member {member.name!r}: a {kind} to "
                                       f"{member.linkname!r}, outside the archive")
-                continue  # links inside are left out: ingestion never follows links
+                left_out.append((rel, "link"))  # ingestion never follows links
+                continue
             if str(rel) == ".":
                 continue
             path = _target(dest, rel)
             if member.isdir():
                 path.mkdir(parents=True, exist_ok=True)
                 continue
-            if not member.isfile():
-                continue  # devices, FIFOs: nothing a repository needs
+            if not member.isfile():  # devices, FIFOs: nothing a repository needs
+                left_out.append((rel, "special_file"))
+                continue
             budget.add(member.size)
             path.parent.mkdir(parents=True, exist_ok=True)
             src = tar.extractfile(member)
@@ -197,10 +215,12 @@ def _extract_tar(data: bytes, dest: Path, limits: Limits) -> None:
             with src:
                 _copy_capped(src, path, member.size, budget)
             os.chmod(path, 0o644)
+    return left_out
 
 
-def _extract_zip(data: bytes, dest: Path, limits: Limits) -> None:
+def _extract_zip(data: bytes, dest: Path, limits: Limits) -> list[tuple[PurePosixPath, str]]:
     budget = _Budget(limits, len(data))
+    left_out: list[tuple[PurePosixPath, str]] = []
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         infos = archive.infolist()
         if len(infos) > limits.max_entries:
@@ -213,6 +233,7 @@ def _extract_zip(data: bytes, dest: Path, limits: Limits) -> None:
                 if not _link_stays_inside(rel, target, hard=False):
                     raise SourceError(f"archive member {info.filename!r}: a symbolic link to "
                                       f"{target!r}, outside the archive")
+                left_out.append((rel, "link"))
                 continue
             if str(rel) == ".":
                 continue
@@ -224,6 +245,7 @@ def _extract_zip(data: bytes, dest: Path, limits: Limits) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with archive.open(info) as src:
                 _copy_capped(src, path, info.file_size, budget)
+    return left_out
 
 
 # ---- server paths ----------------------------------------------------------------------------
@@ -241,65 +263,3 @@ def resolve_server_path(path: str, allowed_roots: list[str]) -> Path:
                 raise SourceError(f"{path!r} is not a directory")
             return resolved
     raise SourceError(f"{path!r} is not under an allowed root")
-
-
-# ---- git -------------------------------------------------------------------------------------
-GIT_SCHEMES = ("https", "file")
-_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
-
-
-def check_git_url(url: str, allowed_roots: list[str], ref: str | None = None) -> str:
-    """The URL, if it is safe to hand to `git clone`; SourceError otherwise."""
-    if not isinstance(url, str) or not url:
-        raise SourceError("the git URL must be a non-empty string")
-    if url.startswith("-"):
-        raise SourceError("the git URL looks like an option; refused")
-    if any(c.isspace() or ord(c) < 32 for c in url):
-        raise SourceError("the git URL must not contain spaces or control characters")
-    parts = urlsplit(url)
-    if parts.scheme not in GIT_SCHEMES:
-        raise SourceError(f"git URL scheme {parts.scheme or '(none)'!r} is not allowed; use "
-                          "https:// or file://")
-    if parts.scheme == "https" and not parts.hostname:
-        raise SourceError("the https git URL has no host")
-    if parts.username or parts.password:
-        # it would be stored with the batch and shown back: secrets never go in responses
-        raise SourceError("credentials in the git URL are not accepted")
-    if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise SourceError("a file:// git URL must name a local path (file:///...)")
-        resolve_server_path(parts.path, allowed_roots)
-    if ref is not None and (not _REF.match(ref) or ".." in ref):
-        raise SourceError(f"git ref {ref!r} is not a plain branch or tag name")
-    return url
-
-
-def _mask(text: str) -> str:
-    return re.sub(r"(https://)[^/@\s]+@", r"\1***@", text)
-
-
-def clone_git(url: str, dest: Path, *, allowed_roots: list[str], ref: str | None = None,
-              timeout_s: int = 300) -> Path:
-    """Shallow clone of `url` (one commit) into `dest`; returns `dest`."""
-    check_git_url(url, allowed_roots, ref)
-    argv = ["git", "-c", "core.symlinks=false", "-c", "core.hooksPath=/dev/null", "clone",
-            "--depth", "1", "--no-tags", "--single-branch"]
-    if ref:
-        argv += ["--branch", ref]
-    argv += ["--", url, str(dest)]
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(dest.parent),
-           "GIT_TERMINAL_PROMPT": "0", "GIT_ALLOW_PROTOCOL": ":".join(GIT_SCHEMES),
-           "GIT_CONFIG_NOSYSTEM": "1", "GIT_ASKPASS": "/bin/false"}
-    try:
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout_s,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise SourceError(f"git clone took longer than {timeout_s} s") from None
-    if done.returncode != 0:
-        shutil.rmtree(dest, ignore_errors=True)
-        lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
-        detail = _mask(lines[-1]) if lines else f"exit status {done.returncode}"
-        raise SourceError(f"git clone failed: {detail[:300]}")
-    shutil.rmtree(dest / ".git", ignore_errors=True)
-    return dest

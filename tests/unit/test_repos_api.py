@@ -119,6 +119,14 @@ def test_path_source_is_stored_and_ingestion_enqueued(client, env, keys):
     ({"source": {"kind": "git", "url": "ssh://host/r.git"}}, 422, "scheme"),
     ({"source": {"kind": "git", "url": "--upload-pack=touch /tmp/x"}}, 422, "option"),
     ({"source": {"kind": "git", "url": "file:///etc"}}, 422, "allowed root"),
+    # SSRF: internal addresses are refused before anything is stored or cloned
+    ({"source": {"kind": "git", "url": "https://169.254.169.254/latest/meta-data/"}}, 422,
+     "link-local"),
+    ({"source": {"kind": "git", "url": "https://127.0.0.1:6391/x.git"}}, 422, "loopback"),
+    ({"source": {"kind": "git", "url": "https://2130706433/x.git"}}, 422, "loopback"),
+    ({"source": {"kind": "git", "url": "https://[::ffff:10.0.0.1]/x.git"}}, 422, "private"),
+    # the test settings admit no public host: a name is refused without a DNS lookup
+    ({"source": {"kind": "git", "url": "https://github.com/a/b.git"}}, 422, "allow-list"),
     ({"source": {"kind": "ftp", "url": "x"}}, 422, "source"),
     ({"source": {"kind": "path", "path": "/x"}, "policy": "nope"}, 422, "policy"),
     ({"source": {"kind": "path", "path": "/x"}, "tasks": ["overview"]}, 422, "summaries"),
@@ -237,11 +245,25 @@ def test_schedules_crud(client, env, keys):
     ({"cron": "every night"}, "cron"), ({"cron": "0 2 * * * *"}, "5 fields"),
     ({"timezone": "Mars/Olympus"}, "time zone"),
     ({"source": {"kind": "git", "url": "git://x/y"}}, "scheme"),
+    ({"cron": "* * * * *", "source": {"kind": "git", "url": "https://127.0.0.1:6391/x.git"}},
+     "loopback"),
+    ({"source": {"kind": "git", "url": "https://169.254.169.254/latest/meta-data/"}},
+     "link-local"),
 ])
 def test_bad_schedules_are_422(client, env, change, message):
     body = {"cron": "0 2 * * *", "source": {"kind": "path", "path": str(env / "demo")}, **change}
     r = client.post("/v1/schedules", json=body)
     assert r.status_code == 422 and message in r.json()["detail"], r.text
+
+
+def test_a_schedule_cannot_be_changed_to_an_internal_git_host(client, env):
+    body = {"cron": "0 2 * * *", "source": {"kind": "path", "path": str(env / "demo")}}
+    created = client.post("/v1/schedules", json=body)
+    assert created.status_code == 201, created.text
+    r = client.patch(f"/v1/schedules/{created.json()['id']}",
+                     json={"source": {"kind": "git", "url": "https://[fd00:ec2::254]/x.git"}})
+    assert r.status_code == 422 and "private" in r.json()["detail"], r.text
+    assert client.get(f"/v1/schedules/{created.json()['id']}").json()["source"]["kind"] == "path"
 
 
 def test_openapi_lists_the_routes(client):
@@ -312,3 +334,56 @@ def test_a_tenant_at_its_quota_is_refused_a_batch_with_429_and_retry_after(clien
         assert r.status_code == 429 and words in r.json()["detail"], r.text
         assert int(r.headers["Retry-After"]) >= 1
     assert batch_count() == before
+
+
+def test_an_archives_devices_fifos_and_links_are_listed_among_the_skipped_files(client):
+    """Issue 23 #9: nothing an archive holds disappears silently."""
+    from workers.batches import run_ingest
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("repo/a.py")
+        info.size = 6
+        tar.addfile(info, io.BytesIO(b"X = 1\n"))
+        for name, kind in (("repo/dev/tty0", tarfile.CHRTYPE), ("repo/fifo", tarfile.FIFOTYPE)):
+            special = tarfile.TarInfo(name)
+            special.type = kind
+            tar.addfile(special)
+        alias = tarfile.TarInfo("repo/alias.py")
+        alias.type, alias.linkname = tarfile.SYMTYPE, "a.py"
+        tar.addfile(alias)
+    r = client.post("/v1/batches", files={"file": ("repo.tar.gz", buffer.getvalue())})
+    assert r.status_code == 202, r.text
+    assert run_ingest(r.json()["id"]) == "ingested"
+    batch = client.get(r.json()["url"]).json()
+    skipped = {(s["path"], s["reason"]) for s in batch["skipped"]}
+    assert {("dev/tty0", "special_file"), ("fifo", "special_file"),
+            ("alias.py", "link")} <= skipped, batch["skipped"]
+    assert [f["path"] for f in batch["files"]] == ["a.py"]
+
+
+def test_a_git_host_that_turns_internal_after_submission_is_refused_at_clone_time(
+        client, monkeypatch):
+    """The worker checks the host again and connects only to the address it checked: a name
+    that resolved to a public address at submission and to the metadata service at clone time
+    (DNS rebinding) fails the batch without a connection."""
+    from service.core.settings import get_settings
+    from service.repos import git_remote
+    from workers.batches import run_ingest
+
+    answers = iter([["140.82.112.3"], ["169.254.169.254"]])
+    monkeypatch.setattr(git_remote, "system_resolver", lambda host, port: next(answers))
+    monkeypatch.setenv("NAMM_BATCHES__GIT_ALLOW_PUBLIC_HOSTS", "true")
+    get_settings.cache_clear()
+    try:
+        r = client.post("/v1/batches", json={"source": {"kind": "git",
+                                                        "url": "https://repo.example/r.git"}})
+        assert r.status_code == 202, r.text
+        assert run_ingest(r.json()["id"]) == "failed"
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    batch = client.get(r.json()["url"]).json()
+    assert batch["status"] == "failed"
+    assert "resolves to a link-local address" in batch["error"], batch["error"]
+    assert "169.254" not in batch["error"]

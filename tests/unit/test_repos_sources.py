@@ -1,14 +1,12 @@
 """Batch sources refuse hostile input with a clear SourceError and write nothing outside their
 directory: path traversal, absolute paths, links pointing out, archive bombs, too many entries,
-corrupt archives, git URLs with other schemes or option-looking arguments, paths outside the
-allowed roots. A well-formed archive, path and file:// clone work."""
+corrupt archives, paths outside the allowed roots; devices, FIFOs and links are left out and
+listed. A well-formed archive and path work. (Git sources: test_repos_git.py.)"""
 
 from __future__ import annotations
 
 import io
 import os
-import shutil
-import subprocess
 import tarfile
 import zipfile
 from pathlib import Path
@@ -18,8 +16,6 @@ import pytest
 from service.repos.sources import (
     Limits,
     SourceError,
-    check_git_url,
-    clone_git,
     extract_archive,
     resolve_server_path,
 )
@@ -78,12 +74,32 @@ def test_a_plain_archive_unpacks_to_its_top_folder(box):
     dest, _ = box
     data = make_tar([("repo/pkg/a.py", b"import os\n"), ("repo/README.md", b"# hi\n"),
                      link("repo/pkg/alias.py", "a.py")])
-    root = extract_archive(data, "repo.tar.gz", dest, LIMITS)
+    unpacked = extract_archive(data, "repo.tar.gz", dest, LIMITS)
+    root = unpacked.root
     assert root == dest / "repo"
+    assert unpacked.left_out == [("pkg/alias.py", "link")]
     assert (root / "pkg" / "a.py").read_bytes() == b"import os\n"
     assert not (root / "pkg" / "alias.py").exists()  # links inside are left out, not followed
-    zroot = extract_archive(make_zip([("x/y.py", b"print(1)\n")]), "r.zip", box[1] / "z", LIMITS)
+    zroot = extract_archive(make_zip([("x/y.py", b"print(1)\n")]), "r.zip", box[1] / "z",
+                            LIMITS).root
     assert (zroot / "y.py").read_text() == "print(1)\n"
+
+
+def test_devices_and_fifos_are_left_out_and_listed_with_their_reason(box):
+    dest, _ = box
+    specials = []
+    for name, kind in (("repo/dev/tty0", tarfile.CHRTYPE), ("repo/dev/sda", tarfile.BLKTYPE),
+                       ("repo/pipe", tarfile.FIFOTYPE)):
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        specials.append(info)
+    unpacked = extract_archive(make_tar([("repo/a.py", b"x = 1\n"), *specials]),
+                               "repo.tar.gz", dest, LIMITS)
+    assert (unpacked.root / "a.py").read_text() == "x = 1\n"
+    assert sorted(unpacked.left_out) == [("dev/sda", "special_file"),
+                                         ("dev/tty0", "special_file"),
+                                         ("pipe", "special_file")]
+    assert not (unpacked.root / "pipe").exists()
 
 
 @pytest.mark.parametrize("name", ["../evil.txt", "repo/../../evil.txt", "/tmp/evil.txt",
@@ -194,56 +210,3 @@ def test_server_paths_stay_under_the_allowed_roots(tmp_path):
     (root / "file.py").write_text("x")
     with pytest.raises(SourceError, match="not a directory"):
         resolve_server_path(str(root / "file.py"), [str(root)])
-
-
-# ---- git -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("url,message", [
-    ("--upload-pack=touch /tmp/pwned", "option"),
-    ("-u touch", "option"),
-    ("ssh://git@example.com/repo.git", "scheme"),
-    ("git://example.com/repo.git", "scheme"),
-    ("http://example.com/repo.git", "scheme"),
-    ("ext::sh -c touch% /tmp/pwned", "spaces|scheme"),
-    ("git@example.com:repo.git", "scheme"),
-    ("https://example.com/repo.git --upload-pack=x", "spaces"),
-    ("https:///nohost", "host"),
-    ("https://user:token@example.com/repo.git", "credentials"),
-    ("file://otherhost/srv/repo", "local path"),
-    ("file:///etc", "not under an allowed root"),
-])
-def test_git_urls_refused(url, message, tmp_path):
-    with pytest.raises(SourceError, match=message):
-        check_git_url(url, [str(tmp_path)])
-
-
-def test_git_ref_must_be_a_plain_name(tmp_path):
-    with pytest.raises(SourceError, match="ref"):
-        check_git_url("https://example.com/r.git", [], ref="--upload-pack=x")
-    assert check_git_url("https://example.com/r.git", [], ref="release/1.2")
-
-
-def _git(*args: str, cwd: Path) -> None:
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-                        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
-
-
-def test_shallow_clone_of_a_file_url(tmp_path):
-    assert shutil.which("git"), "git is needed for git sources (and in the image: Dockerfile)"
-    origin = tmp_path / "roots" / "origin"
-    origin.mkdir(parents=True)
-    _git("init", "-q", "-b", "main", cwd=origin)
-    (origin / "a.py").write_text("x = 1\n")
-    _git("add", "a.py", cwd=origin)
-    _git("commit", "-q", "-m", "one", cwd=origin)
-    (origin / "a.py").write_text("x = 2\n")
-    _git("commit", "-q", "-am", "two", cwd=origin)
-    dest = clone_git(f"file://{origin}", tmp_path / "work" / "clone",
-                     allowed_roots=[str(tmp_path / "roots")])
-    assert (dest / "a.py").read_text() == "x = 2\n"
-    assert not (dest / ".git").exists()
-    (tmp_path / "roots" / "plain").mkdir()  # a folder, not a repository
-    with pytest.raises(SourceError, match="git clone failed"):
-        clone_git(f"file://{tmp_path / 'roots' / 'plain'}", tmp_path / "work" / "c2",
-                  allowed_roots=[str(tmp_path / "roots")])
-    assert not (tmp_path / "work" / "c2").exists()

@@ -38,13 +38,8 @@ from service.api.schemas import validation_message
 from service.api.text_checks import check_text, check_tree
 from service.core.settings import Settings, get_settings
 from service.repos.repository import BatchRepository, NewBatch
-from service.repos.sources import (
-    Limits,
-    SourceError,
-    check_git_url,
-    extract_archive,
-    resolve_server_path,
-)
+from service.repos.git_source import GitAccess, check_git_source
+from service.repos.sources import Limits, SourceError, extract_archive, resolve_server_path
 
 BATCHES_PATH = "/v1/batches"
 JSON_BODY_LIMIT = 64 * 1024
@@ -59,13 +54,15 @@ BatchesDep = Annotated[BatchRepository, Depends(get_batches)]
 
 
 def check_source(source: dict[str, Any], settings: Settings) -> None:
-    """A path or git source the workers may read; HTTP 422 with the reason otherwise."""
+    """A path or git source the workers may read; HTTP 422 with the reason otherwise. An https
+    host is resolved here (blocking: call from a worker thread) and must be public or
+    allow-listed; the clone checks it again when it runs."""
     roots = settings.batches.allowed_roots
     try:
         if source["kind"] == "path":
             resolve_server_path(source["path"], roots)
         elif source["kind"] == "git":
-            check_git_url(source["url"], roots, source.get("ref"))
+            check_git_source(source["url"], GitAccess.of(settings.batches), source.get("ref"))
     except SourceError as exc:
         raise HTTPException(422, f"source: {exc}") from None
 
@@ -216,7 +213,7 @@ def batch_router() -> APIRouter:
             body = await _read_json(request)
             options: BatchOptions = body
             source = body.source.model_dump(exclude_none=True)
-            check_source(source, settings)
+            await run_in_threadpool(check_source, source, settings)
         elif media == "multipart/form-data":
             options, filename, data = await _read_multipart(request, settings)
             await run_in_threadpool(check_archive, data, filename, settings)
