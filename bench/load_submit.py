@@ -3,9 +3,15 @@ time; prints p50/p99 latency and submissions/s.
 
 Each run starts the real API (LitServe) as a subprocess on a fresh database, and every
 submission is committed to it and enqueued on a real broker (Redis for PostgreSQL, kombu's
-SQLAlchemy transport for SQLite). No worker consumes the queue: this measures the API.
+SQLAlchemy transport for SQLite). By default no worker consumes the queue: this measures the API
+alone. `--worker busy` measures it again, in the same run, while the model worker (the real
+Celery worker, the default model) runs the submitted jobs on the same machine, the realistic
+case on a small host; `--model-nice` sets that worker's CPU priority (NAMM_WORKER__MODEL_NICE),
+so priorities can be compared side by side.
 
   .venv/bin/python bench/load_submit.py --backend pg --backend sqlite --concurrency 50 --duration 20
+  .venv/bin/python bench/load_submit.py --backend pg --worker none --worker busy \
+      --model-nice 0 --model-nice 10 --concurrency 50 --duration 20
 """
 
 from __future__ import annotations
@@ -161,12 +167,33 @@ async def load(port: int, key: str, concurrency: int, duration: float, warmup: f
             "mean": statistics.fmean(latencies) * 1000 if latencies else 0}
 
 
-def run_backend(backend: str, args) -> dict:
-    from service.dev.processes import ServiceProcesses, api_command
+def wait_until_busy(url: str, key: str, timeout_s: float = 300.0) -> None:
+    """Submit one job and wait until the worker runs it (model loaded, a job in progress)."""
+    import json
+    import urllib.request
+
+    body = json.dumps({"document": DOCUMENT * 4, "policy": "namm", "budget": 0.3,
+                       "max_new_tokens": 64}).encode()
+    headers = {"X-API-Key": key, "Content-Type": "application/json"}
+    request = urllib.request.Request(f"{url}/v1/jobs", body, headers)
+    job = json.load(urllib.request.urlopen(request, timeout=30))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = json.load(urllib.request.urlopen(urllib.request.Request(
+            f"{url}/v1/jobs/{job['id']}", headers=headers), timeout=30))["status"]
+        if status in ("running", "done"):
+            return
+        time.sleep(0.5)
+    raise RuntimeError("the worker did not start a job in time")
+
+
+def run_backend(backend: str, args, worker: str = "none", nice: int = 0) -> dict:
+    from service.dev.processes import ServiceProcesses, api_command, worker_commands
 
     with tempfile.TemporaryDirectory(prefix=f"namm-bench-{backend}-") as tmpdir:
         tmp = Path(tmpdir)
         env, cleanup = environment(backend, tmp, args)
+        env["NAMM_WORKER__MODEL_NICE"] = str(nice)
         procs = ServiceProcesses(env=env, log_dir=tmp / "logs")
         try:
             key = prepare(env)
@@ -174,6 +201,9 @@ def run_backend(backend: str, args) -> dict:
             procs.start("api", api_command(port, api_servers=args.api_servers))
             url = f"http://127.0.0.1:{port}"
             procs.wait_healthy(url, timeout_s=120)
+            if worker == "busy":
+                procs.start("worker", worker_commands()["worker"])
+                wait_until_busy(url, key)
             stats = asyncio.run(load(port, key, args.concurrency, args.duration, args.warmup,
                                      args.rate))
             procs.check_alive()
@@ -205,26 +235,38 @@ def main(argv: list[str] | None = None) -> int:
                              "its next request as soon as the previous one is answered)")
     parser.add_argument("--pool-size", type=int, default=10)
     parser.add_argument("--port", type=int, default=8191)
+    parser.add_argument("--worker", action="append", choices=["none", "busy"],
+                        help="none: the API alone; busy: the model worker runs the submitted "
+                             "jobs meanwhile (repeat for both, side by side)")
+    parser.add_argument("--model-nice", action="append", type=int,
+                        help="the busy worker's nice value (repeat to compare; default 10)")
     args = parser.parse_args(argv)
     backends = args.backend or ["pg", "sqlite"]
+    runs = [("none", 0)] if not args.worker else []
+    for worker in args.worker or []:
+        for nice in ([0] if worker == "none" else (args.model_nice or [10])):
+            runs.append((worker, nice))
 
     rows = []
     for backend in backends:
-        stats = run_backend(backend, args)
-        rows.append((backend, stats))
-        print(f"{backend}: {stats['rate']:.0f} submissions/s, p50 {stats['p50']:.1f} ms, "
-              f"p99 {stats['p99']:.1f} ms, errors {stats['errors']}", file=sys.stderr)
+        for worker, nice in runs:
+            stats = run_backend(backend, args, worker, nice)
+            label = "API alone" if worker == "none" else f"busy model worker, nice {nice}"
+            rows.append((backend, label, stats))
+            print(f"{backend}, {label}: {stats['rate']:.0f} submissions/s, p50 "
+                  f"{stats['p50']:.1f} ms, p99 {stats['p99']:.1f} ms, errors {stats['errors']}",
+                  file=sys.stderr)
 
     mode = f"paced at {args.rate:.0f}/s offered" if args.rate else "closed loop (max rate)"
     print(f"\n{mode}, concurrency {args.concurrency}, {args.duration:.0f} s, api servers "
           f"{args.api_servers}, inference workers {args.inference_workers}, cpus {os.cpu_count()}")
-    print("| backend | broker | submissions | errors | submissions/s | p50 ms | p90 ms | p99 ms "
-          "| max ms |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for backend, s in rows:
+    print("| backend | broker | worker | submissions | errors | submissions/s | p50 ms | p90 ms "
+          "| p99 ms | max ms |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for backend, label, s in rows:
         broker = "Redis" if backend == "pg" else "SQLAlchemy/SQLite"
         name = "PostgreSQL" if backend == "pg" else "SQLite (WAL)"
-        print(f"| {name} | {broker} | {s['ok']} | {s['errors']} | {s['rate']:.0f} | "
+        print(f"| {name} | {broker} | {label} | {s['ok']} | {s['errors']} | {s['rate']:.0f} | "
               f"{s['p50']:.1f} | {s['p90']:.1f} | {s['p99']:.1f} | {s['max']:.1f} |")
     return 0
 

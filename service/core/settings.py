@@ -143,6 +143,10 @@ class WorkerSettings(BaseModel):
     stale_after_s: float = 20.0  # no heartbeat for this long: the worker running it is gone
     sweep_interval_s: int = 10
     preload_model: bool = False  # load the model when the child starts instead of on first job
+    # The model worker's CPU priority (Unix nice, 0-19). Where it shares the CPUs with the API
+    # (the embedded default, a small host), a higher value lets the API answer at once while a
+    # job runs (docs/benchmarks-service.md, "With a busy worker"); 0 on a dedicated GPU host.
+    model_nice: int = Field(10, ge=0, le=19)
 
 
 class BatchSettings(BaseModel):
