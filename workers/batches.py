@@ -100,7 +100,10 @@ def after_settle(settlement: Settlement) -> None:
 
 
 def start_aggregation(batch_id: str) -> None:
-    """Make the overview's and the questions' jobs if missing, send the ones made now."""
+    """Make the overview's and the questions' jobs if missing, send the ones made now (a job
+    made waiting, over the tenant's quota, is sent by its release)."""
+    from service.jobs.repository import JobRepository
+
     settings = get_settings().batches
     with session_scope() as session:
         repo = BatchRepository(session)
@@ -108,9 +111,10 @@ def start_aggregation(batch_id: str) -> None:
         existing = batch.overview_job_id if batch else None
         overview = repo.overview_job(batch_id, max_chars=settings.overview_max_chars)
         questions, made = repo.questions_job(batch_id, max_chars=settings.questions_max_chars)
-    new = [job for job, fresh in ((overview, overview is not None and overview != existing),
-                                  (questions, made)) if fresh]
-    enqueue_jobs_group(new)
+        new = [job for job, fresh in ((overview, overview is not None and overview != existing),
+                                      (questions, made)) if fresh]
+        to_send = JobRepository(session).queued_among(new)
+    enqueue_jobs_group(to_send)
     if not new:  # nothing new to wait for: finish now if the jobs already ended (a no-op if not)
         with session_scope() as session:
             BatchRepository(session).finish(batch_id)

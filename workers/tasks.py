@@ -45,8 +45,13 @@ def run_job(self, job_id: str) -> str:
         # crash), its heartbeat goes stale soon: look once more after that.
         raise self.retry(countdown=get_settings().worker.stale_after_s + 5)
     from workers.batches import after_job
+    from workers.releases import release_after
 
     after_job(job_id)  # a repository batch's file or overview: settle it (plain jobs: nothing)
+    try:  # the job's slot in its tenant's quota is free: a waiting job may run now
+        release_after(job_id)
+    except Exception:  # the job's own outcome is stored; the next sweep releases instead
+        logger.warning("releasing waiting jobs after job %s failed", job_id, exc_info=True)
     return outcome
 
 
@@ -64,12 +69,15 @@ def sweep() -> dict[str, int]:
     - running jobs without a heartbeat (their worker is gone) are queued and enqueued again;
     - queued jobs with no message waiting in the broker (lost in a broker restart, a failed
       enqueue, or taken by a worker parent that was killed) are enqueued again;
+    - jobs waiting for their tenant's quota are released where it has room (a release missed
+      in a crash, the daily token quota's reset at midnight UTC);
     - Idempotency-Keys past their TTL are deleted."""
     from service.core.broker_scan import waiting_job_ids
     from service.core.db import session_scope
     from service.jobs import idempotency
     from service.jobs.recovery import lost_queued
     from service.jobs.repository import JobRepository
+    from workers.releases import release_all
 
     settings = get_settings()
     worker = settings.worker
@@ -89,9 +97,11 @@ def sweep() -> dict[str, int]:
                 requeue_after_s=worker.requeue_after_s)
     for job_id in lost:
         enqueue_job(job_id)
+    released = release_all()
     with session_scope() as session:
         purged = idempotency.purge_expired(session, settings.api.idempotency_ttl_s)
     if stale or lost:
         logger.warning("sweeper re-queued %d stale running and %d lost queued job(s)",
                        len(stale), len(lost))
-    return {"stale_running": len(stale), "lost_queued": len(lost), "keys_purged": purged}
+    return {"stale_running": len(stale), "lost_queued": len(lost), "released": released,
+            "keys_purged": purged}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -130,12 +131,13 @@ class FileOut(BaseModel):
     path: str
     language: str
     size_bytes: int
-    status: str
+    status: str  # queued | waiting (its job waits for the tenant's quota) | done | failed | ...
     attempts: int
     tokens: int | None
     summary: str | None
     error: str | None
     job_id: str | None
+    waiting_reason: str | None = None  # why a waiting file waits
 
 
 class AnswerOut(BaseModel):
@@ -225,15 +227,23 @@ def batch_summary(batch) -> BatchSummary:
                         created_at=batch.created_at, finished_at=batch.finished_at)
 
 
-def batch_out(batch, files, skipped, usage, answers=()) -> BatchOut:
+def file_out(f, waiting: Collection[str] = (), waiting_reason: str | None = None) -> FileOut:
+    """A file whose job waits for the tenant's quota (its job id in `waiting`) is `waiting`."""
+    waits = f.status == "queued" and f.job_id in waiting
+    return FileOut(path=f.path, language=f.language, size_bytes=f.size_bytes,
+                   status="waiting" if waits else f.status, attempts=f.attempts, tokens=f.tokens,
+                   summary=f.result, error=f.error, job_id=f.job_id,
+                   waiting_reason=waiting_reason if waits else None)
+
+
+def batch_out(batch, files, skipped, usage, answers=(), waiting: Collection[str] = (),
+              waiting_reason: str | None = None) -> BatchOut:
     return BatchOut(
         **batch_summary(batch).model_dump(), tasks=batch.tasks, policy=batch.policy,
         budget=batch.budget, max_new_tokens=batch.max_new_tokens, error=batch.error,
         overview=batch.overview, started_at=batch.started_at,
         answers=[AnswerOut(question=q, answer=a) for q, a in answers],
-        files=[FileOut(path=f.path, language=f.language, size_bytes=f.size_bytes,
-                       status=f.status, attempts=f.attempts, tokens=f.tokens, summary=f.result,
-                       error=f.error, job_id=f.job_id) for f in files],
+        files=[file_out(f, waiting, waiting_reason) for f in files],
         skipped=[SkippedOut(path=s.path, reason=s.reason) for s in skipped], usage=usage)
 
 
@@ -269,6 +279,8 @@ def report_markdown(out: BatchOut) -> str:
             lines += [safe_markdown(f.summary.strip()), ""]
         if f.error and f.status != "done":
             lines += [f"> error: {f.error}", ""]
+        if f.waiting_reason:
+            lines += [f"> {f.waiting_reason}", ""]
     if out.skipped:
         lines += ["## Skipped", "", "| path | reason |", "|---|---|"]
         lines += [f"| `{s.path}` | {s.reason} |" for s in out.skipped]

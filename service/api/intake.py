@@ -11,7 +11,8 @@ Now:
   transaction of its own: the guilty one gets its own error, the others their 202;
 - a submission with an Idempotency-Key is stored alone, with its key, in one transaction
   (service/jobs/idempotency.py): a retry answers the first job, another body a 409;
-- a new job over its tenant's quota (service/jobs/quotas.py) is a 429 with Retry-After.
+- a new job over its tenant's quota (service/jobs/quotas.py) is a 429 with Retry-After; the
+  quota is counted in the transaction that stores the jobs, under the tenant's quota lock.
 Only a database that cannot be reached answers 503 for the whole batch.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,20 +125,34 @@ def _refused_by_database(exc: Exception) -> Refusal:
                                f"({type(exc).__name__}); check its text fields")
 
 
-def _create(jobs: list[NewJob]) -> list[str]:
+def _locked_gate(session, settings: Settings):
+    """A quota gate counting in `session`, the one that stores the jobs, under each tenant's
+    quota lock: a release of waiting jobs or another submission cannot fill the same slot."""
+    from service.jobs.quotas import QuotaGate
+
+    return QuotaGate(lambda: nullcontext(session), settings.quotas, lock=True)
+
+
+def _create(items: list[Submission], settings: Settings) -> list[dict]:
+    """Each item's answer: stored (its quota counted in the same transaction) or a 429."""
     from service.core.db import session_scope
     from service.jobs.repository import JobRepository
 
     with session_scope() as session:
-        return JobRepository(session).create(jobs)
+        gate = _locked_gate(session, settings)
+        gate.load(item.job.tenant_id for item in items)
+        overs = [gate.admit(item.job.tenant_id) for item in items]
+        ids = iter(JobRepository(session).create(
+            [item.job for item, over in zip(items, overs) if over is None]))
+        return [_accepted(next(ids)) if over is None else _over_quota(over) for over in overs]
 
 
-def _store_plain(items: list[Submission]) -> list[dict]:
+def _store_plain(items: list[Submission], settings: Settings) -> list[dict]:
     """One transaction for all; on a data error, one transaction per item."""
     if not items:
         return []
     try:
-        return [_accepted(job_id) for job_id in _create([s.job for s in items])]
+        return _create(items, settings)
     except UNAVAILABLE as exc:
         logger.error("could not store jobs: %s", type(exc).__name__)
         return [_unavailable() for _ in items]
@@ -146,7 +162,7 @@ def _store_plain(items: list[Submission]) -> list[dict]:
     out: list[dict] = []
     for item in items:
         try:
-            out.append(_accepted(_create([item.job])[0]))
+            out += _create([item], settings)
         except UNAVAILABLE:
             out.append(_unavailable())
         except Exception as exc:
@@ -159,7 +175,7 @@ def _over_quota(over) -> Refusal:
                                     headers={"Retry-After": str(over.retry_after_s)}))
 
 
-def _store_keyed(item: Submission, settings: Settings, gate) -> tuple[dict, bool]:
+def _store_keyed(item: Submission, settings: Settings) -> tuple[dict, bool]:
     """(answer, new job?) for a submission with an Idempotency-Key."""
     from service.core.db import session_scope
     from service.jobs import idempotency
@@ -178,7 +194,7 @@ def _store_keyed(item: Submission, settings: Settings, gate) -> tuple[dict, bool
                         return Refusal.status(409, "Idempotency-Key already used with another "
                                                    "request; use a new key for a new job"), False
                     return _accepted(earlier.job_id, earlier.status), False
-                over = gate.admit(tenant)
+                over = _locked_gate(session, settings).admit(tenant)
                 if over is not None:
                     return _over_quota(over), False
                 job_id = JobRepository(session).create([item.job])[0]
@@ -197,32 +213,20 @@ def _store_keyed(item: Submission, settings: Settings, gate) -> tuple[dict, bool
 def store(items: list[Submission | Refusal], settings: Settings) -> list[dict]:
     """The answer to each item, in order; new jobs are enqueued after their commit."""
     from service.api.metrics import ENQUEUE_FAILURES, JOBS_SUBMITTED
-    from service.core.db import session_factory
     from service.core.queue import enqueue_jobs
-    from service.jobs.quotas import QuotaGate
 
     answers: list[dict | None] = [item if isinstance(item, Refusal) else None for item in items]
-    gate = QuotaGate(session_factory(), settings.quotas)
-    plain = []
-    for i, item in enumerate(items):
-        if isinstance(item, Submission) and item.idempotency_key is None:
-            try:
-                over = gate.admit(item.job.tenant_id)
-            except UNAVAILABLE:
-                answers[i] = _unavailable()
-                continue
-            if over is not None:
-                answers[i] = _over_quota(over)
-            else:
-                plain.append(i)
+    plain = [i for i, item in enumerate(items)
+             if isinstance(item, Submission) and item.idempotency_key is None]
     new_ids: list[str] = []
-    for i, answer in zip(plain, _store_plain([items[i] for i in plain])):  # type: ignore[misc]
+    stored = _store_plain([items[i] for i in plain], settings)  # type: ignore[misc]
+    for i, answer in zip(plain, stored):
         answers[i] = answer
         if not isinstance(answer, Refusal):
             new_ids.append(answer["id"])
     for i, item in enumerate(items):
         if isinstance(item, Submission) and item.idempotency_key is not None:
-            answer, created = _store_keyed(item, settings, gate)
+            answer, created = _store_keyed(item, settings)
             answers[i] = answer
             if created:
                 new_ids.append(answer["id"])

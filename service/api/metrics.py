@@ -145,7 +145,7 @@ class JobStatsCollector:
                 depth.add_metric(["cpu"], messages["cpu"])
             families.append(depth)
             jobs = GaugeMetricFamily("namm_jobs", "jobs by status", labels=["status"])
-            for status in ("queued", "running", "done", "failed", "cancelled"):
+            for status in ("waiting", "queued", "running", "done", "failed", "cancelled"):
                 jobs.add_metric([status], int(by_status.get(status, 0)))
             tokens = CounterMetricFamily("namm_tokens_processed", "tokens processed by finished "
                                          "jobs", labels=["direction"])

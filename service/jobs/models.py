@@ -89,6 +89,8 @@ def budget_columns(budget: Budget | None) -> dict[str, Any]:
 
 
 class JobStatus(str, enum.Enum):
+    # over its tenant's quota (service/jobs/admission.py): not active, not sent to the broker
+    waiting = "waiting"
     queued = "queued"
     running = "running"
     done = "done"

@@ -7,9 +7,9 @@ A submission over a quota is answered 429 with Retry-After: the active-jobs quot
 jobs finish, the daily tokens at the next UTC midnight.
 
 Checked when a batch of submissions is stored (service/api/intake.py), counting the batch's
-own new jobs. Submissions are stored by one LitServe inference worker at a time by default
-(`api.inference_workers` = 1), so the count is exact; with several, a tenant may go over its
-active-jobs quota by at most one batch per extra worker.
+own new jobs, in the transaction that stores them and under the tenant's quota lock
+(`lock_active_jobs`), which a repository batch's fan-out and the release of waiting jobs
+(service/jobs/admission.py) take too: nobody sees a free slot another is filling.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, func, select
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, func, select, text, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from service.jobs.models import Base, Job, JobStatus, UsageRecord, utcnow
+from service.jobs.models import Base, Job, JobStatus, Tenant, UsageRecord, utcnow
 
 ACTIVE = (JobStatus.queued.value, JobStatus.running.value)
 ACTIVE_RETRY_AFTER_S = 30
+QUOTA_LOCK_CLASS = 23_003  # first key of the tenant's advisory lock (issue 23, item 3)
 
 
 class TenantQuota(Base):
@@ -73,6 +74,20 @@ def set_limits(session: Session, tenant_id: int, *, max_active_jobs: int | None,
     return row
 
 
+def lock_active_jobs(session: Session, tenant_id: int) -> None:
+    """Hold the tenant's active-jobs count still until the transaction ends. Whoever counts
+    the tenant's queued and running jobs in order to add some (a submission, a batch's
+    fan-out, a release of waiting jobs) takes this first. PostgreSQL: a transaction-level
+    advisory lock. SQLite: a write that changes nothing, which takes the database's one write
+    lock; without it the count would run outside any transaction (pysqlite begins one at the
+    first write only) and two writers could both see the same free slot."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:cls, :tenant)"),
+                        {"cls": QUOTA_LOCK_CLASS, "tenant": tenant_id})
+    else:
+        session.execute(update(Tenant).where(Tenant.id == tenant_id).values(name=Tenant.name))
+
+
 def active_jobs(session: Session, tenant_id: int) -> int:
     return session.scalar(select(func.count()).select_from(Job).where(
         Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))) or 0
@@ -91,23 +106,32 @@ def _seconds_to_midnight(now: datetime) -> int:
 
 
 class QuotaGate:
-    """Admits new jobs tenant by tenant, counting the ones admitted so far."""
+    """Admits new jobs tenant by tenant, counting the ones admitted so far. `lock`: take each
+    tenant's quota lock before counting (the session must be the one that stores the jobs)."""
 
-    def __init__(self, session_factory, defaults):
+    def __init__(self, session_factory, defaults, *, lock: bool = False):
         self._session_factory = session_factory
         self._defaults = defaults
+        self._lock = lock
         self._state: dict[int, tuple[Limits, int, int]] = {}  # limits, active, tokens today
 
     def _load(self, tenant_id: int) -> tuple[Limits, int, int]:
         if tenant_id not in self._state:
             with self._session_factory() as session:
                 limits = limits_for(session, tenant_id, self._defaults)
+                if self._lock and limits.max_active_jobs is not None:
+                    lock_active_jobs(session, tenant_id)
                 active = (active_jobs(session, tenant_id)
                           if limits.max_active_jobs is not None else 0)
                 tokens = (tokens_today(session, tenant_id)
                           if limits.max_tokens_per_day is not None else 0)
             self._state[tenant_id] = (limits, active, tokens)
         return self._state[tenant_id]
+
+    def load(self, tenant_ids) -> None:
+        """Look at these tenants now, in id order (so locks are always taken in one order)."""
+        for tenant_id in sorted(set(tenant_ids)):
+            self._load(tenant_id)
 
     def admit(self, tenant_id: int) -> OverQuota | None:
         """None (and one more active job counted), or why the job is refused."""

@@ -1,10 +1,12 @@
 """The job's state machine, in one place: every change of a job's status happens here.
 
     create ──> queued ──claim──> running ──complete──> done
-                 │  ▲              │ ├─────fail─────> failed   (the input, a crash, the time limit)
-                 │  └──requeue─────┘ └───cancel────> cancelled
-                 ├──cancel──> cancelled
-                 └──claim, attempts used up──> failed
+      │          │  ▲              │ ├─────fail─────> failed   (the input, a crash, the time limit)
+      │          │  └──requeue─────┘ └───cancel────> cancelled
+      │          ├──cancel──> cancelled
+      │          └──claim, attempts used up──> failed
+      └──> waiting ──release──> queued    (over the tenant's quota: service/jobs/admission.py)
+              └──cancel──> cancelled
 
 `JobRepository` works inside the caller's session; the caller owns the transaction (one short
 transaction per step: the API's request session, `session_scope()` in the workers). Reads for
@@ -39,6 +41,7 @@ from service.jobs.usage import usage_record
 
 RUNNING = JobStatus.running.value
 QUEUED = JobStatus.queued.value
+WAITING = JobStatus.waiting.value
 
 
 @dataclass
@@ -66,6 +69,7 @@ class ClaimOutcome(str, enum.Enum):
     finished = "finished"  # done, failed or cancelled: re-running is a no-op
     busy = "busy"  # running with a fresh heartbeat: another worker has it
     exhausted = "exhausted"  # attempt cap reached: the job is failed now
+    waiting = "waiting"  # not released yet (over the tenant's quota): its release sends it
 
 
 @dataclass
@@ -99,14 +103,16 @@ class JobRepository:
         self.session = session
 
     # ---- create --------------------------------------------------------------------------
-    def create(self, jobs: list[NewJob]) -> list[str]:
+    def create(self, jobs: list[NewJob], *, queued: int | None = None) -> list[str]:
         """Bulk-insert documents and jobs (two multi-row INSERTs); the new ids, in order.
-        The submission hot path: no ORM unit of work, ids made here."""
+        The submission hot path: no ORM unit of work, ids made here. `queued`: how many of
+        them, the first ones, are queued; the rest wait (None: all queued)."""
         if not jobs:
             return []
         now = utcnow()
         documents, rows = [], []
-        for job in jobs:
+        for i, job in enumerate(jobs):
+            waits = queued is not None and i >= queued
             document_id, job_id = new_id(), new_id()
             documents.append({
                 "id": document_id, "tenant_id": job.tenant_id, "filename": job.filename,
@@ -116,11 +122,12 @@ class JobRepository:
             })
             rows.append({
                 "id": job_id, "tenant_id": job.tenant_id, "document_id": document_id,
-                "status": QUEUED, "progress": 0.0, "attempts": 0,
+                "status": WAITING if waits else QUEUED, "progress": 0.0, "attempts": 0,
                 "max_attempts": job.max_attempts, "error": None, "kind": job.kind,
                 "instruction": job.instruction, "questions": job.questions, "policy": job.policy,
                 **budget_columns(job.budget), "max_new_tokens": job.max_new_tokens,
-                "truncate": job.truncate, "created_at": now, "enqueued_at": now,
+                "truncate": job.truncate, "created_at": now,
+                "enqueued_at": None if waits else now,
             })
         self.session.execute(insert(Document), documents)
         self.session.execute(insert(Job), rows)
@@ -152,6 +159,15 @@ class JobRepository:
         ).all()
         return list(rows), total
 
+    def queued_among(self, job_ids: list[str]) -> list[str]:
+        """Those of `job_ids` that are queued, in order: the ones to send now (a waiting job is
+        sent by its release)."""
+        if not job_ids:
+            return []
+        queued = set(self.session.scalars(
+            select(Job.id).where(Job.id.in_(job_ids), Job.status == QUEUED)))
+        return [job_id for job_id in job_ids if job_id in queued]
+
     def document_info(self, document_id: str) -> DocumentInfo | None:
         row = self.session.execute(
             select(Document.filename, Document.content_type, Document.size_bytes,
@@ -161,10 +177,11 @@ class JobRepository:
 
     # ---- transitions -----------------------------------------------------------------------
     def cancel(self, tenant_id: int, job_id: str) -> Job | None:
-        """queued|running -> cancelled; a finished job is left as it is."""
+        """waiting|queued|running -> cancelled; a finished job is left as it is."""
         self.session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.tenant_id == tenant_id, Job.status.in_((QUEUED, RUNNING)))
+            .where(Job.id == job_id, Job.tenant_id == tenant_id,
+                   Job.status.in_((WAITING, QUEUED, RUNNING)))
             .values(status=JobStatus.cancelled.value, finished_at=utcnow(),
                     error="cancelled by the client")
         )
@@ -179,6 +196,8 @@ class JobRepository:
             return ClaimOutcome.missing, None
         if job.status in FINISHED_STATUSES:
             return ClaimOutcome.finished, None
+        if job.status == WAITING:
+            return ClaimOutcome.waiting, None
         now = utcnow()
         if job.status == RUNNING and self._heartbeat_is_fresh(job, now, stale_after_s):
             return ClaimOutcome.busy, None
@@ -245,6 +264,17 @@ class JobRepository:
         job.finished_at = finished
         job.error = None
         return True
+
+    def release(self, job_ids: list[str]) -> list[str]:
+        """waiting -> queued (the caller holds the tenant's quota lock and chose them); the ids
+        released, to send after the commit: one cancelled meanwhile is not among them."""
+        if not job_ids:
+            return []
+        released = self.session.execute(
+            update(Job).where(Job.id.in_(job_ids), Job.status == WAITING)
+            .values(status=QUEUED, enqueued_at=utcnow()).returning(Job.id))
+        moved = set(released.scalars())
+        return [job_id for job_id in job_ids if job_id in moved]
 
     def requeue_stale_running(self, *, stale_after_s: float) -> list[str]:
         """running without a heartbeat (its worker is gone) -> queued; the attempt cap still

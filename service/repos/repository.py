@@ -13,6 +13,11 @@ reconciler, never count a file twice. A failed job is replaced by a new one unti
 `file_attempts` jobs were tried; then the file is failed and the batch goes on. The move to
 `aggregating` is a compare-and-set too: exactly one caller wins it and enqueues the overview.
 
+Every job made here (the files', a retry's, the overview's and the questions') takes a free
+slot of the tenant's active-jobs quota or else waits (service/jobs/admission.py): a file whose
+job waits is still `queued` here and is shown as `waiting` (`waiting_jobs`); the job's release
+sends it later, and nothing else changes for the batch.
+
 Like JobRepository, this works inside the caller's session; the caller owns the transaction.
 """
 
@@ -27,6 +32,8 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from namm.spec import NON_EVICTING_POLICIES, Budget
+from service.core.settings import QuotaSettings, get_settings
+from service.jobs.admission import queued_share
 from service.jobs.models import Document, Job, JobStatus, Result, UsageRecord, as_utc, new_id, \
     utcnow
 from service.jobs.repository import JobRepository, NewJob
@@ -44,6 +51,7 @@ from service.repos.models import (
 TASKS = ("summaries", "overview")
 FILE_INSTRUCTION = ("This is the file {path} ({language}) of a code repository. Summarize what it "
                     "does: its purpose, its main functions or classes, and how it is used.")
+UNFINISHED = (JobStatus.waiting.value, JobStatus.queued.value, JobStatus.running.value)
 QUESTIONS_INSTRUCTION = ("This is the source code of one repository, file by file in reading "
                          "order. Answer from the code.")
 OVERVIEW_INSTRUCTION = ("These are summaries of the files of one code repository, in reading "
@@ -91,8 +99,14 @@ def _text_of(path: str, text: str) -> str:
 
 
 class BatchRepository:
-    def __init__(self, session: Session):
+    def __init__(self, session: Session, quotas: QuotaSettings | None = None):
         self.session = session
+        self._quotas = quotas  # the tenants' default quotas; None: the settings'
+
+    def _queued_share(self, tenant_id: int, wanted: int) -> int | None:
+        """How many of `wanted` new jobs of the tenant are queued; the rest wait."""
+        quotas = self._quotas or get_settings().quotas
+        return queued_share(self.session, tenant_id, wanted, quotas)
 
     # ---- create / read ---------------------------------------------------------------------
     def create(self, new: NewBatch) -> Batch:
@@ -129,6 +143,11 @@ class BatchRepository:
         return list(self.session.scalars(
             select(BatchFile).where(BatchFile.batch_id == batch_id).order_by(BatchFile.position)))
 
+    def waiting_jobs(self, batch_id: str) -> set[str]:
+        """The batch's jobs that wait for the tenant's quota (their files show `waiting`)."""
+        return set(self.session.scalars(select(Job.id).where(
+            Job.batch_id == batch_id, Job.status == JobStatus.waiting.value)))
+
     def skipped(self, batch_id: str) -> list[SkippedFile]:
         return list(self.session.scalars(
             select(SkippedFile).where(SkippedFile.batch_id == batch_id).order_by(SkippedFile.id)))
@@ -146,7 +165,8 @@ class BatchRepository:
 
     # ---- cancel ----------------------------------------------------------------------------
     def cancel(self, tenant_id: int, batch_id: str) -> Batch | None:
-        """queued|running|aggregating -> cancelled, with its unfinished jobs and files."""
+        """queued|running|aggregating -> cancelled, with its unfinished (and waiting) jobs and
+        its files."""
         batch = self.session.scalar(select(Batch).where(
             Batch.id == batch_id, Batch.tenant_id == tenant_id).with_for_update())
         if batch is None or batch.status in BATCH_FINISHED:
@@ -157,8 +177,7 @@ class BatchRepository:
                     error="cancelled by the client"))
         jobs = JobRepository(self.session)
         for job_id in self.session.scalars(select(Job.id).where(
-                Job.batch_id == batch_id,
-                Job.status.in_((JobStatus.queued.value, JobStatus.running.value)))):
+                Job.batch_id == batch_id, Job.status.in_(UNFINISHED))):
             jobs.cancel(tenant_id, job_id)
         self.session.execute(
             update(BatchFile).where(BatchFile.batch_id == batch_id,
@@ -202,7 +221,8 @@ class BatchRepository:
     def record_ingestion(self, batch_id: str, ingestion: Ingestion) -> list[int]:
         """queued -> running: one job per kept file, the files in reading order, the skipped
         files with their reasons. Returns the job ids to send, in reading order ([] if another
-        delivery got here first). A batch with no file to read is done at once."""
+        delivery got here first): the ones within the tenant's quota; the others wait. A batch
+        with no file to read is done at once."""
         batch = self.session.scalar(select(Batch).where(Batch.id == batch_id).with_for_update())
         if batch is None or batch.status != BatchStatus.queued.value:
             return []
@@ -211,6 +231,7 @@ class BatchRepository:
             self.session.execute(insert(SkippedFile), [
                 {"batch_id": batch_id, "path": path[:1000], "reason": reason}
                 for path, reason in ingestion.skipped])
+        queued = self._queued_share(batch.tenant_id, len(ingestion.files))
         job_ids = JobRepository(self.session).create([
             NewJob(tenant_id=batch.tenant_id, text=_text_of(f.path, f.text),
                    content_type="text/plain", size_bytes=f.size_bytes, filename=f.path[:500],
@@ -218,7 +239,7 @@ class BatchRepository:
                                                                          language=f.language),
                    policy=batch.policy, budget=batch.budget, max_new_tokens=batch.max_new_tokens,
                    truncate=batch.policy in NON_EVICTING_POLICIES, max_attempts=3)
-            for f in ingestion.files])
+            for f in ingestion.files], queued=queued)
         if job_ids:
             self.session.execute(update(Job).where(Job.id.in_(job_ids)).values(batch_id=batch_id))
             self.session.execute(insert(BatchFile), [
@@ -235,7 +256,7 @@ class BatchRepository:
                 overview="The repository has no file to read." if done else None))
         self.session.execute(delete(BatchUpload).where(BatchUpload.batch_id == batch_id))
         self.session.flush()
-        return job_ids
+        return job_ids if queued is None else job_ids[:queued]
 
     # ---- files -----------------------------------------------------------------------------
     def job_target(self, job_id: str) -> tuple[str, Any] | None:
@@ -270,7 +291,7 @@ class BatchRepository:
         if file.status != FileStatus.queued.value or file.job_id is None:
             return Settlement(FileStep.waiting, batch_id, self._next_action(batch_id))
         job = self.session.get(Job, file.job_id)
-        if job is None or job.status in (JobStatus.queued.value, JobStatus.running.value):
+        if job is None or job.status in UNFINISHED:
             return Settlement(FileStep.waiting, batch_id)
         now = utcnow()
         if job.status == JobStatus.done.value:
@@ -285,16 +306,18 @@ class BatchRepository:
             if batch is None or batch.status != BatchStatus.running.value:
                 return Settlement(FileStep.waiting, batch_id)
             text = job.document.text
+            queued = self._queued_share(job.tenant_id, 1)
             new_job = JobRepository(self.session).create([NewJob(
                 tenant_id=job.tenant_id, text=text, content_type="text/plain",
                 size_bytes=len(text.encode("utf-8")), filename=file.path[:500], kind=job.kind,
                 instruction=job.instruction, policy=job.policy, budget=job.budget,
                 max_new_tokens=job.max_new_tokens, truncate=job.truncate,
-                max_attempts=job.max_attempts)])[0]
+                max_attempts=job.max_attempts)], queued=queued)[0]
             self.session.execute(update(Job).where(Job.id == new_job).values(batch_id=batch_id))
             self.session.execute(update(BatchFile).where(BatchFile.id == file_id).values(
                 job_id=new_job, attempts=BatchFile.attempts + 1, error=job.error))
-            return Settlement(FileStep.retry, batch_id, retry_job_id=new_job)
+            return Settlement(FileStep.retry, batch_id,  # a waiting one is sent by its release
+                              retry_job_id=None if queued == 0 else new_job)
         else:  # failed for good, or cancelled
             status = FileStatus.cancelled if job.status == JobStatus.cancelled.value \
                 else FileStatus.failed
@@ -357,7 +380,8 @@ class BatchRepository:
             size_bytes=len(text.encode("utf-8")), filename="overview.md", kind="summarize",
             instruction=OVERVIEW_INSTRUCTION, policy=batch.policy, budget=batch.budget,
             max_new_tokens=max(batch.max_new_tokens, 64),
-            truncate=batch.policy in NON_EVICTING_POLICIES)])[0]
+            truncate=batch.policy in NON_EVICTING_POLICIES)],
+            queued=self._queued_share(batch.tenant_id, 1))[0]
         self.session.execute(update(Job).where(Job.id == job_id).values(batch_id=batch_id))
         self.session.execute(update(Batch).where(Batch.id == batch_id)
                              .values(overview_job_id=job_id))
@@ -388,7 +412,8 @@ class BatchRepository:
             instruction=QUESTIONS_INSTRUCTION, questions=list(batch.questions),
             policy=batch.policy, budget=batch.budget,
             max_new_tokens=max(batch.max_new_tokens, 32),
-            truncate=batch.policy in NON_EVICTING_POLICIES)])[0]
+            truncate=batch.policy in NON_EVICTING_POLICIES)],
+            queued=self._queued_share(batch.tenant_id, 1))[0]
         self.session.execute(update(Job).where(Job.id == job_id).values(batch_id=batch_id))
         return job_id, True
 
@@ -424,7 +449,7 @@ class BatchRepository:
             job = self.session.get(Job, job_id) if job_id else None
             if job is None:
                 return False  # not made yet: start_aggregation makes it
-            if job.status in (JobStatus.queued.value, JobStatus.running.value):
+            if job.status in UNFINISHED:
                 return False
             if job.status != JobStatus.done.value:
                 errors.append(f"the {name} could not be written: {job.error}")

@@ -248,11 +248,17 @@ def batch_router() -> APIRouter:
                          limit=limit)
 
     def load(tenant_id: int, batch_id: str, batches: BatchRepository) -> BatchOut:
+        from service.jobs.admission import waiting_reason
+
         batch = batches.get(tenant_id, batch_id)
         if batch is None:
             raise HTTPException(404, "batch not found")
+        waiting = batches.waiting_jobs(batch_id)
+        reason = waiting_reason(batches.session, tenant_id, get_settings().quotas) \
+            if waiting else None
         return batch_out(batch, batches.files(batch_id), batches.skipped(batch_id),
-                         batches.usage_totals(batch_id), batches.answers(batch))
+                         batches.usage_totals(batch_id), batches.answers(batch),
+                         waiting=waiting, waiting_reason=reason)
 
     @router.get("/{batch_id}", response_model=BatchOut,
                 summary="Status, progress, per-file results, skipped files and usage of a batch")

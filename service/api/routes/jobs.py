@@ -15,7 +15,7 @@ from service.api.schemas import JobOut, JobPage, job_out, job_summary
 from service.core.settings import get_settings
 from service.repos.repository import BatchRepository
 
-StatusFilter = Literal["queued", "running", "done", "failed", "cancelled"]
+StatusFilter = Literal["waiting", "queued", "running", "done", "failed", "cancelled"]
 # every parameter is bounded (issue 13): a 23-digit offset was a 500 (SQLite) / 503 (PostgreSQL)
 MAX_OFFSET = 10_000_000
 MAX_LIMIT = 10_000  # accepted, then cut to limits.page_size_max
