@@ -224,3 +224,12 @@ def test_the_overview_and_questions_jobs_wait_their_turn_too(tenant):
     with session_scope() as s:
         assert BatchRepository(s).get(tenant, batch_id).status == "done"
     assert active(tenant) == 0
+
+
+def test_releases_and_submissions_racing_never_pass_the_quota(tenant):
+    """Worker and submitter threads race on SQLite (tests/quota_race.py; on PostgreSQL:
+    tests/integration/test_quota_release_postgres.py)."""
+    from quota_race import QUOTA, race
+
+    limit(tenant, active=QUOTA)
+    race(tenant, one_claim_at_a_time=True)
