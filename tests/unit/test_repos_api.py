@@ -336,6 +336,40 @@ def test_a_tenant_at_its_quota_is_refused_a_batch_with_429_and_retry_after(clien
     assert batch_count() == before
 
 
+def test_a_batchs_files_beyond_the_quota_wait_and_show_why(client, env, keys):
+    """Issue 23 #3 (the fan-out half): at max_active_jobs = 1, ingestion queues one file and
+    the others wait, shown as `waiting` with the reason (jobs too: ?status=waiting); cancel
+    cancels the waiting ones."""
+    from service.api.keys import get_or_create_tenant, issue_key
+    from service.core.db import session_scope
+    from service.jobs.quotas import set_limits
+    from workers.batches import run_ingest
+
+    for name in ("a", "b", "c"):
+        (env / "three" / "pkg").mkdir(parents=True, exist_ok=True)
+        (env / "three" / "pkg" / f"{name}.py").write_text(f"{name.upper()} = 1\n")
+    with session_scope() as s:
+        tenant = get_or_create_tenant(s, "one-at-a-time")
+        set_limits(s, tenant.id, max_active_jobs=1, max_tokens_per_day=None)
+        key = {"X-API-Key": issue_key(s, tenant).raw_key}
+    r = client.post("/v1/batches", json={"source": {"kind": "path", "path": str(env / "three")}},
+                    headers=key)
+    assert r.status_code == 202, r.text
+    assert run_ingest(r.json()["id"]) == "ingested"
+    files = client.get(r.json()["url"], headers=key).json()["files"]
+    assert [f["status"] for f in files] == ["queued", "waiting", "waiting"]
+    assert files[0]["waiting_reason"] is None
+    assert files[1]["waiting_reason"] == ("waiting for the tenant's active-jobs quota "
+                                          "(1 queued or running at once)")
+    report = client.get(r.json()["url"] + "/report", headers=key).text
+    assert "waiting for the tenant's active-jobs quota" in report
+    waiting = client.get(f"/v1/jobs?batch={r.json()['id']}&status=waiting", headers=key).json()
+    assert waiting["total"] == 2 and {j["id"] for j in waiting["items"]} == {
+        f["job_id"] for f in files[1:]}
+    cancelled = client.post(r.json()["url"] + "/cancel", headers=key).json()
+    assert [f["status"] for f in cancelled["files"]] == ["cancelled"] * 3
+
+
 def test_an_archives_devices_fifos_and_links_are_listed_among_the_skipped_files(client):
     """Issue 23 #9: nothing an archive holds disappears silently."""
     from workers.batches import run_ingest
