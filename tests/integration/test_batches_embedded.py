@@ -86,3 +86,51 @@ def test_batch_resumes_after_the_worker_child_is_killed(embedded_stack, tmp_path
     assert all(attempts[j] == 1 for j in finished_before)  # finished files not redone
     assert attempts[killed_job] == 2
     assert all(f["attempts"] == 1 and f["summary"] for f in batch["files"])
+
+
+def test_a_batch_under_an_active_jobs_quota_runs_within_it_and_finishes(embedded_stack, tmp_path):
+    """Issue 23 #3 end to end: a tenant at max_active_jobs = 2 sends a 4-file archive with an
+    overview. Two files queue and two wait; each job's end (the real worker's `namm.run_job`)
+    releases the next. The tenant never has more than 2 jobs queued or running, exactly the
+    two waiting files were sent later than they were made, and the batch finishes every file."""
+    import time
+
+    import httpx
+    from sqlalchemy import select
+
+    from service.core.db import session_scope
+    from service.jobs.models import Job, Tenant
+    from service.jobs.quotas import active_jobs, set_limits
+
+    with session_scope() as s:  # tenant-b: no job of its own left by the tests above
+        tenant = s.scalar(select(Tenant.id).where(Tenant.name == "tenant-b"))
+        set_limits(s, tenant, max_active_jobs=2, max_tokens_per_day=None)
+    most, file_statuses = 0, set()
+    try:
+        with httpx.Client(base_url=embedded_stack.url, timeout=60,
+                          headers={"X-API-Key": embedded_stack.keys[1]}) as client:
+            r = client.post("/v1/batches", files={"file": ("tiny-repo.tar.gz",
+                                                            tiny_repo_archive(tmp_path))},
+                            data={"tasks": "summaries,overview", "max_new_tokens": "8"})
+            assert r.status_code == 202, r.text
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                batch = client.get(r.json()["url"]).json()
+                file_statuses |= {f["status"] for f in batch["files"]}
+                with session_scope() as s:
+                    most = max(most, active_jobs(s, tenant))
+                if batch["status"] in ("done", "failed", "cancelled"):
+                    break
+                time.sleep(0.2)
+    finally:
+        with session_scope() as s:
+            set_limits(s, tenant, max_active_jobs=None, max_tokens_per_day=None)
+    assert batch["status"] == "done", embedded_stack.procs.log_tail("worker", 80)
+    assert batch["progress"]["files_done"] == 4 and batch["overview"]
+    assert most == 2, most  # used to the full, never past it
+    with session_scope() as s:
+        jobs = s.execute(select(Job.kind, Job.created_at, Job.enqueued_at)
+                         .where(Job.batch_id == batch["id"])).all()
+    assert len(jobs) == 5  # four files and the overview
+    assert sum(1 for job in jobs if job.enqueued_at > job.created_at) == 2  # the released ones
+    assert "done" in file_statuses and file_statuses <= {"queued", "waiting", "done"}
