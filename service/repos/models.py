@@ -51,6 +51,8 @@ BATCH_FINISHED = tuple(s.value for s in BatchStatus if s.finished)
 
 
 class FileStatus(str, enum.Enum):
+    # a queued file whose job waits for the tenant's quota is shown as "waiting" (the job's
+    # status says so: service/jobs/admission.py, service/api/batch_schemas.py `file_out`)
     queued = "queued"
     done = "done"
     failed = "failed"  # after the retry cap; the batch goes on
