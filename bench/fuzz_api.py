@@ -242,13 +242,15 @@ def fuzz(url: str, keys: dict, total_cases: int, seed: int = 13,
     return rows
 
 
-def start_api(backend: str, tmp: Path):
-    """An API process (no worker) on a fresh database; its keys: user, other tenant, admin."""
+def start_api(backend: str, tmp: Path, overrides: dict[str, str] | None = None):
+    """An API process (no worker) on a fresh database; its keys: user, other tenant, admin.
+    `overrides`: more settings (NAMM_... variables) for it."""
     from service.dev.processes import ServiceProcesses, api_command
 
     # generated git URLs name random hosts: admit none, so nothing is looked up or contacted
     env = dict(os.environ, NAMM_API__LOG_LEVEL="warning", PROMETHEUS_MULTIPROC_DIR=str(tmp / "m"),
                NAMM_ENVIRONMENT="test", NAMM_BATCHES__GIT_ALLOW_PUBLIC_HOSTS="false")
+    env.update(overrides or {})
     cleanup = lambda: None  # noqa: E731
     if backend == "pg":
         sys.path.insert(0, str(ROOT / "bench"))

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.api.schemas import _as_utc
+from service.api.schemas import _as_utc, whole_number
 from service.core.contract import BudgetField, PolicyField
 from service.repos.report_text import safe_markdown
 
@@ -34,6 +34,18 @@ class GitSource(BaseModel):
 Source = Annotated[PathSource | GitSource, Field(discriminator="kind")]
 
 
+def clean_questions(questions: list[str] | None) -> list[str] | None:
+    """Questions stripped; none empty, none over 2000 characters."""
+    if questions is None:
+        return None
+    cleaned = [q.strip() for q in questions]
+    if any(not q for q in cleaned):
+        raise ValueError("questions must not be empty strings")
+    if any(len(q) > 2000 for q in cleaned):
+        raise ValueError("a question is limited to 2000 characters")
+    return cleaned
+
+
 class BatchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -48,15 +60,9 @@ class BatchOptions(BaseModel):
         "every file is read, by streaming the repository through the model with the memory "
         "bounding the cache (use an evicting policy: `full` truncates to the model's context)")
 
-    @field_validator("questions")
-    @classmethod
-    def _questions(cls, questions: list[str]) -> list[str]:
-        cleaned = [q.strip() for q in questions]
-        if any(not q for q in cleaned):
-            raise ValueError("questions must not be empty strings")
-        if any(len(q) > 2000 for q in cleaned):
-            raise ValueError("a question is limited to 2000 characters")
-        return cleaned
+    _whole = field_validator("max_new_tokens", mode="before")(whole_number)
+
+    _questions = field_validator("questions")(clean_questions)
 
     @field_validator("tasks")
     @classmethod
@@ -68,10 +74,13 @@ class BatchOptions(BaseModel):
 
 
 class JsonBatchRequest(BatchOptions):
+    # JSON only: a value of another type than the schema's (0 for false, "5" for 5) is refused
+    model_config = ConfigDict(extra="forbid", strict=True)
     source: Source
 
 
 class ScheduleRequest(BatchOptions):
+    model_config = ConfigDict(extra="forbid", strict=True)  # JSON only, as JsonBatchRequest
     name: str | None = Field(None, max_length=200)
     cron: str = Field(..., min_length=9, max_length=100, examples=["0 2 * * *"],
                       description="5 fields: minute hour day-of-month month day-of-week")
@@ -99,7 +108,7 @@ def _absent_not_null(schema: dict) -> None:
 
 
 class ScheduleUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_absent_not_null)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_absent_not_null)
     name: str | None = Field(None, max_length=200)
     cron: str | None = Field(None, min_length=9, max_length=100)
     timezone: str | None = Field(None, max_length=64)
@@ -110,6 +119,9 @@ class ScheduleUpdate(BaseModel):
     budget: BudgetField = None
     max_new_tokens: int | None = Field(None, ge=1)
     enabled: bool | None = None
+
+    _whole = field_validator("max_new_tokens", mode="before")(whole_number)
+    _questions = field_validator("questions")(clean_questions)  # as when created
 
 
 class BatchSubmitted(BaseModel):

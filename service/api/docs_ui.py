@@ -27,7 +27,8 @@ def install_docs(app: FastAPI) -> None:
         key = get_settings().api.metrics_key
         return key is not None and bool(key.get_secret_value())
 
-    install_contract(app, metrics_key_set)  # the shared error answers, declared once
+    # the shared error answers, declared once; inputs as this deployment's settings allow
+    install_contract(app, metrics_key_set, get_settings)
     app.router.routes[:] = [r for r in app.router.routes
                             if getattr(r, "path", None) not in REPLACED]
     app.docs_url = app.redoc_url = None

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from fastapi import FastAPI
 
 from namm.spec import POLICY_NAMES
+from service.api.openapi_inputs import exact_inputs
+from service.core.settings import Settings
 
 ERROR_BODY = {"type": "object", "required": ["detail"],
               "properties": {"detail": {"description": "what was wrong, for a person to read"}}}
@@ -86,8 +88,10 @@ def complete_forms(operation: dict) -> None:
             props[name] = form_field(name, schema)
 
 
-def complete_contract(schema: dict, metrics_key_set: bool) -> dict:
-    """Add the shared answers to every operation (what a route declares itself is kept)."""
+def complete_contract(schema: dict, metrics_key_set: bool,
+                      settings: Settings | None = None) -> dict:
+    """Add the shared answers to every operation (what a route declares itself is kept), and
+    state exactly what the inputs may be (service/api/openapi_inputs.py)."""
     for path, item in schema.get("paths", {}).items():
         for method, operation in item.items():
             if not isinstance(operation, dict) or "responses" not in operation:
@@ -111,7 +115,7 @@ def complete_contract(schema: dict, metrics_key_set: bool) -> dict:
                     operation.pop("security", None)
                     operation["parameters"] = [p for p in operation.get("parameters", [])
                                                if p.get("name") != "X-API-Key"]
-    return schema
+    return exact_inputs(schema, settings or Settings())
 
 
 class ResponseContractMiddleware:
@@ -149,15 +153,16 @@ class ResponseContractMiddleware:
         await self.app(scope, receive, send_as_documented)
 
 
-def install_contract(app: FastAPI, metrics_key_set: Callable[[], bool]) -> None:
-    """Wrap app.openapi so that /openapi.json carries the shared answers, and make a 405's
-    Allow header exact."""
+def install_contract(app: FastAPI, metrics_key_set: Callable[[], bool],
+                     settings: Callable[[], Settings] = Settings) -> None:
+    """Wrap app.openapi so that /openapi.json carries the shared answers and the inputs this
+    deployment accepts, and make a 405's Allow header exact."""
     app.add_middleware(ResponseContractMiddleware, schema=lambda: app.openapi())
     build = app.openapi
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            app.openapi_schema = complete_contract(build(), metrics_key_set())
+            app.openapi_schema = complete_contract(build(), metrics_key_set(), settings())
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -10,6 +10,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from service.core.contract import BudgetField, PolicyField
 
 Kind = Literal["summarize", "answer", "extract"]
+SOME_TEXT = r"[^\s\x1c-\x1f\x85]"  # a character str.strip() keeps
+
+
+def whole_number(value: Any) -> Any:
+    """JSON's 5.0 is the integer 5 (JSON Schema says so), which a strict model would refuse."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 class JobOptions(BaseModel):
@@ -32,6 +40,8 @@ class JobOptions(BaseModel):
     truncate: bool = Field(False, description="cut documents longer than the model's context "
                            "instead of failing (full cache only)")
 
+    _whole = field_validator("max_new_tokens", mode="before")(whole_number)
+
     @field_validator("questions")
     @classmethod
     def _questions(cls, value: list[str]) -> list[str]:
@@ -42,9 +52,12 @@ class JobOptions(BaseModel):
 
 
 class JsonJobRequest(JobOptions):
-    # the schema states what the handler checks: some non-whitespace text (issue 23 item 10)
+    # a form's fields are text, a JSON body's are typed: 0 for false or "5" for 5 is refused here
+    model_config = ConfigDict(extra="forbid", strict=True)
+    # the schema states what the handler checks: some text that Python's strip() keeps (it
+    # also strips U+001C-U+001F and U+0085, which a pattern's \s does not name) (issue 23 item 10)
     document: str = Field(..., description="the document text (not empty or only whitespace)",
-                          json_schema_extra={"minLength": 1, "pattern": r"\S"})
+                          json_schema_extra={"minLength": 1, "pattern": SOME_TEXT})
     document_format: Literal["text", "markdown", "html"] = "text"
     filename: str | None = None
 

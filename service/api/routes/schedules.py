@@ -15,6 +15,7 @@ from service.api.batch_schemas import (
     schedule_out,
 )
 from service.api.deps import SessionDep, TenantDep
+from service.api.text_checks import check_tree
 from service.api.routes.batches import check_source, resolve_options
 from service.core.settings import get_settings
 from service.repos.schedules import ScheduleError, ScheduleRepository, ScheduleSpec, check_timezone
@@ -36,6 +37,7 @@ def schedule_router() -> APIRouter:
     def create_route(body: ScheduleRequest, tenant_id: TenantDep,
                      schedules: SchedulesDep) -> ScheduleOut:
         settings = get_settings()
+        check_tree(body.model_dump())  # NUL and lone surrogates: 422, as for batches and jobs
         source = body.source.model_dump(exclude_none=True)
         check_source(source, settings)
         options = resolve_options(body, settings)
@@ -73,6 +75,7 @@ def schedule_router() -> APIRouter:
     def update_route(schedule_id: str, body: ScheduleUpdate, tenant_id: TenantDep,
                      schedules: SchedulesDep) -> ScheduleOut:
         settings = get_settings()
+        check_tree(body.model_dump(exclude_unset=True))
         row = load(tenant_id, schedule_id, schedules)
         changes = {name: getattr(body, name) for name in body.model_fields_set}
         if changes.get("source") is not None:
