@@ -46,6 +46,16 @@ def clean_questions(questions: list[str] | None) -> list[str] | None:
     return cleaned
 
 
+def clean_tasks(tasks: list[str] | None) -> list[str] | None:
+    """Tasks without repeats; summaries among them (the overview is written from them)."""
+    if tasks is None:
+        return None
+    tasks = list(dict.fromkeys(tasks))
+    if "summaries" not in tasks:
+        raise ValueError("tasks must include 'summaries' (the overview is written from them)")
+    return tasks
+
+
 class BatchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -64,13 +74,7 @@ class BatchOptions(BaseModel):
 
     _questions = field_validator("questions")(clean_questions)
 
-    @field_validator("tasks")
-    @classmethod
-    def _tasks(cls, tasks: list[str]) -> list[str]:
-        tasks = list(dict.fromkeys(tasks))
-        if "summaries" not in tasks:
-            raise ValueError("tasks must include 'summaries' (the overview is written from them)")
-        return tasks
+    _tasks = field_validator("tasks")(clean_tasks)
 
 
 class JsonBatchRequest(BatchOptions):
@@ -122,6 +126,7 @@ class ScheduleUpdate(BaseModel):
 
     _whole = field_validator("max_new_tokens", mode="before")(whole_number)
     _questions = field_validator("questions")(clean_questions)  # as when created
+    _tasks = field_validator("tasks")(clean_tasks)
 
 
 class BatchSubmitted(BaseModel):

@@ -16,10 +16,11 @@ from service.core.settings import BatchSettings
 # a branch or tag (service/repos/git_source.py `_REF`, and no ".."): a dot is always
 # followed by another character than a dot
 GIT_REF_PATTERN = r"^[A-Za-z0-9](\.?[A-Za-z0-9_/-])*\.?$"
-# the rest of a URL after its host: no whitespace or control character
-URL_REST = r"(/[^\s\x00-\x1f\x7f]*)?"
+# the rest of a URL after its host: no whitespace or control character (U+0085 is whitespace
+# to Python, which checks, but not to a JSON Schema pattern's \s)
+URL_REST = r"(/[^\s\x00-\x1f\x7f\x85]*)?"
 # a public host: a name or an IPv4 address, a port the URL parser accepts, no credentials
-PUBLIC_HOST = r"[^/?#@:\s\x00-\x1f\x7f\[\]]+(:[1-9][0-9]{0,3})?"
+PUBLIC_HOST = r"[^/?#@:\s\x00-\x1f\x7f\x85\[\]]+(:[1-9][0-9]{0,3})?"
 # a directory below a root, one plain name per segment (no "." or ".." segments)
 PATH_REST = r"(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*/?"
 

@@ -32,7 +32,10 @@ def report_router() -> APIRouter:
             "`saved_estimated` is true when any of them is an estimate, and a negative saving "
             f"is a loss. `from`/`to`: YYYY-MM-DD (whole days in `tz`, `to` included) or ISO "
             f"datetimes; default the last 30 days; at most {MAX_DAYS} days."),
-        responses={403: {"description": "tenant figures need an admin key"},
+        responses={200: {"description": "the report: JSON, or CSV with format=csv",
+                         "content": {"application/json": {"schema": {"type": "object"}},
+                                     "text/csv": {"schema": {"type": "string"}}}},
+                   403: {"description": "tenant figures need an admin key"},
                    404: {"description": "no such batch for this key"},
                    422: {"description": "bad period, time zone or grouping"}})
     def cost_report(
