@@ -57,8 +57,10 @@ def client(env):
 
     with session_scope() as s:
         key = issue_key(s, get_or_create_tenant(s, "acme")).raw_key
+        admin = issue_key(s, get_or_create_tenant(s, "ops"), is_admin=True).raw_key
     with wrap_litserve_start(build_server()) as srv, TestClient(srv.app) as c:
         c.headers["X-API-Key"] = key
+        c.admin_key = admin
         yield c
 
 
@@ -238,3 +240,17 @@ def test_the_served_document_follows_this_servers_settings(client, env):
     report = doc["paths"]["/v1/reports/cost"]["get"]["responses"]["200"]["content"]
     assert {"application/json", "text/csv"} <= set(report)
 
+
+def test_admin_routes_take_typed_values_and_answer_dates_with_their_offset(client):
+    admin = {"X-API-Key": client.admin_key}
+    tenant = client.get("/v1/admin/tenants", headers=admin).json()[0]
+    assert tenant["created_at"].endswith("Z") or "+00:00" in tenant["created_at"]
+    quotas = f"/v1/admin/tenants/{tenant['id']}/quotas"
+    for bad in ({"max_active_jobs": "5"}, {"max_tokens_per_day": True}):
+        r = client.put(quotas, json=bad, headers=admin)
+        assert r.status_code == 422, (bad, r.text)
+    r = client.put(quotas, json={"max_active_jobs": 5.0}, headers=admin)
+    assert r.status_code == 200 and r.json()["max_active_jobs"] == 5, r.text
+    assert client.put(quotas, json={}, headers=admin).status_code == 200
+    r = client.post(f"/v1/admin/tenants/{tenant['id']}/keys", json={"is_admin": 0}, headers=admin)
+    assert r.status_code == 422, r.text

@@ -14,13 +14,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, HTTPException
 from fastapi import Path as PathParam
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from service.api.auth import key_cache
 from service.api.deps import SessionDep
 from service.api.principal import Principal, require_principal
+from service.api.schemas import _as_utc, whole_number
 from service.jobs.models import ApiKey, Tenant, utcnow
 
 MAX_ID = 2**31 - 1
@@ -39,6 +40,7 @@ class TenantIn(BaseModel):
 
 
 class KeyIn(BaseModel):
+    model_config = ConfigDict(strict=True)  # JSON: 0 is no boolean
     label: str | None = Field(None, max_length=200, pattern=r"^[^\x00]*$")
     is_admin: bool = False
 
@@ -46,11 +48,15 @@ class KeyIn(BaseModel):
 class QuotasIn(BaseModel):
     """null: the default for every tenant (NAMM_QUOTAS__*)."""
 
+    model_config = ConfigDict(strict=True)  # JSON: "5" is no integer (5.0 is)
     max_active_jobs: int | None = Field(None, ge=0, le=1_000_000)
     max_tokens_per_day: int | None = Field(None, ge=0, le=10**15)
 
+    _whole = field_validator("max_active_jobs", "max_tokens_per_day", mode="before")(whole_number)
+
 
 class QuotasOut(QuotasIn):
+    model_config = ConfigDict(strict=False)  # built here, from the database's numbers
     active_jobs: int
     tokens_today: int
     effective_max_active_jobs: int | None
@@ -63,6 +69,8 @@ class TenantOut(BaseModel):
     created_at: datetime
     active_keys: int
 
+    _utc = field_validator("created_at")(_as_utc)  # SQLite hands back naive datetimes
+
 
 class KeyOut(BaseModel):
     id: int
@@ -72,6 +80,8 @@ class KeyOut(BaseModel):
     is_admin: bool
     created_at: datetime
     revoked_at: datetime | None
+
+    _utc = field_validator("created_at", "revoked_at")(_as_utc)
 
 
 class IssuedKeyOut(KeyOut):
@@ -113,7 +123,8 @@ def admin_router() -> APIRouter:
                 for t, n in rows]
 
     @router.post("/tenants", response_model=IssuedKeyOut, status_code=201,
-                 summary="Create a tenant and its first key (shown once)")
+                 summary="Create a tenant and its first key (shown once)",
+                 responses={409: {"description": "a tenant of that name exists"}})
     def create_tenant(body: TenantIn, session: SessionDep) -> IssuedKeyOut:
         tenant = Tenant(name=body.name)
         session.add(tenant)
