@@ -11,23 +11,29 @@ import importlib
 import sys
 import types
 
-from .errors import (BudgetError, ContextTooLongError, EmptyInputError, InputError, ModelLoadError, NammError,
-                     RequestError, UnknownPolicyError)
+from .errors import (BudgetError, ContextTooLongError, CorruptMemoryError, EmptyInputError, InputError,
+                     MemoryMismatchError, ModelLoadError, NammError, RequestError, SavedMemoryError,
+                     UnknownPolicyError)
 from .spec import POLICY_NAMES, Budget, GenerationRequest
 
 _LAZY = {
     "generate": ".generate", "prefill": ".generate", "continuation_logits": ".generate",
     "GenerationResult": ".generate", "GenerationStats": ".generate",
     "NammCache": ".memory",
+    "read_document": ".document_memory", "ask": ".document_memory", "DocumentMemory": ".document_memory",
+    "Manifest": ".document_memory",
+    "save_memory": ".memory_file", "load_memory": ".memory_file", "read_manifest": ".memory_file",
     "load_model": ".models", "LoadedModel": ".models",
     "make_policy": ".policies", "available_policies": ".policies",
 }
 
 __all__ = [
     "load_model", "LoadedModel", "generate", "prefill", "continuation_logits", "GenerationResult",
-    "GenerationStats", "NammCache", "make_policy", "available_policies", "Budget", "GenerationRequest",
+    "GenerationStats", "NammCache", "read_document", "ask", "DocumentMemory", "Manifest", "save_memory",
+    "load_memory", "read_manifest", "make_policy", "available_policies", "Budget", "GenerationRequest",
     "POLICY_NAMES", "NammError", "InputError", "ModelLoadError", "UnknownPolicyError", "BudgetError",
-    "ContextTooLongError", "EmptyInputError", "RequestError",
+    "ContextTooLongError", "EmptyInputError", "RequestError", "SavedMemoryError", "MemoryMismatchError",
+    "CorruptMemoryError",
 ]
 
 

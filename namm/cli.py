@@ -57,23 +57,50 @@ def _progress_bar(enabled: bool):
     return update, bar.close
 
 
-def cmd_generate(args) -> int:
-    document = _read_document(args.file)
-    from . import generate, load_model
-    from .errors import InputError
+def _memory_file(path: str) -> str:
+    if not Path(path).is_file():
+        raise SystemExit(f"namm: error: --memory {path}: no such file")
+    return path
 
+
+def cmd_generate(args) -> int:
+    document = _read_document(args.file) if args.file else None
+    memory_path = _memory_file(args.memory) if args.memory else None
+    from . import ask, generate, load_memory, load_model, read_document, save_memory
+    from .errors import InputError, SavedMemoryError
+
+    asked = bool(args.question or args.instruction)
     try:
         lm = load_model(args.model)
-        # a progress bar only where reading takes a while
-        show = not args.no_progress and len(document) > 8000
-        progress, close = _progress_bar(show)
-        try:
-            result = generate(lm, document, args.question, policy=args.policy, budget=args.budget,
-                              instruction=args.instruction, max_new_tokens=args.max_new_tokens, n_up=args.n_up,
-                              query_aware=args.query_aware, truncate=args.truncate, progress=progress)
-        finally:
-            close()
-    except InputError as exc:  # the input's fault; anything else is a crash with its traceback
+        if memory_path:  # a document read before: answer without reading it again
+            memory = load_memory(lm, memory_path, policy=args.policy)
+            result = ask(lm, memory, args.question, instruction=args.instruction, max_new_tokens=args.max_new_tokens)
+        else:
+            # a progress bar only where reading takes a while
+            show = not args.no_progress and len(document) > 8000
+            progress, close = _progress_bar(show)
+            policy, n_up = args.policy or "namm", args.n_up or 512
+            try:
+                if args.save_memory:
+                    memory = read_document(lm, document, policy=policy, budget=args.budget, n_up=n_up,
+                                           progress=progress)
+                else:
+                    result = generate(lm, document, args.question, policy=policy, budget=args.budget,
+                                      instruction=args.instruction, max_new_tokens=args.max_new_tokens, n_up=n_up,
+                                      query_aware=args.query_aware, truncate=args.truncate, progress=progress)
+            finally:
+                close()
+            if args.save_memory:
+                path = save_memory(memory, args.save_memory)
+                print(f"[memory saved to {path}: {memory.tokens} tokens read, {memory.policy.name} "
+                      f"budget={memory.policy.budget}, {path.stat().st_size / 2**20:.2f} MiB on disk "
+                      f"(KV {memory.kv_bytes / 2**20:.2f} MiB; full cache {memory.full_kv_bytes / 2**20:.2f} MiB)]",
+                      file=sys.stderr)
+                if not asked:
+                    return 0
+                result = ask(lm, memory, args.question, instruction=args.instruction,
+                             max_new_tokens=args.max_new_tokens)
+    except (InputError, SavedMemoryError) as exc:  # the input's fault, or a memory to rebuild
         raise SystemExit(f"namm: error: {exc}")
     if args.json:
         print(json.dumps(result.to_dict()))
@@ -86,21 +113,44 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _check_generate(parser: argparse.ArgumentParser, args) -> None:
+    """The combinations of generate's options that mean something."""
+    if bool(args.file) == bool(args.memory):
+        parser.error("generate needs --file (a document) or --memory (a saved memory), not both")
+    if args.memory:
+        fixed = [flag for flag, value in (("--budget", args.budget), ("--n-up", args.n_up),
+                                          ("--query-aware", args.query_aware), ("--truncate", args.truncate),
+                                          ("--save-memory", args.save_memory)) if value]
+        if fixed:
+            parser.error(f"{', '.join(fixed)}: fixed when the memory was read; not with --memory")
+    if args.save_memory:
+        for flag, value in (("--query-aware", args.query_aware), ("--truncate", args.truncate)):
+            if value:
+                parser.error(f"{flag} depends on the question; a saved memory is read without one")
+    if not args.question and not args.instruction and not args.save_memory:
+        parser.error("generate needs --question or --instruction")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="namm", description="Neural Attention Memory Models for long documents")
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="answer questions about a document with a forgetting memory")
-    g.add_argument("--file", required=True, help="UTF-8 text file with the document")
+    g.add_argument("--file", default=None, help="UTF-8 text file with the document")
+    g.add_argument("--save-memory", metavar="PATH", default=None,
+                   help="save the read document's memory to PATH (safetensors), to ask it later with --memory")
+    g.add_argument("--memory", metavar="PATH", default=None,
+                   help="answer from a memory saved with --save-memory, without reading the document again")
     g.add_argument("--question", action="append", default=None,
                    help="question (repeat for several; the compressed document is reused)")
     g.add_argument("--instruction", default=None, help="instruction, e.g. 'Summarize the document.'")
-    g.add_argument("--policy", default="namm", choices=POLICY_NAMES)
+    g.add_argument("--policy", default=None, choices=POLICY_NAMES,
+                   help="memory policy (default: namm; with --memory, the one it was read with)")
     g.add_argument("--budget", type=_budget, default=None,
                    help="max kept fraction in (0, 1] (e.g. 0.3), or max tokens per layer and head: a whole "
                         "number above 1 or tokens=N (default: the policy's own)")
     g.add_argument("--max-new-tokens", type=_positive_int, default=128)
-    g.add_argument("--n-up", type=_positive_int, default=512, help="memory update interval in tokens")
+    g.add_argument("--n-up", type=_positive_int, default=None, help="memory update interval in tokens (default 512)")
     g.add_argument("--model", default=None, help="local Hugging Face checkpoint (default: SmolLM2-135M-Instruct)")
     g.add_argument("--query-aware", action="store_true", help="show the question before the document too")
     g.add_argument("--truncate", action="store_true", help="full cache only: cut a too-long document")
@@ -122,8 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "generate" and not args.question and not args.instruction:
-        parser.error("generate needs --question or --instruction")
+    if args.command == "generate":
+        _check_generate(parser, args)
     return int(args.func(args) or 0)
 
 

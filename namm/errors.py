@@ -44,3 +44,18 @@ class ContextTooLongError(InputError, ValueError):
 
 class EmptyInputError(InputError, ValueError):
     """An empty document or question."""
+
+
+class SavedMemoryError(NammError):
+    """A saved document memory (namm.load_memory) cannot be used. Not the request's fault: a
+    service rebuilds the memory from the document it keeps."""
+
+
+class MemoryMismatchError(SavedMemoryError):
+    """The memory was saved under another model, tokenizer, policy, dtype or format version;
+    the message names each difference. Answering from it would be silently wrong."""
+
+
+class CorruptMemoryError(SavedMemoryError):
+    """The file is not a whole, intact namm memory: truncated, altered (checksum mismatch),
+    unreadable, or not a memory at all."""

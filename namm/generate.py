@@ -2,7 +2,8 @@
 
 The document is read in chunks aligned to the update interval, so the memory evicts while it
 reads; once it is read, one more update compresses the tail. The compressed context is then
-reused for every question (restored from a snapshot, never re-prefilled).
+reused for every question (each on its own copy, never re-prefilled): `generate` is
+`namm.read_document` followed by `namm.ask` (namm/document_memory.py) in one call.
 """
 from __future__ import annotations
 
@@ -202,43 +203,27 @@ def generate(lm: LoadedModel, context: str | GenerationRequest, questions: str |
             for run in runs:
                 run[0] = shortest
 
-    if positions not in ("auto", "original", "reindexed"):
-        raise ValueError(f"positions must be auto, original or reindexed, got {positions!r}")
+    # reading and answering live in namm/document_memory.py, which builds on this module's
+    # prefill and decoding (hence imported here, not at the top)
+    from .document_memory import _answer, _note_cache, _positions, _read_ids
+
     longest = max(r[0].shape[1] + r[1].shape[1] for r in runs) + max_new_tokens
-    reindex = pol.evicts and (positions == "reindexed"
-                              or (positions == "auto" and longest > lm.max_context))
-    rope = lm.model.model.rotary_emb.inv_freq if reindex else None
+    where = _positions(positions, pol.evicts, longest, lm.max_context)
     stop = _stop_ids(tok)
     answers: list[str] = []
-    cache, snap = None, None
+    memory = None
     for i, (ctx_ids, q_ids) in enumerate(runs):
-        if shared and i > 0:
-            cache.restore(snap)  # the compressed document, as it was before the first question
-        else:
-            cache = NammCache(lm.model.config, pol, n_up=n_up, rope_inv_freq=rope)
+        if memory is None or not shared:
             t0 = time.perf_counter()
-            prefill(lm, cache, ctx_ids, progress)
-            cache.flush()  # the document is read: compress its tail before any question arrives
+            memory = _read_ids(lm, ctx_ids, pol, n_up, where, progress)
             stats.seconds_prefill += time.perf_counter() - t0
             stats.tokens_in += ctx_ids.shape[1]
-            if shared and len(runs) > 1:
-                snap = cache.snapshot()
-        t0 = time.perf_counter()
-        logits = prefill(lm, cache, q_ids)
-        stats.seconds_prefill += time.perf_counter() - t0
-        stats.tokens_in += q_ids.shape[1]
-        if i == 0:  # memory at answer time, for the first question
-            stats.kv_kept_per_layer = cache.kept_per_layer()
-            stats.kv_kept_fraction = cache.kept_fraction()
-        t0 = time.perf_counter()
-        out_ids = greedy_decode(lm, cache, logits, max_new_tokens, stop, decoding)
-        stats.seconds_decode += time.perf_counter() - t0
-        stats.tokens_out += len(out_ids)
-        answers.append(tok.decode(out_ids, skip_special_tokens=True).strip())
-        stats.kv_bytes_peak = max(stats.kv_bytes_peak, cache.peak_used_bytes)
-        stats.kv_bytes_full_peak = max(stats.kv_bytes_full_peak, cache.full_cache_bytes())
-        stats.kv_bytes_allocated_peak = max(stats.kv_bytes_allocated_peak, cache.peak_bytes)
-        _add_work(stats, cache.take_work())
+            _note_cache(stats, memory.cache)  # the work of reading
+        # every question on its own copy of the compressed document; the last one on the
+        # memory itself, which is dropped afterwards
+        last = not shared or i == len(runs) - 1
+        cache = memory._spend() if last else memory.fork()
+        answers.append(_answer(lm, cache, q_ids, max_new_tokens, stop, decoding, stats, first=i == 0))
     stats.seconds = time.perf_counter() - started
     return GenerationResult(answers=answers, policy=pol.name, budget=pol.budget, stats=stats)
 

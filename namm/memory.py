@@ -270,16 +270,21 @@ class NammLayer(CacheLayerMixin):
             "valid_count": self.valid_count, "rope_pos": clone(self.rope_pos),
         }
 
-    def load(self, snap: dict) -> None:
+    def load(self, snap: dict, clone: bool = True) -> None:
+        """Take the state `export` returned (cloned unless `clone=False`: a snapshot made for
+        this layer alone, whose tensors it may keep)."""
         before, used_before = self.nbytes(), self.length * self.slot_bytes
-        s = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in snap.items()}
+        copy = (lambda t: t.clone()) if clone else (lambda t: t)  # noqa: E731
+        s = {k: (copy(v) if isinstance(v, torch.Tensor) else v) for k, v in snap.items()}
         self.keys, self.values, self.valid, self.positions = s["keys"], s["values"], s["valid"], s["positions"]
         self.length, self.seen, self.since_update = s["length"], s["seen"], s["since_update"]
         self.n_invalid, self.scale, self.is_initialized = s["n_invalid"], s["scale"], s["is_initialized"]
-        self.pending_queries = [q.clone() for q in s["pending"]]
-        self.state = {k: v.clone() for k, v in s["state"].items()}
+        self.pending_queries = [copy(q) for q in s["pending"]]
+        self.state = {k: copy(v) for k, v in s["state"].items()}
         self.slot_bytes, self.valid_count = s["slot_bytes"], s["valid_count"]
         self.rope_pos = s.get("rope_pos")
+        if self.keys is not None:  # a fresh layer learns these in lazy_initialization otherwise
+            self.dtype, self.device = self.keys.dtype, self.keys.device
         self.cache._account(self.nbytes() - before)
         self.cache._use(self.length * self.slot_bytes - used_before)
 
@@ -307,6 +312,7 @@ class NammCache(Cache):
         if n_up <= 0 or n_up % 16:
             raise ValueError(f"n_up must be a positive multiple of 16 (the STFT hop), got {n_up}")
         text_config = config.get_text_config(decoder=True)
+        self.config = config
         self.policy = policy
         self.n_up = n_up
         self.current_bytes = 0
@@ -432,3 +438,15 @@ class NammCache(Cache):
         for layer, s in zip(self.layers, snap):
             layer.load(s)
         self.surprisal_log.truncate(self.layers[0].seen)  # tokens read after the snapshot are forgotten
+
+    def copy(self) -> "NammCache":
+        """An independent copy with the same policy: every tensor cloned at the same storage
+        shape (so attention over it computes exactly what it computes over this one), the
+        surprisal record included. What is read into the copy leaves this cache as it is.
+        The work counters start at zero."""
+        new = NammCache(self.config, self.policy, n_up=self.n_up, rope_inv_freq=self.rope_inv_freq)
+        for layer, source in zip(new.layers, self.layers):
+            layer.load(source.export(), clone=False)
+        new.surprisal_log = self.surprisal_log.copy()
+        new.rope_base = self.rope_base
+        return new

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -34,6 +35,20 @@ class LoadedModel:
     @property
     def config(self):
         return self.model.config
+
+    # what a saved memory records and checks (namm/fingerprints.py); computed once, on first
+    # use (about 0.3 s for SmolLM2-135M): the weights are not expected to change after loading
+    @cached_property
+    def weights_sha256(self) -> str:
+        from .fingerprints import model_hash
+
+        return model_hash(self.model)
+
+    @cached_property
+    def tokenizer_sha256(self) -> str:
+        from .fingerprints import tokenizer_hash
+
+        return tokenizer_hash(self.tokenizer)
 
 
 def default_model_dir() -> Path:

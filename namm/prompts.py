@@ -31,3 +31,13 @@ def split_prompt(tokenizer, document: str, question: str, instruction: str | Non
     ask = f"{instruction}\n{question}" if instruction else question
     lead = f"Question: {question}\n\n" if query_aware else ""
     return PromptParts(context=f"{head}{lead}{document.strip()}\n\n", question=f"{ask}{tail}")
+
+
+def document_prompt(tokenizer, document: str) -> str:
+    """The context part of every query-agnostic prompt about `document` (what a memory reads)."""
+    return split_prompt(tokenizer, document, "").context
+
+
+def question_prompt(tokenizer, question: str, instruction: str | None = None) -> str:
+    """The question part that follows `document_prompt` (what each question appends)."""
+    return split_prompt(tokenizer, "", question, instruction).question

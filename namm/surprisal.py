@@ -28,6 +28,24 @@ class SurprisalLog:
         self.values = s if self.values is None else torch.cat([self.values, s], dim=1)
         self.ids = ids if self.ids is None else torch.cat([self.ids, ids], dim=1)
 
+    def copy(self) -> "SurprisalLog":
+        new = SurprisalLog()
+        for name in ("values", "ids", "_last_logits"):
+            value = getattr(self, name)
+            setattr(new, name, None if value is None else value.clone())
+        return new
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The record as tensors (values, ids, and the last token's logits), for a saved memory."""
+        out = {"values": self.values, "ids": self.ids, "last_logits": self._last_logits}
+        return {k: v for k, v in out.items() if v is not None}
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> "SurprisalLog":
+        log = cls()
+        log.values, log.ids, log._last_logits = state.get("values"), state.get("ids"), state.get("last_logits")
+        return log
+
     def truncate(self, tokens: int) -> None:
         """Forget the tokens read after the first `tokens` (a cache restored from a snapshot)."""
         if self.values is not None:

@@ -100,5 +100,17 @@ class Policy:
             keep &= capped
         return keep
 
+    def memory_state(self) -> dict[str, torch.Tensor]:
+        """Policy-wide state that reading changes (a running statistic, a random generator), as
+        tensors: saved with a document memory and put back before each question, so every
+        question starts from the memory as it was read. Per-slot state lives in the cache
+        (`UpdateContext.state`), not here. None by default."""
+        return {}
+
+    def load_memory_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Put back what `memory_state` returned."""
+        if state:
+            raise ValueError(f"policy {self.name!r} keeps no state, got {sorted(state)}")
+
     def describe(self) -> dict:
         return {"policy": self.name, "budget": self.budget}

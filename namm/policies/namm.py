@@ -9,6 +9,7 @@ import torch
 from .. import scorer
 from ..features import (EMA_COEFF, HOP, N_BINS, N_FFT, RunningNorm, frame_count, frame_end_positions, scorer_inputs,
                         spectrogram_ema)
+from ..fingerprints import file_hash
 from ..spec import Budget
 from ..surprisal import close_spans, mixed_surprisal, parse_view, word_sums
 from .base import Policy, UpdateContext, budget_capacity
@@ -56,6 +57,7 @@ class NammPolicy(Policy):
         # because a checkpoint belongs to one model
         self.word_starts = None if word_starts is None else torch.as_tensor(word_starts, dtype=torch.bool)
         self.word_starts_model: str | None = None  # the model whose vocabulary the table is of
+        self.checkpoint_sha256: str | None = None  # set when built from a checkpoint file
         if any(v.startswith("word:") for v in self.surprise_mix) and self.word_starts is None:
             raise ValueError("a word:K surprisal view needs word_starts (the model's word-start table)")
         # recent: the share of the budget cap reserved for the newest tokens (StreamingLLM's
@@ -176,6 +178,20 @@ class NammPolicy(Policy):
     def threshold(self, ctx, scores):
         return scores >= 0 if self.use_threshold else None
 
+    # ---- state a document memory carries ----------------------------------------------------
+    def memory_state(self) -> dict[str, torch.Tensor]:
+        """The normalisation's statistics while they still accumulate (frozen ones are settings)."""
+        if self.norm.frozen:
+            return {}
+        return {"norm_mean": self.norm.mean.clone(), "norm_var": self.norm.var.clone(),
+                "norm_count": torch.tensor(self.norm.count, dtype=torch.float64)}
+
+    def load_memory_state(self, state: dict[str, torch.Tensor]) -> None:
+        if self.norm.frozen:
+            return super().load_memory_state(state)
+        self.norm = RunningNorm(state["norm_mean"].float().cpu(), state["norm_var"].float().cpu(),
+                                float(state["norm_count"]), frozen=False)
+
     # ---- persistence ----------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"params": self.params.clone(), "norm": self.norm.state_dict(), "budget": self.budget,
@@ -223,10 +239,12 @@ class NammPolicy(Policy):
                    recent=ckpt.get("recent", 0.0), surprise=ckpt.get("surprise", 0.0),
                    surprise_pool=ckpt.get("surprise_pool", 33), min_keep=ckpt.get("min_keep", 0),
                    surprise_mix=ckpt.get("surprise_mix"), surprise_close=ckpt.get("surprise_close", 1),
-                   word_starts=ckpt.get("word_starts"))._with_word_model(ckpt.get("word_starts_model"))
+                   word_starts=ckpt.get("word_starts"))._from_file(ckpt.get("word_starts_model"), file_hash(path))
 
-    def _with_word_model(self, name: str | None) -> "NammPolicy":
-        self.word_starts_model = name
+    def _from_file(self, word_model: str | None, checkpoint_sha256: str) -> "NammPolicy":
+        self.word_starts_model = word_model
+        # the checkpoint file's sha256, which a saved memory's manifest records (namm/memory_file.py)
+        self.checkpoint_sha256 = checkpoint_sha256
         return self
 
     @staticmethod

@@ -13,3 +13,9 @@ class RandomPolicy(Policy):
 
     def scores(self, ctx: UpdateContext):
         return torch.rand(ctx.valid.shape, generator=self.generator).to(ctx.valid.device)
+
+    def memory_state(self):
+        return {"generator": self.generator.get_state()}
+
+    def load_memory_state(self, state):
+        self.generator.set_state(state["generator"].to(torch.uint8).cpu())
