@@ -5,12 +5,15 @@ The API is started as bench/fuzz_api.py starts it (its `start_api`, one process,
 with git clones allowed from `localhost` only: the document states the hosts an allow-list
 names, while whether a public name resolves to public addresses is DNS's answer, which no
 schema can state (and this machine has no DNS). schemathesis reads /openapi.json and sends
-the cases with a tenant's key, then the admin routes' with an admin key; uploads are real files of the media types the document names
-(bench/schemathesis_hooks.py). Prints schemathesis' summary (operations, test cases,
-failures) and exits with its status.
+the cases with a tenant's key, then the admin routes' with an admin key; uploads are real
+files of the media types the document names (bench/schemathesis_hooks.py). The one rule
+OpenAPI cannot state is in bench/schemathesis.toml. Prints schemathesis' summaries
+(operations, test cases, failures) and exits with the worse status.
 
   .venv/bin/python bench/schemathesis_api.py --backend pg --max-examples 100
-  .venv/bin/python bench/schemathesis_api.py --backend sqlite --max-examples 10 --phases examples,coverage
+  .venv/bin/python bench/schemathesis_api.py --backend sqlite --max-examples 100
+  .venv/bin/python bench/schemathesis_api.py --backend sqlite --max-examples 5 \
+      --phases examples,coverage    # the suite's bounded run
 """
 
 from __future__ import annotations

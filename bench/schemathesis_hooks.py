@@ -74,7 +74,8 @@ def zip_archive(files: dict[str, bytes]) -> bytes:
 
 
 schemathesis.openapi.media_type("text/plain", st.builds(_plain, WORDS, TEXT))
-schemathesis.openapi.media_type("text/markdown", st.builds(_plain, WORDS.map(lambda w: ["#"] + w), TEXT))
+schemathesis.openapi.media_type("text/markdown",
+                                st.builds(_plain, WORDS.map(lambda w: ["#", *w]), TEXT))
 schemathesis.openapi.media_type("text/html", WORDS.map(_html))
 schemathesis.openapi.media_type("application/pdf", WORDS.map(pdf))
 schemathesis.openapi.media_type("application/gzip", FILES.map(lambda f: tar(f, "gz")))

@@ -70,7 +70,8 @@ def _operation(schema: dict, key: tuple[str, str]) -> dict:
 def _bodies(schema: dict, key: tuple[str, str]) -> list[dict]:
     """The JSON and form schemas of an operation's request body."""
     content = _operation(schema, key).get("requestBody", {}).get("content", {})
-    return [media["schema"] for media in content.values() if "properties" in media.get("schema", {})]
+    return [media["schema"] for media in content.values()
+            if "properties" in media.get("schema", {})]
 
 
 def _strings(prop: dict) -> list[dict]:

@@ -31,7 +31,9 @@ def report_router() -> APIRouter:
             "or tenant (admin keys). Savings are summed over jobs with a counterfactual only; "
             "`saved_estimated` is true when any of them is an estimate, and a negative saving "
             f"is a loss. `from`/`to`: YYYY-MM-DD (whole days in `tz`, `to` included) or ISO "
-            f"datetimes; default the last 30 days; at most {MAX_DAYS} days."),
+            "datetimes, `from` before `to`; default the last 30 days (or from `from` to "
+            f"today); at most {MAX_DAYS} days (a 422 otherwise: a rule between parameters, "
+            "which the parameters' schemas cannot state)."),
         responses={200: {"description": "the report: JSON, or CSV with format=csv",
                          "content": {"application/json": {"schema": {"type": "object"}},
                                      "text/csv": {"schema": {"type": "string"}}}},
