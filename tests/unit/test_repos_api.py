@@ -421,3 +421,11 @@ def test_a_git_host_that_turns_internal_after_submission_is_refused_at_clone_tim
     assert batch["status"] == "failed"
     assert "resolves to a link-local address" in batch["error"], batch["error"]
     assert "169.254" not in batch["error"]
+
+
+def test_a_deeply_nested_batch_body_is_a_400_not_a_500(client):
+    for depth in (990, 20_000):  # past json.loads' recursion, or past the checks after it
+        body = b'{"source": ' + b"[" * depth + b"]" * depth + b"}"
+        r = client.post("/v1/batches", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code in (400, 422), r.text
+        assert "detail" in r.json()

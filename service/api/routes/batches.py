@@ -98,14 +98,16 @@ async def _read_json(request: Request) -> JsonBatchRequest:
             raise HTTPException(413, f"a JSON batch request is limited to {JSON_BODY_LIMIT} bytes; "
                                      "send an archive as multipart/form-data")
     try:
-        decoded = json.loads(body)
-    except ValueError:
-        decoded = None  # the schema's validation below says what is wrong
-    check_tree(decoded)  # NUL and lone surrogates: the same 422 as POST /v1/jobs
-    try:
+        try:
+            decoded = json.loads(body)
+        except ValueError:
+            decoded = None  # the schema's validation below says what is wrong
+        check_tree(decoded)  # NUL and lone surrogates: the same 422 as POST /v1/jobs
         return JsonBatchRequest.model_validate_json(body or b"{}")
     except ValidationError as exc:
         raise HTTPException(422, validation_message(exc)) from None
+    except RecursionError:  # thousands of nested [ or {: as on POST /v1/jobs
+        raise HTTPException(400, "the JSON body nests too deeply") from None
 
 
 async def _read_multipart(request: Request, settings: Settings) -> tuple[BatchOptions, str, bytes]:
