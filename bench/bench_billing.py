@@ -1,7 +1,7 @@
 """What the usage record says for one real document under each policy: exact work, billed cost,
 and the full-cache counterfactual with its method, next to the full cache's own billed run.
 
-    .venv/bin/python bench/bench_billing.py --threads 1 --tokens 4096 --policies full,namm,streaming_llm
+    .venv/bin/python bench/bench_billing.py --threads 1 --tokens 4096 --policies full,surprisal,streaming_llm
 
 Reads the first `--tokens` tokens of real text (Python standard-library sources), asks one
 question with each policy through namm.generate, and bills each run as the worker would
@@ -22,7 +22,7 @@ from namm.bench import real_text_ids
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, default=4096)
-    p.add_argument("--policies", default="full,namm,streaming_llm")
+    p.add_argument("--policies", default="full,surprisal,streaming_llm")
     p.add_argument("--budget", type=float, default=0.3)
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--threads", type=int, default=None)

@@ -59,7 +59,7 @@ def fit(rows: list[dict]) -> tuple[float, float]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lengths", default="512,1024,2048", help="full-cache lengths for the fit")
-    p.add_argument("--policies", default="namm,streaming_llm,h2o,tova,snapkv,l2norm,recency,random")
+    p.add_argument("--policies", default="surprisal,streaming_llm,h2o,tova,snapkv,l2norm,recency,random")
     p.add_argument("--policy-length", type=int, default=2048, help="length the policies are run at")
     p.add_argument("--budget", type=float, default=0.25)
     p.add_argument("--decode-tokens", type=int, default=16)

@@ -7,7 +7,7 @@ placed beyond the trained context, read with and without position interpolation.
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_repo_questions.py --mode needle --threads 1 \\
         --length 12000 --depths 8600,10000,11400
     # the `email`, `json`, `http` and `logging` packages of the standard library (204k tokens),
-    # ten questions whose answers are in the code (email, json): namm at 25% (one pass, one
+    # ten questions whose answers are in the code (email, json): surprisal at 25% (one pass, one
     # compressed cache for every question) vs the full cache in chunks of 7.5k tokens (every
     # chunk asked every question); --packages json runs the json questions on json alone
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_repo_questions.py --mode repo --threads 1
@@ -119,11 +119,11 @@ def repo(lm, args) -> None:
     questions = [q for q, _ in QUESTIONS]
     rows = []
     budget = Budget.parse_text(args.budget)
-    answers, stats, wall = run(lm, text, questions, "namm", budget,
+    answers, stats, wall = run(lm, text, questions, "surprisal", budget,
                                scheme=args.positions, max_new_tokens=args.max_new_tokens)
-    rows.append((f"namm {budget_label(budget)}, one pass ({args.positions} positions)", n_tokens,
+    rows.append((f"surprisal {budget_label(budget)}, one pass ({args.positions} positions)", n_tokens,
                  stats["kv_bytes_peak"], wall, answers, [[a] for a in answers]))
-    print(f"namm done in {wall:.0f} s, kept {stats.get('kept_fraction')}", flush=True)
+    print(f"surprisal done in {wall:.0f} s, kept {stats.get('kept_fraction')}", flush=True)
     for (q, exp), answer in zip(QUESTIONS, answers):
         print(f"  {exp in answer!s:5} {exp!r:20} {answer[:70]!r}", flush=True)
     if args.skip_chunks:
@@ -173,10 +173,10 @@ def main() -> None:
     # with the input (25% of 204k is a 51k cache, past the 8k trained context); a token count
     # keeps the cache, the cost per token and the re-indexed positions bounded
     parser.add_argument("--budget", default="0.25")
-    parser.add_argument("--skip-chunks", action="store_true", help="repo mode: namm only")
+    parser.add_argument("--skip-chunks", action="store_true", help="repo mode: surprisal only")
     parser.add_argument("--length", type=int, default=12000)
     parser.add_argument("--depths", default="8600,10000,11400")
-    parser.add_argument("--policies", default="namm,streaming_llm")
+    parser.add_argument("--policies", default="surprisal,streaming_llm")
     # email + json + http + logging: 204k tokens with SmolLM2's tokenizer (email + json: 109k)
     parser.add_argument("--packages", default="email,json,http,logging")
     parser.add_argument("--positions", choices=SCHEMES, default="reindexed")

@@ -89,7 +89,7 @@ def request_bytes(port: int, key: str) -> bytes:
     import json
 
     body = json.dumps({"document": DOCUMENT, "questions": ["Who signed the largest contract?"],
-                       "policy": "namm", "budget": 0.3, "max_new_tokens": 32}).encode()
+                       "policy": "surprisal", "budget": 0.3, "max_new_tokens": 32}).encode()
     head = (f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-API-Key: {key}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
     return head.encode() + body
@@ -172,7 +172,7 @@ def wait_until_busy(url: str, key: str, timeout_s: float = 300.0) -> None:
     import json
     import urllib.request
 
-    body = json.dumps({"document": DOCUMENT * 4, "policy": "namm", "budget": 0.3,
+    body = json.dumps({"document": DOCUMENT * 4, "policy": "surprisal", "budget": 0.3,
                        "max_new_tokens": 64}).encode()
     headers = {"X-API-Key": key, "Content-Type": "application/json"}
     request = urllib.request.Request(f"{url}/v1/jobs", body, headers)

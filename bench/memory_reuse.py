@@ -55,9 +55,9 @@ def _row(lm, document: str, policy: str, budget, max_new_tokens: int, folder: st
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=4096, help="document length in tokens (real text)")
-    parser.add_argument("--policies", default="namm,full,snapkv,streaming_llm")
+    parser.add_argument("--policies", default="surprisal,full,snapkv,streaming_llm")
     parser.add_argument("--budget", type=float, default=None,
-                        help="budget of the baselines (default: each policy's own; namm: its checkpoint's)")
+                        help="budget of the baselines (default: each policy's own; surprisal: its checkpoint's)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--model", default=None, help="local Hugging Face checkpoint (default: SmolLM2-135M)")
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for policy in args.policies.split(","):
-            budget = None if policy in ("namm", "full") else args.budget
+            budget = None if policy in ("surprisal", "namm", "full") else args.budget
             rows.append(_row(lm, document, policy, budget, args.max_new_tokens, folder))
     head = (f"{'policy':<14}{'budget':>7}{'tokens':>7}{'KV MiB':>8}{'full MiB':>9}{'file MiB':>9}{'file/full':>10}"
             f"{'read s':>8}{'save s':>7}{'load s':>7}{'ask s':>7}{'load+ask':>9}{'re-read+ask':>12}{'speed-up':>9}"

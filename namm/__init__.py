@@ -12,9 +12,9 @@ import sys
 import types
 
 from .errors import (BudgetError, ContextTooLongError, CorruptMemoryError, EmptyInputError, InputError,
-                     MemoryMismatchError, ModelLoadError, NammError, RequestError, SavedMemoryError,
-                     UnknownPolicyError)
-from .spec import POLICY_NAMES, Budget, GenerationRequest
+                     MemoryMismatchError, ModelLoadError, NammError, NoTrainedScorerError, RequestError,
+                     SavedMemoryError, UnknownPolicyError)
+from .spec import DEFAULT_POLICY, POLICY_NAMES, Budget, GenerationRequest
 
 _LAZY = {
     "generate": ".generate", "prefill": ".generate", "continuation_logits": ".generate",
@@ -33,7 +33,7 @@ __all__ = [
     "load_memory", "read_manifest", "make_policy", "available_policies", "Budget", "GenerationRequest",
     "POLICY_NAMES", "NammError", "InputError", "ModelLoadError", "UnknownPolicyError", "BudgetError",
     "ContextTooLongError", "EmptyInputError", "RequestError", "SavedMemoryError", "MemoryMismatchError",
-    "CorruptMemoryError",
+    "CorruptMemoryError", "NoTrainedScorerError", "DEFAULT_POLICY",
 ]
 
 

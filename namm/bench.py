@@ -20,7 +20,7 @@ from .generate import prefill
 from .memory import NammCache
 from .policies import make_policy
 
-DEFAULT_POLICIES = "full,namm,streaming_llm,h2o,tova,snapkv,l2norm,recency,random"
+DEFAULT_POLICIES = "full,surprisal,streaming_llm,h2o,tova,snapkv,l2norm,recency,random"
 
 
 def real_text_ids(tokenizer, n_tokens: int) -> torch.Tensor:
@@ -106,7 +106,7 @@ def format_table(rows: list[dict]) -> str:
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lengths", default="2048,4096,8192,16384", help="context lengths in tokens")
     p.add_argument("--policies", default=DEFAULT_POLICIES)
-    p.add_argument("--long-policies", default="full,namm,streaming_llm,h2o",
+    p.add_argument("--long-policies", default="full,surprisal,streaming_llm,h2o",
                    help="policies also run at lengths above --long-from (the rest only below)")
     p.add_argument("--long-from", type=int, default=8192)
     p.add_argument("--budget", type=float, default=0.25)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .errors import BudgetError
-from .spec import POLICY_NAMES, Budget
+from .spec import DEFAULT_POLICY, POLICY_NAMES, Budget
 
 
 def _budget(text: str) -> Budget:
@@ -79,7 +79,7 @@ def cmd_generate(args) -> int:
             # a progress bar only where reading takes a while
             show = not args.no_progress and len(document) > 8000
             progress, close = _progress_bar(show)
-            policy, n_up = args.policy or "namm", args.n_up or 512
+            policy, n_up = args.policy or DEFAULT_POLICY, args.n_up or 512
             try:
                 if args.save_memory:
                     memory = read_document(lm, document, policy=policy, budget=args.budget, n_up=n_up,
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="question (repeat for several; the compressed document is reused)")
     g.add_argument("--instruction", default=None, help="instruction, e.g. 'Summarize the document.'")
     g.add_argument("--policy", default=None, choices=POLICY_NAMES,
-                   help="memory policy (default: namm; with --memory, the one it was read with)")
+                   help=f"memory policy (default: {DEFAULT_POLICY}, the shipped memory; with --memory, the one it was read with)")
     g.add_argument("--budget", type=_budget, default=None,
                    help="max kept fraction in (0, 1] (e.g. 0.3), or max tokens per layer and head: a whole "
                         "number above 1 or tokens=N (default: the policy's own)")

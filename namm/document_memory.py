@@ -28,7 +28,7 @@ from .memory import NammCache
 from .models import LoadedModel
 from .policies import Policy, make_policy
 from .prompts import document_prompt, question_prompt
-from .spec import Budget, GenerationRequest
+from .spec import DEFAULT_POLICY, Budget, GenerationRequest
 
 FORMAT = "namm-memory"
 FORMAT_VERSION = 1
@@ -205,7 +205,7 @@ def _read_ids(lm: LoadedModel, ids: torch.Tensor, policy: Policy, n_up: int, pos
     return DocumentMemory(cache=cache, lm=lm, positions=positions, policy_state=state)
 
 
-def read_document(lm: LoadedModel, document: str, *, policy: str | Policy = "namm",
+def read_document(lm: LoadedModel, document: str, *, policy: str | Policy = DEFAULT_POLICY,
                   budget: Budget | float | int | None = None, n_up: int = 512, positions: str = "original",
                   progress: Progress | None = None) -> DocumentMemory:
     """Read `document` once with `policy` and `budget` (as `namm.generate` takes them) into a
@@ -221,7 +221,7 @@ def read_document(lm: LoadedModel, document: str, *, policy: str | Policy = "nam
     if not pol.evicts and ids.shape[1] >= lm.max_context:
         raise ContextTooLongError(
             f"the document has {ids.shape[1]} tokens but {lm.name} has a {lm.max_context}-token context and the "
-            f"'{pol.name}' policy does not bound the cache; use a memory policy (e.g. namm)")
+            f"'{pol.name}' policy does not bound the cache; use a memory policy (e.g. surprisal)")
     where = _positions(positions, pol.evicts, ids.shape[1], lm.max_context)
     return _read_ids(lm, ids, pol, request.n_up, where, progress)
 

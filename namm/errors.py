@@ -59,3 +59,8 @@ class MemoryMismatchError(SavedMemoryError):
 class CorruptMemoryError(SavedMemoryError):
     """The file is not a whole, intact namm memory: truncated, altered (checksum mismatch),
     unreadable, or not a memory at all."""
+
+
+class NoTrainedScorerError(InputError, ValueError):
+    """Policy `namm` asked for where no trained NAMM attention scorer exists (the shipped
+    checkpoint's scorer is all zero): the shipped memory is policy `surprisal`."""

@@ -19,7 +19,7 @@ from .memory import NammCache
 from .models import LoadedModel
 from .policies import Policy, make_policy
 from .prompts import split_prompt
-from .spec import Budget, GenerationRequest
+from .spec import DEFAULT_POLICY, Budget, GenerationRequest
 
 Progress = Callable[[int, int], None]
 
@@ -149,7 +149,7 @@ def _fit_context(ctx_ids: torch.Tensor, q_len: int, max_new_tokens: int, max_con
 
 
 def generate(lm: LoadedModel, context: str | GenerationRequest, questions: str | Sequence[str] | None = None, *,
-             policy: str | Policy = "namm", budget: Budget | float | int | None = None,
+             policy: str | Policy = DEFAULT_POLICY, budget: Budget | float | int | None = None,
              instruction: str | None = None, max_new_tokens: int = 128, n_up: int = 512, query_aware: bool = False,
              truncate: bool = False, progress: Progress | None = None,
              decoding: Decoding | None = None, positions: str = "original") -> GenerationResult:
@@ -194,7 +194,7 @@ def generate(lm: LoadedModel, context: str | GenerationRequest, questions: str |
                 need = run[0].shape[1] + run[1].shape[1] + max_new_tokens
                 raise ContextTooLongError(
                     f"input needs {need} tokens but {lm.name} has a {lm.max_context}-token context and the "
-                    f"'{pol.name}' policy does not bound the cache; use a memory policy (e.g. namm) or truncate=True"
+                    f"'{pol.name}' policy does not bound the cache; use a memory policy (e.g. surprisal) or truncate=True"
                 )
             run[0] = cut
             stats.truncated = True

@@ -32,8 +32,14 @@ from .errors import BudgetError, EmptyInputError, RequestError, UnknownPolicyErr
 
 # ---- policies ------------------------------------------------------------------------------
 POLICY_NAMES: tuple[str, ...] = (
-    "full", "namm", "recency", "streaming_llm", "h2o", "l2norm", "snapkv", "tova", "random",
+    "full", "surprisal", "namm", "recency", "streaming_llm", "h2o", "l2norm", "snapkv", "tova", "random",
 )
+# The memory the product ships and uses when none is named: sinks, a recent window and word
+# surprisal (namm/policies/surprisal.py). `namm` is the learned attention memory; it becomes the
+# default only once an evolved scorer beats `surprisal` (namm/checkpoints/CARD.md).
+DEFAULT_POLICY = "surprisal"
+# Policies whose default budget is the shipped checkpoint's (both read their settings from it).
+CHECKPOINT_POLICIES: frozenset[str] = frozenset({"surprisal", "namm"})
 # Policies that never evict: a budget means nothing to them.
 NON_EVICTING_POLICIES: frozenset[str] = frozenset({"full"})
 
@@ -211,7 +217,7 @@ def checkpoint_budget(path: str | Path) -> Budget | None:
 
 
 def shipped_namm_budget(model_name: str | None = None) -> Budget | None:
-    """The budget of the NAMM checkpoint that `make_policy('namm')` loads for `model_name`;
+    """The budget of the checkpoint that `make_policy('surprisal')` (and 'namm') loads for `model_name`;
     None when no checkpoint ships (the policy then keeps what its threshold keeps)."""
     from .checkpoints import default_checkpoint
 
@@ -220,10 +226,10 @@ def shipped_namm_budget(model_name: str | None = None) -> Budget | None:
 
 
 def default_budget(policy: str, model_name: str | None = None) -> Budget | None:
-    """The budget a policy runs with when none is named: the shipped checkpoint's for namm (as
-    `make_policy('namm')` loads it), none for the full cache, DEFAULT_BASELINE_BUDGET otherwise."""
+    """The budget a policy runs with when none is named: the shipped checkpoint's for surprisal
+    and namm (as `make_policy` loads it), none for the full cache, DEFAULT_BASELINE_BUDGET otherwise."""
     name = policy_name(policy)
-    if name == "namm":
+    if name in CHECKPOINT_POLICIES:
         return shipped_namm_budget(model_name)
     if name in NON_EVICTING_POLICIES:
         return None
@@ -235,9 +241,47 @@ def _cached_checkpoint_budget(path: str, _mtime_ns: int) -> Budget | None:
     return checkpoint_budget(path)
 
 
+def no_trained_scorer_message(model_name: str | None = None) -> str:
+    """Why policy `namm` is refused where no evolved scorer ships, and what to use instead."""
+    return (f"no trained NAMM attention scorer ships for {model_name or 'the default model'}; use policy "
+            "'surprisal' (the shipped memory: attention sinks, a recent window and word surprisal), or "
+            "give a checkpoint whose NAMM scorer was evolved (namm/checkpoints/CARD.md)")
+
+
+def checkpoint_has_trained_scorer(path: str | Path) -> bool:
+    """Whether a NAMM checkpoint's scorer parameters (`params`, float32) are not all zero, read
+    without torch: the pickle names the storage of the tensor, whose raw bytes sit in the zip."""
+    with zipfile.ZipFile(path) as archive:
+        name = next(n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl")
+        state = _StubUnpickler(io.BytesIO(archive.read(name))).load()
+        params = state.get("params") if isinstance(state, dict) else None
+        args = getattr(params, "args", ())
+        if len(args) < 3 or not isinstance(args[0], tuple) or len(args[0]) < 3:
+            raise ValueError(f"{path}: no scorer parameters (params) in this checkpoint")
+        storage, offset, size = args[0], int(args[1]), args[2]
+        count = math.prod(int(n) for n in size)
+        data = archive.read(name[: -len("data.pkl")] + f"data/{storage[2]}")
+    words = memoryview(data[4 * offset: 4 * (offset + count)]).cast("I")
+    return any(w & 0x7FFFFFFF for w in words)  # -0.0 is zero too
+
+
+def shipped_scorer_trained(model_name: str | None = None) -> bool:
+    """Whether the checkpoint `make_policy('namm')` would load for `model_name` holds an evolved
+    (non-zero) scorer; False when none ships. Torch-free, for the service's API process."""
+    from .checkpoints import default_checkpoint
+
+    path = default_checkpoint(model_name)
+    return False if path is None else _cached_scorer_trained(str(path), path.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=8)
+def _cached_scorer_trained(path: str, _mtime_ns: int) -> bool:
+    return checkpoint_has_trained_scorer(path)
+
+
 class _Stub:
     def __init__(self, *args, **kwargs):
-        pass
+        self.args = args  # a rebuilt tensor's (storage, offset, size, stride, ...)
 
     def __call__(self, *args, **kwargs):
         return _Stub()
@@ -255,7 +299,7 @@ class _StubUnpickler(pickle.Unpickler):
         return _Stub  # tensors, numpy arrays, anything else: an inert placeholder
 
     def persistent_load(self, pid):
-        return None  # tensor storages live outside the pickle; not needed here
+        return tuple(pid)  # ('storage', type, key, location, numel): the storage lives in data/<key>
 
 
 # The memory update interval must be a whole number of STFT hops (namm.features.HOP).
@@ -286,7 +330,7 @@ class GenerationRequest:
     context: str
     questions: tuple[str, ...] = ()
     instruction: str | None = None
-    policy: str = "namm"
+    policy: str = DEFAULT_POLICY
     budget: Budget | None = None
     max_new_tokens: int = 128
     n_up: int = 512

@@ -8,7 +8,7 @@ Library use (the CMA-ES trainer calls this for fitness)::
 
 Command line (``namm eval`` or ``python -m namm.evaluation``)::
 
-    python -m namm.evaluation --policies full,h2o,namm --budgets 0.25,0.5 --lengths 1k,2k \\
+    python -m namm.evaluation --policies full,h2o,surprisal --budgets 0.25,0.5 --lengths 1k,2k \\
         --n-per-task 3 --split test --json-out runs/eval.json
 
 Protocol: every prompt is ``namm.generate(lm, context=doc, questions=[q], policy, budget)``:

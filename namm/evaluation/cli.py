@@ -33,7 +33,7 @@ def parse_budgets(spec: str) -> list[float | int]:
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--policies", default="full,recency,streaming_llm,h2o,tova,snapkv,l2norm,random,namm",
+    p.add_argument("--policies", default="full,recency,streaming_llm,h2o,tova,snapkv,l2norm,random,surprisal",
                    help=f"comma-separated policies ({', '.join(POLICY_NAMES)}); the full cache is "
                         "always run as the reference")
     p.add_argument("--budgets", default="0.25,0.5",

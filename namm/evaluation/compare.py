@@ -1,7 +1,7 @@
 """Paired comparison of memory policies with bootstrap intervals, resumable prompt by prompt.
 
     python -m namm.evaluation.compare --split test --tasks passkey,niah_single --lengths 1k,2k \
-        --n-per-task 12 --policies namm,recency,streaming_llm --budgets 0.28 \
+        --n-per-task 12 --policies surprisal,namm,recency,streaming_llm --budgets 0.28 \
         --namm-checkpoint runs/warmstart/namm.pt --out runs/compare/test.jsonl
 
 A policy `namm:key=value[:key=value...]` is the NAMM checkpoint with settings replaced
@@ -11,7 +11,8 @@ Every (policy, budget, prompt) result is appended to `--out` as one JSON line an
 the command is run again, so a long comparison can be stopped, extended with more prompts or
 policies, and resumed. The report is over prompts the full cache answers right (a prompt it
 gets wrong says nothing about what a memory lost): the normalised score is the mean over tasks
-of the policy's mean score, and each difference to NAMM comes with a paired bootstrap 95%
+of the policy's mean score, and each difference to the reference policy (`--reference`, default
+`surprisal`, the shipped memory; rows of older files name it `namm`) comes with a paired bootstrap 95%
 interval (prompts resampled within tasks, the same resample for both policies).
 """
 from __future__ import annotations
@@ -75,7 +76,7 @@ def bootstrap_diff(a: list[dict], b: list[dict], n: int = 2000, seed: int = 0) -
     return float(lo), float(hi)
 
 
-def report(results: dict[tuple, dict], reference: str = "namm") -> str:
+def report(results: dict[tuple, dict], reference: str = "surprisal") -> str:
     full = {k[2]: r for k, r in results.items() if k[0] == "full"}
     runs = sorted({(k[0], k[1]) for k in results if k[0] != "full"}, key=lambda x: (str(x[1]), x[0]))
     # prompts every run has finished (a run in progress is compared on the same prompts); a prompt
@@ -124,7 +125,9 @@ def main(argv=None) -> int:
     p.add_argument("--lengths", default="1k,2k")
     p.add_argument("--n-per-task", type=int, default=4)
     p.add_argument("--start", type=int, default=0)
-    p.add_argument("--policies", default="namm,recency,streaming_llm,h2o,snapkv,tova,l2norm")
+    p.add_argument("--policies", default="surprisal,recency,streaming_llm,h2o,snapkv,tova,l2norm")
+    p.add_argument("--reference", default="surprisal",
+                   help="the policy the others are compared with (default: surprisal, the shipped memory)")
     p.add_argument("--budgets", default="0.28")
     p.add_argument("--namm-checkpoint", default=None, help="NAMM file to evaluate (default: the shipped one)")
     p.add_argument("--out", required=True, help="JSONL of per-prompt results (appended, resumable)")
@@ -176,7 +179,7 @@ def main(argv=None) -> int:
                 with out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
             print(f"{key} done", file=sys.stderr, flush=True)
-    print(report(results))
+    print(report(results, reference=args.reference))
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Sequence
 
+from namm.spec import DEFAULT_POLICY
 from namm.tasks import Sample, score_answer
 
 from .references import _DEFAULT_REFERENCES, ReferenceCache, _Reference, reference_key
@@ -73,7 +74,7 @@ def _lm_result(lm, sample: Sample, policy, budget, n_up: int, ref: _Reference) -
                         max(kl, 0.0))
 
 
-def evaluate(lm, samples: Sequence[Sample], policy="namm", budget=None, *, query_aware: bool = False,
+def evaluate(lm, samples: Sequence[Sample], policy=DEFAULT_POLICY, budget=None, *, query_aware: bool = False,
              n_up: int = 512, max_new_tokens: int | None = None, truncate: bool = False,
              reference_cache: ReferenceCache | None = None,
              progress: Callable[[int], None] | None = None) -> EvalRecord:

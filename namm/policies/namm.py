@@ -1,4 +1,19 @@
-"""NAMM: an evolved scorer over attention-spectrogram features decides what each head forgets."""
+"""NAMM (Sakana AI, arXiv 2410.13166): a learned scorer over attention-spectrogram features decides
+what each KV head forgets.
+
+At every update the window's attention over each cached key is turned into an STFT
+spectrogram (EMA over frames, frozen z-normalisation, plus a recency embedding), and the BAM
+network (about 4k parameters, evolved by CMA-ES, `namm/scorer.py`) scores each token; a token is
+kept if its score is >= 0, or by rank under a budget cap. Optionally the surprisal channel of
+`SurprisalPolicy` (sinks, a recent window, pooled word surprisal) is added to the scorer's output.
+
+This is the learned attention memory, and only that: `make_policy("namm")` needs a checkpoint
+whose scorer is not all zero (an all-zero scorer scores every token 0 and leaves the surprisal
+channel alone, which is the `surprisal` policy, not NAMM: `NoTrainedScorerError`). No such
+checkpoint ships for the default model yet: the evolved scorer was evaluated on top of
+surprisal and added no quality (namm/checkpoints/CARD.md). Evolution constructs `NammPolicy`
+directly with its parameters (all-zero included: it is where CMA-ES starts).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,13 +25,28 @@ from .. import scorer
 from ..features import (EMA_COEFF, HOP, N_BINS, N_FFT, RunningNorm, frame_count, frame_end_positions, scorer_inputs,
                         spectrogram_ema)
 from ..fingerprints import file_hash
-from ..spec import Budget
-from ..surprisal import close_spans, mixed_surprisal, parse_view, word_sums
-from .base import Policy, UpdateContext, budget_capacity
+from .base import UpdateContext
+from .surprisal import SurprisalPolicy
 
 
-class NammPolicy(Policy):
+class NammPolicy(SurprisalPolicy):
+    """The learned attention memory: BAM scores over attention spectrograms, plus (optionally)
+    the surprisal channel and the sinks/recent window of `SurprisalPolicy`.
+
+    Args:
+        params: the scorer's flat parameters (`num_params()` floats); None = all zero (keeps
+            everything under the threshold; where evolution starts).
+        budget: cap per layer and KV head (fraction or token count); None = the threshold alone.
+        norm: the spectrogram normalisation (a frozen `RunningNorm` when loaded from a file).
+        threshold: keep tokens scoring >= 0 (the paper's rule); False = rank-only under the cap.
+        rows: recompute only the newest `rows` window queries (a multiple of the STFT hop, >= n_fft).
+        block: BAM's backward attention stays within blocks of `block` newest-first tokens.
+        sinks, recent, surprise, surprise_pool, min_keep, surprise_mix, surprise_close,
+        word_starts: the surprisal channel and windows, as in `SurprisalPolicy` (all off by default).
+    """
+
     name = "namm"
+    label = "NAMM"
     needs_attention = True
 
     def __init__(self, params=None, budget=None, norm: RunningNorm | None = None, threshold: bool = True,
@@ -24,51 +54,9 @@ class NammPolicy(Policy):
                  surprise: float = 0.0, surprise_pool: int = 33, min_keep: int = 0,
                  surprise_mix: dict[str, float] | None = None, surprise_close: int = 1,
                  word_starts: torch.Tensor | None = None):
-        super().__init__(budget)
-        # min_keep: a text shorter than this is never cut (the flush after a short document
-        # would otherwise evict from a cache too small to be worth saving, and drop its facts)
-        if min_keep < 0:
-            raise ValueError(f"min_keep must be >= 0, got {min_keep}")
-        self.min_keep = int(min_keep)
-        # surprise: weight of each token's surprisal (nats, max-pooled over `surprise_pool`
-        # neighbouring tokens of the text) added to the scorer's output. What the model could not
-        # predict is what it cannot rebuild once evicted: a planted fact, a new name, a number;
-        # pooling keeps the whole phrase around the surprising token, not scattered pieces
-        if surprise < 0 or surprise_pool < 1 or surprise_pool % 2 == 0:
-            raise ValueError(f"surprise must be >= 0 and surprise_pool odd and >= 1, got {surprise}, {surprise_pool}")
-        self.surprise = float(surprise)
-        self.surprise_pool = int(surprise_pool)
-        # surprise_mix: the general form, weights over pooled views of the surprisal
-        # (namm/surprisal.py SURPRISAL_VIEWS, e.g. {"max:65": 1.0, "ahead:17": 0.3}), what the
-        # CMA-ES over the channel searches; (surprise, surprise_pool) is {"max:<pool>": surprise}
-        if surprise_mix is None:
-            surprise_mix = {f"max:{self.surprise_pool}": self.surprise} if self.surprise > 0 else {}
-        for view in surprise_mix:
-            parse_view(view)
-        self.surprise_mix = {str(k): float(v) for k, v in surprise_mix.items() if float(v) != 0.0}
-        self.needs_surprisal = bool(self.surprise_mix)
-        # surprise_close: close the mixed score over this many tokens (namm/surprisal.py
-        # close_spans), so a phrase is kept or evicted whole; 1 = off
-        if surprise_close < 1 or surprise_close % 2 == 0:
-            raise ValueError(f"surprise_close must be odd and >= 1, got {surprise_close}")
-        self.surprise_close = int(surprise_close)
-        # word_starts: [V] bool, which tokens of the model's vocabulary begin a word
-        # (namm/surprisal.py word_start_table), for the "word:K" views; stored in the checkpoint
-        # because a checkpoint belongs to one model
-        self.word_starts = None if word_starts is None else torch.as_tensor(word_starts, dtype=torch.bool)
-        self.word_starts_model: str | None = None  # the model whose vocabulary the table is of
-        self.checkpoint_sha256: str | None = None  # set when built from a checkpoint file
-        if any(v.startswith("word:") for v in self.surprise_mix) and self.word_starts is None:
-            raise ValueError("a word:K surprisal view needs word_starts (the model's word-start table)")
-        # recent: the share of the budget cap reserved for the newest tokens (StreamingLLM's
-        # window); the scorer then chooses the rest among older tokens. With sinks and a zero
-        # scorer this is StreamingLLM itself, the starting point evolution can only improve on
-        if not 0.0 <= recent < 1.0:
-            raise ValueError(f"recent must be in [0, 1), got {recent}")
-        self.recent = float(recent)
-        # sinks: the first tokens are always kept, as StreamingLLM keeps its attention sinks;
-        # every head pours attention there, so the scorer need not spend capacity learning it
-        self.sinks = int(sinks)
+        super().__init__(budget, threshold=threshold, sinks=sinks, recent=recent, surprise=surprise,
+                         surprise_pool=surprise_pool, min_keep=min_keep, surprise_mix=surprise_mix,
+                         surprise_close=surprise_close, word_starts=word_starts)
         # rows: recompute only the newest `rows` window queries (None = the whole window); the EMA
         # weighs the newest frames most, and the recomputation costs as much as the forward's own
         # attention. block: BAM's backward attention stays within blocks of `block` newest-first tokens.
@@ -78,11 +66,6 @@ class NammPolicy(Policy):
             raise ValueError(f"block must be >= 1, got {block}")
         self.attention_rows = rows
         self.block = block
-        if not threshold and self.budget is None:
-            raise ValueError("NAMM without its score >= 0 threshold needs a budget to decide what to keep")
-        # threshold=False: rank-only mode, the budget cap keeps the top-scoring tokens. Evolution
-        # from zero parameters can then never evict more than the cap (threshold collapse).
-        self.use_threshold = bool(threshold)
         if params is None:
             params = np.zeros(scorer.num_params(), dtype=np.float32)  # keeps everything
         self.set_params(params)
@@ -148,36 +131,6 @@ class NammPolicy(Policy):
             out = out + self.pooled_surprisal(ctx)
         return out.masked_fill(self.protected(ctx.positions, ctx.seen), float("inf"))
 
-    def pooled_surprisal(self, ctx: UpdateContext) -> torch.Tensor:
-        """[B, H, S]: each slot's score from the surprisal around its position, weighted by
-        `surprise_mix` (by default the max surprisal within `surprise_pool` tokens, x `surprise`)."""
-        if ctx.surprisal is None:  # no logits were handed over at all
-            return torch.zeros(ctx.positions.shape, device=ctx.positions.device)
-        sur = ctx.surprisal.to(ctx.positions.device)
-        if sur.shape[1] < ctx.seen:  # tokens read without their logits (see NammCache.after_forward)
-            sur = torch.nn.functional.pad(sur, (0, ctx.seen - sur.shape[1]))
-        words = None
-        if self.word_starts is not None and any(v.startswith("word:") for v in self.surprise_mix):
-            if ctx.token_ids is None:
-                raise ValueError("word:K surprisal views need the token ids read (UpdateContext.token_ids)")
-            ids = ctx.token_ids.to(sur.device)
-            if ids.shape[1] < sur.shape[1]:
-                ids = torch.nn.functional.pad(ids, (0, sur.shape[1] - ids.shape[1]))
-            words = word_sums(sur, ids[:, : sur.shape[1]], self.word_starts)
-        pooled = close_spans(mixed_surprisal(sur, self.surprise_mix, ctx.seen, words), self.surprise_close)
-        b, h, s = ctx.positions.shape
-        idx = ctx.positions.clamp(0, pooled.shape[1] - 1).reshape(b, h * s)
-        return pooled.gather(1, idx).reshape(b, h, s)
-
-    def protected(self, positions: torch.Tensor, seen: int) -> torch.Tensor:
-        """Slots kept whatever they score: the sinks and the recent window reserved in the cap."""
-        cap = budget_capacity(self.budget, seen)
-        window = int(self.recent * cap) if self.recent and cap is not None else 0
-        return (positions < self.sinks) | (positions >= seen - window)
-
-    def threshold(self, ctx, scores):
-        return scores >= 0 if self.use_threshold else None
-
     # ---- state a document memory carries ----------------------------------------------------
     def memory_state(self) -> dict[str, torch.Tensor]:
         """The normalisation's statistics while they still accumulate (frozen ones are settings)."""
@@ -201,83 +154,35 @@ class NammPolicy(Policy):
                 "surprise_mix": dict(self.surprise_mix), "surprise_close": self.surprise_close,
                 "word_starts": self.word_starts, "word_starts_model": self.word_starts_model}
 
+    # the settings a variant may override (compare's `namm:recent=0.25:surprise_pool=33`; also scorer=zero)
+    TUNABLE = {**SurprisalPolicy.TUNABLE, "rows": int, "block": int}
+
+    @property
+    def has_trained_scorer(self) -> bool:
+        """False for all-zero scorer parameters: every token scores 0 and only the surprisal
+        channel and windows decide (that is the `surprisal` policy, not a learned memory)."""
+        return bool(self.params.any())
+
     @classmethod
     def from_checkpoint(cls, path: str | Path, budget="checkpoint", model_name: str | None = None) -> "NammPolicy":
+        """The checkpoint as saved, scorer included even when it is all zero (evolution and the
+        comparisons read such files on purpose); `make_policy("namm")` refuses a zero scorer."""
         return cls.variant(path, {}, budget=budget, model_name=model_name)
-
-    # the settings a variant may override (compare's `namm:recent=0.25:surprise_pool=33`; also scorer=zero)
-    TUNABLE = {"recent": float, "sinks": int, "surprise": float, "surprise_pool": int, "rows": int, "block": int,
-               "min_keep": int, "surprise_close": int}
 
     @classmethod
     def variant(cls, path: str | Path, overrides: dict[str, str], budget="checkpoint",
                 model_name: str | None = None) -> "NammPolicy":
         """The checkpoint with some settings replaced (values as text, e.g. from a command line);
-        `scorer=zero` sets all-zero scorer parameters (the window and the surprisal channel decide)."""
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        `scorer=zero` sets all-zero scorer parameters (the window and the surprisal channel
+        decide: what the `surprisal` policy does, kept here for the comparisons that led to it)."""
         overrides = dict(overrides)
         scorer_choice = overrides.pop("scorer", "kept")
         if scorer_choice not in ("kept", "zero"):
             raise ValueError(f"scorer must be kept or zero, got {scorer_choice!r}")
-        unknown = set(overrides) - set(cls.TUNABLE)
-        if unknown:
-            raise ValueError(f"unknown NAMM setting(s) {sorted(unknown)}; tunable: {sorted(cls.TUNABLE)}")
-        b = ckpt.get("budget") if budget == "checkpoint" else budget
-        ckpt.update(cls.profile_for(ckpt, b))
-        for key, text in overrides.items():
-            ckpt[key] = cls.TUNABLE[key](text)
-        if {"surprise", "surprise_pool"} & set(overrides):  # the scalar form replaces the mix
-            ckpt["surprise_mix"] = None
+        ckpt, b = cls.checkpoint_settings(path, overrides, budget, model_name)
         if scorer_choice == "zero":
             ckpt["params"] = torch.zeros_like(ckpt["params"])
-        ckpt["surprise_mix"] = cls.words_for_model(ckpt, model_name)
         norm = RunningNorm.from_state_dict(ckpt["norm"])
         norm.frozen = True
-        threshold = ckpt.get("threshold", True) or b is None  # rank-only needs a budget
-        return cls(params=ckpt["params"].numpy(), budget=b, norm=norm, threshold=threshold,
-                   rows=ckpt.get("rows"), block=ckpt.get("block"), sinks=ckpt.get("sinks", 0),
-                   recent=ckpt.get("recent", 0.0), surprise=ckpt.get("surprise", 0.0),
-                   surprise_pool=ckpt.get("surprise_pool", 33), min_keep=ckpt.get("min_keep", 0),
-                   surprise_mix=ckpt.get("surprise_mix"), surprise_close=ckpt.get("surprise_close", 1),
-                   word_starts=ckpt.get("word_starts"))._from_file(ckpt.get("word_starts_model"), file_hash(path))
-
-    def _from_file(self, word_model: str | None, checkpoint_sha256: str) -> "NammPolicy":
-        self.word_starts_model = word_model
-        # the checkpoint file's sha256, which a saved memory's manifest records (namm/memory_file.py)
-        self.checkpoint_sha256 = checkpoint_sha256
-        return self
-
-    @staticmethod
-    def words_for_model(ckpt: dict, model_name: str | None) -> dict | None:
-        """The checkpoint's surprisal mix for `model_name`: its word-start table belongs to the
-        vocabulary of the model it was made for (`word_starts_model`); on another model (NAMMs
-        transfer zero-shot) each word:K view becomes max:K, the nearest view that needs no table."""
-        mix = ckpt.get("surprise_mix")
-        if not mix or not any(str(v).startswith("word:") for v in mix):
-            return mix
-        made_for = ckpt.get("word_starts_model")
-        if ckpt.get("word_starts") is not None and (model_name is None or made_for is None or model_name == made_for):
-            return mix
-        out: dict[str, float] = {}
-        for view, weight in mix.items():
-            key = "max:" + str(view)[5:] if str(view).startswith("word:") else str(view)
-            out[key] = out.get(key, 0.0) + float(weight)
-        return out
-
-    @staticmethod
-    def profile_for(ckpt: dict, budget) -> dict:
-        """The settings a checkpoint's `profiles` give this budget: each profile is a dict of
-        settings with `from_budget` (a kept fraction); the highest one at or below a fraction
-        budget applies. What keeps answers at 28% is not what keeps them at 50% (chosen on
-        validation per budget, see CARD.md); token budgets use the base settings."""
-        parsed = Budget.coerce(budget) if budget is not None else None
-        if parsed is None or parsed.unit != "fraction":
-            return {}
-        chosen: dict = {}
-        for profile in sorted(ckpt.get("profiles") or [], key=lambda p: p["from_budget"]):
-            if parsed.value >= profile["from_budget"]:
-                chosen = {k: v for k, v in profile.items() if k != "from_budget"}
-        return chosen
-
-    def save(self, path: str | Path, **extra) -> None:
-        torch.save({**self.state_dict(), **extra}, path)
+        return cls(params=ckpt["params"].numpy(), norm=norm, rows=ckpt.get("rows"), block=ckpt.get("block"),
+                   **cls._channel_kwargs(ckpt, b))._from_file(ckpt.get("word_starts_model"), file_hash(path))

@@ -87,12 +87,14 @@ def test_window_attention_averages_softmax_over_each_kv_group():
 
 def test_generate_end_to_end_on_tiny_llama3(tiny):
     for policy in namm.available_policies():
+        if policy == "namm":  # no evolved scorer ships: refused (tests/unit/test_surprisal_policy.py)
+            continue
         res = namm.generate(tiny, "lorem ipsum " * 60, ["q1?", "q2?"], policy=policy, budget=0.3,
                             max_new_tokens=4, n_up=N_UP)
         assert len(res.answers) == 2 and res.stats.tokens_out <= 8
         if policy == "full":
             assert res.stats.kv_kept_fraction == 1.0
-        elif policy != "namm":
+        else:
             assert res.stats.kv_kept_fraction < 0.5, policy
 
 

@@ -27,7 +27,7 @@ def kept(mask):
 
 
 def test_registry_lists_every_policy_and_rejects_unknown():
-    assert set(available_policies()) == {"full", "namm", "recency", "streaming_llm", "h2o", "l2norm", "snapkv",
+    assert set(available_policies()) == {"full", "surprisal", "namm", "recency", "streaming_llm", "h2o", "l2norm", "snapkv",
                                          "tova", "random"}
     with pytest.raises(UnknownPolicyError, match="expected one of"):
         make_policy("lru")

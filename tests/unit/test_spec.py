@@ -24,7 +24,7 @@ def test_policy_names_are_the_library_policies():
 
     assert tuple(available_policies()) == POLICY_NAMES == tuple(POLICIES)
     assert policy_name("Streaming-LLM") == "streaming_llm"
-    with pytest.raises(UnknownPolicyError, match="valid policies: full, namm"):
+    with pytest.raises(UnknownPolicyError, match="valid policies: full, surprisal, namm"):
         policy_name("lru")
 
 
@@ -86,9 +86,30 @@ def test_shipped_checkpoint_budget_is_read_without_torch():
     from namm.policies import make_policy
 
     path = default_checkpoint(None)
-    expected = make_policy("namm").budget  # what the library itself loads from the checkpoint
+    expected = make_policy("surprisal").budget  # what the library itself loads from the checkpoint
     assert checkpoint_budget(path) == Budget.coerce(expected) == shipped_namm_budget()
     assert out.stdout.strip() == str(Budget.coerce(expected))
+
+
+def test_shipped_scorer_is_read_without_torch_and_is_zero(tmp_path):
+    import torch
+
+    from namm.checkpoints import default_checkpoint
+    from namm.spec import DEFAULT_POLICY, checkpoint_has_trained_scorer, default_budget, shipped_scorer_trained
+
+    code = ("import sys; from namm.spec import shipped_scorer_trained as t; print(t()); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False" and shipped_scorer_trained() is False  # the shipped scorer is zero
+    assert DEFAULT_POLICY == "surprisal"
+    assert default_budget("surprisal") == default_budget("namm") == shipped_namm_budget()
+    ckpt = torch.load(default_checkpoint(None), weights_only=False)
+    ckpt["params"][-1] = -0.0  # still zero
+    torch.save(ckpt, tmp_path / "zero.pt")
+    ckpt["params"][7] = 0.01
+    torch.save(ckpt, tmp_path / "evolved.pt")
+    assert not checkpoint_has_trained_scorer(tmp_path / "zero.pt")
+    assert checkpoint_has_trained_scorer(tmp_path / "evolved.pt")
 
 
 def test_checkpoint_reader_runs_no_code(tmp_path):
