@@ -41,7 +41,7 @@ def race(tenant: int, *, one_claim_at_a_time: bool = False) -> None:
 
     with session_scope() as s:
         batch_id = BatchRepository(s).create(NewBatch(
-            tenant_id=tenant, source={"kind": "path", "path": "/x"}, policy="namm",
+            tenant_id=tenant, source={"kind": "path", "path": "/x"}, policy="surprisal",
             budget=None, max_new_tokens=8, tasks=["summaries"])).id
     with session_scope() as s:
         sent = BatchRepository(s).record_ingestion(batch_id, Ingestion(files=[

@@ -17,6 +17,7 @@ import logging
 import litserve as ls
 from fastapi import Request, Security
 
+from namm.spec import DEFAULT_POLICY
 from service.api.auth import api_key_header, require_tenant
 from service.api.intake import Refusal  # noqa: F401  (re-exported: the refusal type of this API)
 from service.api.litserve import GreedyBatchLoop, JobServer, RouteSpec
@@ -41,7 +42,7 @@ class SubmitJobAPI(ls.LitAPI):
         self.settings = get_settings()
         get_engine()  # fail at start, not on the first request, if the URL is wrong
         celery_app()
-        default_budget_for("namm", self.settings)  # the shipped checkpoint must be readable
+        default_budget_for(DEFAULT_POLICY, self.settings)  # the shipped checkpoint must be readable
 
     async def authorize(self, request: Request,
                         x_api_key: str | None = Security(api_key_header)) -> None:

@@ -35,7 +35,7 @@ class JobOptions(BaseModel):
         None, description='{"fraction": x} (kept share of the tokens read, x in (0, 1]) or '
         '{"tokens": n} (kept tokens per layer and KV head); a plain number is a fraction, a plain '
         "number above 1 is refused as ambiguous; absent or null: the policy's default (the "
-        "shipped checkpoint's budget for namm)")
+        "shipped checkpoint's budget for surprisal and namm)")
     max_new_tokens: int | None = Field(None, ge=1)
     truncate: bool = Field(False, description="cut documents longer than the model's context "
                            "instead of failing (full cache only)")

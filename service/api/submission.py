@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from namm.spec import NON_EVICTING_POLICIES, Budget, default_budget
+from namm.spec import NON_EVICTING_POLICIES, Budget, default_budget, no_trained_scorer_message, shipped_scorer_trained
 from service.api.documents import DocumentError, extract_text, html_to_text
 from service.api.schemas import JobOptions, JsonJobRequest, validation_message
 from service.api.text_checks import check_text, check_tree
@@ -218,15 +218,27 @@ def _check_option_sizes(options: JobOptions, filename: str | None, limits) -> No
                                  f"together; the limit is {limits.max_options_bytes}")
 
 
+def _model_name(settings: Settings) -> str | None:
+    path = settings.model.path
+    return Path(path).name if path else None
+
+
+def check_policy_available(policy: str, settings: Settings) -> None:
+    """422 for policy `namm` where the checkpoint the workers would load has no evolved scorer
+    (all zero): that is not a learned attention memory, and the shipped one is `surprisal`.
+    Read from the file without torch, as the budget is."""
+    if policy == "namm" and not shipped_scorer_trained(_model_name(settings)):
+        raise HTTPException(422, f"policy: {no_trained_scorer_message(_model_name(settings))}")
+
+
 def default_budget_for(policy: str, settings: Settings) -> Budget | None:
     """The budget of a job that names none: the operator's default if set, else the policy's
-    own (namm: the budget of the checkpoint the workers load, read from the file)."""
+    own (surprisal and namm: the budget of the checkpoint the workers load, read from the file)."""
     if policy in NON_EVICTING_POLICIES:
         return None
     if settings.defaults.budget is not None:
         return settings.defaults.budget
-    path = settings.model.path
-    return default_budget(policy, model_name=Path(path).name if path else None)
+    return default_budget(policy, model_name=_model_name(settings))
 
 
 def _new_job(tenant_id: int, options: JobOptions, *, text: str, content_type: str, size: int,
@@ -249,6 +261,7 @@ def _new_job(tenant_id: int, options: JobOptions, *, text: str, content_type: st
     if max_new_tokens > limits.max_new_tokens:
         raise HTTPException(422, f"max_new_tokens is limited to {limits.max_new_tokens}")
     policy = options.policy or defaults.policy
+    check_policy_available(policy, settings)
     budget = options.budget
     if budget is None:  # not given, or null: the default, resolved now and stored with the job
         budget = default_budget_for(policy, settings)

@@ -1,7 +1,7 @@
 """Service configuration, read from the environment (prefix NAMM_, nested sections with `__`).
 
 Examples: NAMM_DATABASE__URL=postgresql+psycopg://u:p@db/namm, NAMM_BROKER__URL=redis://redis:6379/0,
-NAMM_MODEL__PATH=/models/llama3-8b, NAMM_DEFAULTS__POLICY=namm, NAMM_DEFAULTS__BUDGET='{"tokens": 2048}',
+NAMM_MODEL__PATH=/models/llama3-8b, NAMM_DEFAULTS__POLICY=surprisal, NAMM_DEFAULTS__BUDGET='{"tokens": 2048}',
 NAMM_PRICES__DEVICE_HOUR_MICRO_USD=2160000.
 A `.env` file in the working directory is read too. URLs may hold passwords: they are SecretStr
 and only `safe_url()` (password masked) may be logged.
@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
-from namm.spec import N_UP_MULTIPLE
+from namm.spec import DEFAULT_POLICY, N_UP_MULTIPLE
 from service.core.contract import BudgetField, PolicyField
 
 DEFAULT_DATABASE_URL = "sqlite:///var/namm.db"
@@ -73,9 +73,9 @@ class ModelSettings(BaseModel):
 
 
 class DefaultsSettings(BaseModel):
-    policy: PolicyField = "namm"
+    policy: PolicyField = DEFAULT_POLICY
     # For jobs that name no budget. None: each policy's own default (namm.spec.default_budget:
-    # the shipped checkpoint's budget for namm, a quarter of the tokens for the baselines).
+    # the shipped checkpoint's budget for surprisal and namm, a quarter of the tokens for the baselines).
     budget: BudgetField = None
     max_new_tokens: int = 128
 

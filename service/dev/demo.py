@@ -12,7 +12,7 @@ import time
 
 import httpx
 
-from namm.spec import Budget
+from namm.spec import DEFAULT_POLICY, Budget
 
 SAMPLE_DOCUMENT = """Quarterly operations report, Northwind Logistics.
 
@@ -69,7 +69,7 @@ def curl_example(url: str, key: str = "$NAMM_API_KEY") -> str:
         f"curl -s -X POST {url}/v1/jobs -H \"X-API-Key: {key}\" "
         "-H 'Content-Type: application/json' \\\n"
         "  -d '{\"document\": \"The vault code is 4711. The weather was mild.\", "
-        "\"questions\": [\"What is the vault code?\"], \"policy\": \"namm\", "
+        "\"questions\": [\"What is the vault code?\"], \"policy\": \"surprisal\", "
         "\"budget\": {\"fraction\": 0.5}, "
         "\"max_new_tokens\": 32}'\n"
         f"curl -s {url}/v1/jobs/JOB_ID -H \"X-API-Key: {key}\""
@@ -80,7 +80,7 @@ def _micro_usd(value: int) -> str:
     return f"${value / 1_000_000:.6f}"
 
 
-def run_demo(url: str, key: str, *, policy: str = "namm", budget: Budget | None = Budget.fraction(0.5),
+def run_demo(url: str, key: str, *, policy: str = DEFAULT_POLICY, budget: Budget | None = Budget.fraction(0.5),
              max_new_tokens: int = 48, timeout_s: float = 900.0) -> int:
     headers = {"X-API-Key": key}
     with httpx.Client(base_url=url, headers=headers, timeout=30.0) as client:
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", default=os.environ.get("NAMM_URL", "http://127.0.0.1:8000"))
     parser.add_argument("--key", default=os.environ.get("NAMM_API_KEY"))
-    parser.add_argument("--policy", default="namm")
+    parser.add_argument("--policy", default=DEFAULT_POLICY)
     parser.add_argument("--budget", type=Budget.parse_text, default=Budget.fraction(0.5),
                         help="0.3 (a fraction) or tokens=N (default 0.5)")
     parser.add_argument("--max-new-tokens", type=int, default=48)

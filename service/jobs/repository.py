@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from namm.spec import Budget
+from namm.spec import DEFAULT_POLICY, Budget
 from service.jobs.models import (
     FINISHED_STATUSES,
     Document,
@@ -56,7 +56,7 @@ class NewJob:
     kind: str
     instruction: str | None
     questions: list[str] = field(default_factory=list)
-    policy: str = "namm"
+    policy: str = DEFAULT_POLICY
     budget: Budget | None = None
     max_new_tokens: int = 128
     truncate: bool = False
@@ -82,7 +82,7 @@ class ClaimedJob:
     kind: str
     instruction: str | None
     questions: list[str] = field(default_factory=list)
-    policy: str = "namm"
+    policy: str = DEFAULT_POLICY
     budget: Budget | None = None
     max_new_tokens: int = 128
     truncate: bool = False

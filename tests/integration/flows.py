@@ -45,7 +45,7 @@ def wait_for(client: httpx.Client, job_id: str, timeout_s: float = 420.0) -> dic
 def submit_and_read_answer(stack) -> dict:
     with httpx.Client(base_url=stack.url, headers={"X-API-Key": stack.keys[0]}, timeout=30) as c:
         r = c.post("/v1/jobs", json={"document": SHORT_DOCUMENT, "questions": [QUESTION],
-                                     "policy": "namm", "budget": 0.5, "max_new_tokens": 16})
+                                     "policy": "surprisal", "budget": 0.5, "max_new_tokens": 16})
         assert r.status_code == 202, r.text
         job = wait_for(c, r.json()["id"])
     assert job["status"] == "done", (job, stack.procs.log_tail("worker"))

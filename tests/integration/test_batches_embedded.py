@@ -13,7 +13,7 @@ def test_archive_batch_embedded(embedded_stack, tmp_path):
     data = tiny_repo_archive(tmp_path)
     batch = run_batch(embedded_stack, lambda c: c.post(
         "/v1/batches", files={"file": ("tiny-repo.tar.gz", data)},
-        data={"policy": "namm", "budget": "0.5", "max_new_tokens": "8"}))
+        data={"policy": "surprisal", "budget": "0.5", "max_new_tokens": "8"}))
     assert batch["source"]["kind"] == "archive"
     check_batch_stored_once(batch["id"])
     check_redelivery_is_noop(embedded_stack, batch)

@@ -28,7 +28,7 @@ def allowed_root(tmp_path_factory):
 def test_git_batch_postgres_redis(allowed_root, pg_redis_stack):
     repo = tiny_git_repo(allowed_root)
     batch = run_batch(pg_redis_stack, lambda c: c.post("/v1/batches", json={
-        "source": {"kind": "git", "url": f"file://{repo}"}, "policy": "namm", "budget": 0.5,
+        "source": {"kind": "git", "url": f"file://{repo}"}, "policy": "surprisal", "budget": 0.5,
         "max_new_tokens": 8, "questions": ["Which module sets up the database schema?"]}),
         questions=1)
     assert batch["source"] == {"kind": "git", "url": f"file://{repo}"}

@@ -33,7 +33,7 @@ from reliability_stack import own_pg_database
 pytestmark = [pytest.mark.services, pytest.mark.model]
 
 RECOVERY_BOUND_S = 60.0
-BODY = {"document": SHORT_DOCUMENT, "questions": [QUESTION], "policy": "namm",
+BODY = {"document": SHORT_DOCUMENT, "questions": [QUESTION], "policy": "surprisal",
         "budget": 0.5, "max_new_tokens": 16}
 
 

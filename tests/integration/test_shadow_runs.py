@@ -23,7 +23,7 @@ def test_sampled_job_gets_a_measured_full_cache_rerun(pg_redis_stack):
         set_rate(s, "tenant-a", 1.0)
     with httpx.Client(base_url=stack.url, headers={"X-API-Key": stack.keys[0]}, timeout=30) as c:
         r = c.post("/v1/jobs", json={"document": SHORT_DOCUMENT, "questions": [QUESTION],
-                                     "policy": "namm", "budget": 0.5, "max_new_tokens": 16})
+                                     "policy": "surprisal", "budget": 0.5, "max_new_tokens": 16})
         assert r.status_code == 202, r.text
         job = wait_for(c, r.json()["id"])
         assert job["status"] == "done", stack.procs.log_tail("worker")

@@ -68,7 +68,7 @@ def _hammer(url: str, key: str, stop_at: float, out: list) -> None:
     """POST jobs on one keep-alive client until the listener refuses the connection."""
     from flows import QUESTION, SHORT_DOCUMENT
 
-    body = {"document": SHORT_DOCUMENT, "questions": [QUESTION], "policy": "namm",
+    body = {"document": SHORT_DOCUMENT, "questions": [QUESTION], "policy": "surprisal",
             "budget": 0.5, "max_new_tokens": 16}
     with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=30) as client:
         while time.monotonic() < stop_at:

@@ -30,11 +30,11 @@ def test_the_fixed_passkey_question_is_answered_and_defaults_change_nothing(lm, 
     assert text == _answer(lm, s, decoding=Decoding.plain())
 
 
-@pytest.mark.parametrize("policy", ["full", "namm"])
-def test_the_demo_question_is_answered_with_the_full_cache_and_the_shipped_namm(lm, policy):
+@pytest.mark.parametrize("policy", ["full", "surprisal"])
+def test_the_demo_question_is_answered_with_the_full_cache_and_the_shipped_memory(lm, policy):
     from service.dev.demo import SAMPLE_ANSWER, SAMPLE_QUESTION, sample_document
 
     res = namm.generate(lm, sample_document(), [SAMPLE_QUESTION], policy=policy, max_new_tokens=48)
     assert SAMPLE_ANSWER in res.text
-    if policy == "namm":  # at its default budget, with the question on top
+    if policy == "surprisal":  # at its default budget, with the question on top
         assert res.stats.kv_kept_fraction < 0.31

@@ -37,7 +37,7 @@ def _answers(lm, memory):
     return out
 
 
-@pytest.mark.parametrize("policy,budget", [("namm", None), ("full", None), ("streaming_llm", 0.3),
+@pytest.mark.parametrize("policy,budget", [("surprisal", None), ("full", None), ("streaming_llm", 0.3),
                                            ("snapkv", 0.3)])
 def test_loaded_memory_answers_token_for_token(lm, tmp_path, policy, budget):
     memory = namm.read_document(lm, DOC, policy=policy, budget=budget)
@@ -70,4 +70,4 @@ def test_cli_saves_a_memory_then_answers_from_it(lm, tmp_path, monkeypatch, caps
                  "--max-new-tokens", str(MAX_NEW), "--json"]) == 0
     a, b = json.loads(first.stdout), json.loads(capsys.readouterr().out)
     assert b["answers"][0] == a["answers"][0] and len(b["answers"]) == 2
-    assert b["policy"] == "namm" and b["tokens_in"] < 100  # only the questions were read
+    assert b["policy"] == "surprisal" and b["tokens_in"] < 100  # only the questions were read

@@ -51,7 +51,7 @@ def ingest(tenant_id: int, n_files: int, tasks=("summaries",), questions=()) -> 
     """A batch ingested with `n_files` files; (batch id, the job ids ingestion sends)."""
     with session_scope() as s:
         batch_id = BatchRepository(s).create(NewBatch(
-            tenant_id=tenant_id, source={"kind": "path", "path": "/x"}, policy="namm",
+            tenant_id=tenant_id, source={"kind": "path", "path": "/x"}, policy="surprisal",
             budget=None, max_new_tokens=8, tasks=list(tasks), questions=list(questions))).id
     files = [SourceFile(f"pkg/m{i}.py", "python", 10, f"X = {i}\n") for i in range(n_files)]
     with session_scope() as s:

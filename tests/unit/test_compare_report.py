@@ -15,26 +15,26 @@ def _results(rows):
 
 def test_report_compares_on_prompts_the_full_cache_solves():
     rows = [
-        _row("full", None, "a1", "a", 1.0), _row("namm", 0.3, "a1", "a", 1.0, 0.3), _row("recency", 0.3, "a1", "a", 0.0, 0.3),
-        _row("full", None, "a2", "a", 1.0), _row("namm", 0.3, "a2", "a", 0.0, 0.3), _row("recency", 0.3, "a2", "a", 0.0, 0.3),
-        _row("full", None, "b1", "b", 1.0), _row("namm", 0.3, "b1", "b", 1.0, 0.3), _row("recency", 0.3, "b1", "b", 1.0, 0.3),
+        _row("full", None, "a1", "a", 1.0), _row("surprisal", 0.3, "a1", "a", 1.0, 0.3), _row("recency", 0.3, "a1", "a", 0.0, 0.3),
+        _row("full", None, "a2", "a", 1.0), _row("surprisal", 0.3, "a2", "a", 0.0, 0.3), _row("recency", 0.3, "a2", "a", 0.0, 0.3),
+        _row("full", None, "b1", "b", 1.0), _row("surprisal", 0.3, "b1", "b", 1.0, 0.3), _row("recency", 0.3, "b1", "b", 1.0, 0.3),
         _row("full", None, "b2", "b", 0.0),  # wrong with the full cache: skipped by the policies
     ]
     text = report(_results(rows))
     assert text.splitlines()[0].startswith("3 of 4 prompts answered right by the full cache (4 started)")
-    namm_line = next(line for line in text.splitlines() if line.startswith("namm"))
+    surprisal_line = next(line for line in text.splitlines() if line.startswith("surprisal"))
     recency_line = next(line for line in text.splitlines() if line.startswith("recency"))
     # mean over tasks of the task means: namm (0.5 + 1) / 2, recency (0 + 1) / 2
-    assert namm_line.split()[2:4] == ["3", "0.750"]
+    assert surprisal_line.split()[2:4] == ["3", "0.750"]
     assert recency_line.split()[2:4] == ["3", "0.500"]
     assert "+0.250" in recency_line
 
 
 def test_a_prompt_still_running_is_left_out_of_every_policy():
     rows = [
-        _row("full", None, "a1", "a", 1.0), _row("namm", 0.3, "a1", "a", 1.0, 0.3), _row("recency", 0.3, "a1", "a", 1.0, 0.3),
-        _row("full", None, "a2", "a", 1.0), _row("namm", 0.3, "a2", "a", 0.0, 0.3),  # recency not yet run
+        _row("full", None, "a1", "a", 1.0), _row("surprisal", 0.3, "a1", "a", 1.0, 0.3), _row("recency", 0.3, "a1", "a", 1.0, 0.3),
+        _row("full", None, "a2", "a", 1.0), _row("surprisal", 0.3, "a2", "a", 0.0, 0.3),  # recency not yet run
     ]
     text = report(_results(rows))
     assert text.splitlines()[0].startswith("1 of 1 prompts answered right")
-    assert next(line for line in text.splitlines() if line.startswith("namm")).split()[3] == "1.000"
+    assert next(line for line in text.splitlines() if line.startswith("surprisal")).split()[3] == "1.000"

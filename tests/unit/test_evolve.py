@@ -216,7 +216,7 @@ def test_make_policy_loads_the_shipped_checkpoint():
     path = default_checkpoint("SmolLM2-135M-Instruct")
     if path is None:
         pytest.skip("no shipped checkpoint yet")
-    pol = make_policy("namm", model_name="SmolLM2-135M-Instruct")
+    pol = NammPolicy.from_checkpoint(path, model_name="SmolLM2-135M-Instruct")
     assert isinstance(pol, NammPolicy) and pol.norm.frozen and pol.norm.count > 0
     assert pol.budget is not None and pol.budget <= 0.3
     assert pol.params.shape == (NammPolicy.num_params(),)

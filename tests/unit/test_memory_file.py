@@ -47,7 +47,7 @@ def _answer_ids(lm, memory, question, max_new_tokens=12):
     return logits, ids
 
 
-CASES = [("namm", 0.3, "original"), ("snapkv", 0.3, "original"), ("full", None, "original"),
+CASES = [("surprisal", 0.3, "original"), ("snapkv", 0.3, "original"), ("full", None, "original"),
          ("streaming_llm", 48, "original"), ("h2o", 0.3, "reindexed"), ("random", 0.4, "original")]
 
 
@@ -81,7 +81,7 @@ def test_round_trip_is_exact(tiny, tmp_path, policy, budget, positions):
 
 
 def test_namm_keeps_its_surprisal_record(tiny, tmp_path):
-    memory = _read(tiny, "namm", 0.3)
+    memory = _read(tiny, "surprisal", 0.3)
     assert memory.policy.needs_surprisal  # the shipped checkpoint weighs surprisal
     state = memory.cache.surprisal_log.state()
     assert state["values"].shape[1] == memory.tokens and "last_logits" in state
@@ -296,12 +296,12 @@ def test_tokenizer_hash_sees_the_encoding():
 def test_policy_hash_names_settings_not_state(tiny):
     assert policy_hash(make_policy("snapkv", 0.3)) == policy_hash(make_policy("snapkv", 0.3))
     assert policy_hash(make_policy("snapkv", 0.3)) != policy_hash(make_policy("snapkv", 0.4))
-    assert policy_hash(make_policy("namm")) == policy_hash(make_policy("namm", 0.28))  # the checkpoint's own
+    assert policy_hash(make_policy("surprisal")) == policy_hash(make_policy("surprisal", 0.28))  # the checkpoint's own
     rnd = make_policy("random", 0.4)
     before = policy_hash(rnd)
     torch.rand(3, generator=rnd.generator)
     assert policy_hash(rnd) == before  # the generator is state, saved with the memory
-    namm_policy = make_policy("namm")
+    namm_policy = make_policy("surprisal")
     assert namm_policy.checkpoint_sha256 and len(namm_policy.checkpoint_sha256) == 64
 
 

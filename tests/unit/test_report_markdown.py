@@ -17,7 +17,7 @@ def _batch(overview: str, summary: str) -> BatchOut:
         progress=Progress(files_total=2, files_done=2, files_failed=0, files_skipped=1,
                           tokens_read=10, fraction=1.0),
         created_at=datetime(2026, 12, 1, tzinfo=timezone.utc), finished_at=None,
-        tasks=["summaries", "overview"], policy="namm", budget=None, max_new_tokens=32,
+        tasks=["summaries", "overview"], policy="surprisal", budget=None, max_new_tokens=32,
         error=None, overview=overview, answers=[AnswerOut(question="q?", answer="## Skipped")],
         started_at=None, usage={},
         files=[FileOut(path="a.py", language="python", size_bytes=3, status="done", attempts=1,

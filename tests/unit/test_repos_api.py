@@ -90,7 +90,7 @@ def test_path_source_is_stored_and_ingestion_enqueued(client, env, keys):
 
     before = queue_depths(("cpu",))["cpu"]
     r = client.post("/v1/batches", json={"source": {"kind": "path", "path": str(env / "demo")},
-                                         "policy": "namm", "budget": 0.25, "max_new_tokens": 8})
+                                         "policy": "surprisal", "budget": 0.25, "max_new_tokens": 8})
     assert r.status_code == 202, r.text
     batch_id = r.json()["id"]
     assert queue_depths(("cpu",))["cpu"] == before + 1

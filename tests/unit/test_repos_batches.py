@@ -44,7 +44,7 @@ def new_batch(tenant: int, n_files: int = 3, tasks=("summaries", "overview"),
               questions=()) -> tuple[str, list[int]]:
     with session_scope() as s:
         batch = BatchRepository(s).create(NewBatch(
-            tenant_id=tenant, source={"kind": "path", "path": "/x"}, policy="namm",
+            tenant_id=tenant, source={"kind": "path", "path": "/x"}, policy="surprisal",
             budget=None, max_new_tokens=8, tasks=list(tasks), questions=list(questions)))
         batch_id = batch.id
     ingestion = Ingestion(files=[SourceFile(f"pkg/m{i}.py", "python", 10, f"X = {i}\n")
@@ -176,8 +176,8 @@ def test_a_batch_with_nothing_to_read_is_done_and_a_refused_source_fails(db):
     with session_scope() as s:
         repo = BatchRepository(s)
         empty = repo.create(NewBatch(tenant_id=db, source={"kind": "path", "path": "/x"},
-                                     policy="namm", budget=None, max_new_tokens=8)).id
-        refused = repo.create(NewBatch(tenant_id=db, source={"kind": "archive"}, policy="namm",
+                                     policy="surprisal", budget=None, max_new_tokens=8)).id
+        refused = repo.create(NewBatch(tenant_id=db, source={"kind": "archive"}, policy="surprisal",
                                        budget=None, max_new_tokens=8,
                                        upload=("x.zip", b"junk"))).id
     with session_scope() as s:

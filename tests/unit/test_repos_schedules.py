@@ -81,7 +81,7 @@ def make(tenant: int, now: datetime, enabled: bool = True) -> str:
     with session_scope() as s:
         return ScheduleRepository(s).create(tenant, ScheduleSpec(
             cron="0 2 * * *", timezone="UTC", source={"kind": "path", "path": "/srv/r"},
-            tasks=["summaries"], policy="namm", budget=None, max_new_tokens=8,
+            tasks=["summaries"], policy="surprisal", budget=None, max_new_tokens=8,
             enabled=enabled), now=now).id
 
 

@@ -51,10 +51,10 @@ def test_tick_starts_due_schedules_and_repairs_lost_settles(env):
     with session_scope() as s:
         ScheduleRepository(s).create(env, ScheduleSpec(
             cron="*/5 * * * *", timezone="UTC", source={"kind": "path", "path": "/srv/x"},
-            tasks=["summaries", "overview"], policy="namm", budget=None, max_new_tokens=8),
+            tasks=["summaries", "overview"], policy="surprisal", budget=None, max_new_tokens=8),
             now=now - timedelta(hours=1))
         batch = BatchRepository(s).create(NewBatch(
-            tenant_id=env, source={"kind": "path", "path": "/srv/y"}, policy="namm",
+            tenant_id=env, source={"kind": "path", "path": "/srv/y"}, policy="surprisal",
             budget=None, max_new_tokens=8))
         batch_id = batch.id
     with session_scope() as s:
@@ -90,7 +90,7 @@ def test_a_batch_being_ingested_is_not_resent_until_its_heartbeat_is_stale(env):
     heartbeat is older than the stale delay (the worker died) both become true again."""
     with session_scope() as s:
         batch_id = BatchRepository(s).create(NewBatch(
-            tenant_id=env, source={"kind": "path", "path": "/srv/z"}, policy="namm",
+            tenant_id=env, source={"kind": "path", "path": "/srv/z"}, policy="surprisal",
             budget=None, max_new_tokens=8)).id
     with session_scope() as s:  # never touched: stalled once older than the requeue delay
         assert BatchRepository(s).stalled(older_than_s=-60, stale_after_s=20)[0] == [batch_id]

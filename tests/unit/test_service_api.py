@@ -119,7 +119,7 @@ def test_multipart_upload_html_and_pdf(client, keys):
     ({"content": b"[1, 2]", "headers": {"Content-Type": "application/json"}}, 422, "object"),
     ({"content": b"hello", "headers": {"Content-Type": "text/plain"}}, 415, "Content-Type"),
     ({"content": b"hello"}, 415, "Content-Type"),
-    ({"json": {"document": "x", "policy": "bogus"}}, 422, "valid policies: full, namm"),
+    ({"json": {"document": "x", "policy": "bogus"}}, 422, "valid policies: full, surprisal, namm"),
     ({"json": {"document": "x", "budget": 1.5}}, 422, "budget"),
     ({"json": {"document": "x", "budget": 0}}, 422, "budget"),
     ({"json": {"document": "x", "budget": 2048}}, 422, "ambiguous"),
@@ -139,7 +139,7 @@ def test_multipart_upload_html_and_pdf(client, keys):
     ({"files": {"file": ("a.pdf", b"%PDF-1.4 broken", "application/pdf")}}, 422, "PDF"),
     ({"files": {"file": ("a.png", b"\x89PNG", "image/png")}}, 415, "unsupported"),
     ({"files": {"file": ("a.txt", b"", "text/plain")}}, 422, "empty"),
-    ({"data": {"policy": "namm"}, "files": {"other": ("a.txt", b"x", "text/plain")}}, 422, "file"),
+    ({"data": {"policy": "surprisal"}, "files": {"other": ("a.txt", b"x", "text/plain")}}, 422, "file"),
     ({"content": b"--xx\r\nbroken", "headers": {"Content-Type": "multipart/form-data; boundary=xx"}},
      None, None),
 ])
@@ -167,13 +167,13 @@ def test_budget_is_stored_with_its_unit(client, keys, body, stored):
     assert job["budget"] == stored
 
 
-def test_namm_defaults_to_the_shipped_checkpoint_budget(client, keys):
+def test_surprisal_defaults_to_the_shipped_checkpoint_budget(client, keys):
     from namm.checkpoints import default_checkpoint
     from namm.spec import checkpoint_budget
 
     shipped = checkpoint_budget(default_checkpoint(None)).to_json()  # read from the file itself
     for body in ({}, {"budget": None}):
-        r = submit(client, keys[0], policy="namm", **body)
+        r = submit(client, keys[0], policy="surprisal", **body)
         job = client.get(r.json()["url"], headers={"X-API-Key": keys[0]}).json()
         assert job["budget"] == shipped
     r = client.post("/v1/jobs", headers={"X-API-Key": keys[0]},
@@ -182,6 +182,25 @@ def test_namm_defaults_to_the_shipped_checkpoint_budget(client, keys):
     assert r.status_code == 202, r.text
     assert client.get(r.json()["url"], headers={"X-API-Key": keys[0]}).json()["budget"] == \
         {"tokens": 64}
+
+
+def test_the_default_policy_is_surprisal_the_shipped_memory(client, keys):
+    from service.core.settings import Settings
+
+    assert Settings().defaults.policy == "surprisal"
+    r = submit(client, keys[0])  # no policy named
+    assert r.status_code == 202, r.text
+    assert client.get(r.json()["url"], headers={"X-API-Key": keys[0]}).json()["policy"] == "surprisal"
+
+
+def test_namm_without_a_trained_scorer_is_a_422_naming_surprisal(client, keys):
+    for body in ({"policy": "namm"}, {"policy": "namm", "budget": {"fraction": 0.5}}):
+        r = submit(client, keys[0], **body)
+        assert r.status_code == 422, r.text
+        assert "no trained NAMM attention scorer ships for" in r.text and "use policy 'surprisal'" in r.text
+    r = client.post("/v1/jobs", headers={"X-API-Key": keys[0]}, files={"file": ("a.txt", b"text", "text/plain")},
+                    data={"policy": "namm"})
+    assert r.status_code == 422 and "use policy 'surprisal'" in r.text
 
 
 def test_list_paging_status_filter_and_cancel(client, keys):

@@ -91,7 +91,7 @@ def test_rounding_is_half_up_once_per_job():
 def test_legacy_second_price_setting_and_shipped_rates():
     assert PricesSettings(gpu_second_micro_usd=700).device_hour_micro_usd == 2_520_000
     shipped = load_rates()
-    assert any(r.model.startswith("SmolLM2") and r.device == "cpu" and "namm" in
+    assert any(r.model.startswith("SmolLM2") and r.device == "cpu" and "surprisal" in
                r.policy_seconds_per_entry for r in shipped)
 
 

@@ -136,6 +136,6 @@ def test_idempotency_compares_the_request_not_its_spelling():
     assert a == request_sha256(form({"questions": ["q1", "q2"], "kind": ["answer"]}))
     assert a != request_sha256(form({"kind": ["answer"], "questions": ["q2", "q1"]}))
     assert a != request_sha256(form({"kind": ["answer"], "questions": ["q1", "q2"]}, b"other"))
-    body = {"format": "json", "body": b'{"document": "d", "policy": "namm"}'}
+    body = {"format": "json", "body": b'{"document": "d", "policy": "surprisal"}'}
     assert request_sha256(body) == request_sha256(
-        {"format": "json", "body": b'{ "policy":"namm",\n "document":"d" }'})
+        {"format": "json", "body": b'{ "policy":"surprisal",\n "document":"d" }'})

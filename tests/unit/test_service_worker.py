@@ -37,7 +37,7 @@ def make_job(**overrides) -> str:
         tenant = get_or_create_tenant(s, "t")
         fields = dict(tenant_id=tenant.id, text="The vault code is 4711.", content_type="text/plain",
                       size_bytes=23, filename=None, kind="answer", instruction=None,
-                      questions=["What is the code?"], policy="namm", budget=Budget.fraction(0.5),
+                      questions=["What is the code?"], policy="surprisal", budget=Budget.fraction(0.5),
                       max_new_tokens=8)
         return JobRepository(s).create([NewJob(**{**fields, **overrides})])[0]
 
@@ -57,7 +57,7 @@ class StubResult:
     answers: list = field(default_factory=lambda: ["4711"])
 
     def to_dict(self):
-        return {"text": self.answers[0], "answers": self.answers, "policy": "namm",
+        return {"text": self.answers[0], "answers": self.answers, "policy": "surprisal",
                 "budget": 0.5, "tokens_in": 1000, "tokens_out": 4, "kv_kept_per_layer": [500],
                 "kv_kept_fraction": 0.5, "kv_bytes_peak": 50, "kv_bytes_full_peak": 100,
                 "seconds_prefill": 1.0, "seconds_decode": 1.0, "seconds_policy": 0.1,

@@ -46,7 +46,7 @@ class StubModel:
     name = "stub-model"
 
 
-def make_job(rate: float, policy: str = "namm") -> str:
+def make_job(rate: float, policy: str = "surprisal") -> str:
     from service.api.keys import get_or_create_tenant
     from service.core.db import session_scope
     from service.jobs.repository import JobRepository, NewJob

@@ -68,9 +68,10 @@ def check_source(source: dict[str, Any], settings: Settings) -> None:
 
 
 def resolve_options(options: BatchOptions, settings: Settings) -> dict[str, Any]:
-    from service.api.submission import default_budget_for
+    from service.api.submission import check_policy_available, default_budget_for
 
     policy = options.policy or settings.defaults.policy
+    check_policy_available(policy, settings)
     budget = options.budget if options.budget is not None else default_budget_for(policy, settings)
     max_new = options.max_new_tokens or settings.defaults.max_new_tokens
     if max_new > settings.limits.max_new_tokens:
