@@ -2,7 +2,7 @@
 its progress with a bar, and save the report.
 
     python -m service.repos submit . --url http://127.0.0.1:8000 --key "$NAMM_API_KEY" \\
-        --policy namm --budget 0.25 --max-new-tokens 96 --report report.md
+        --policy surprisal --budget 0.25 --max-new-tokens 96 --report report.md
 
 The archive leaves out version-control folders and the vendored folders ingestion would skip
 anyway (node_modules/, .venv/, ...), so uploads stay small; everything else goes, and the
