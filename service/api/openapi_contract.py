@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 from fastapi import FastAPI
 
-from namm.spec import POLICY_NAMES
 from service.api.openapi_inputs import exact_inputs
+from service.core.contract import submittable_policies
 from service.core.settings import Settings
 
 ERROR_BODY = {"type": "object", "required": ["detail"],
@@ -74,7 +74,7 @@ def form_field(name: str, schema: dict) -> dict:
     if field.get("type") == "array":  # an empty question is refused
         field["items"] = {**field.get("items", {}), "minLength": 1}
     if name == "policy":  # the same names as the JSON body's policy
-        field["enum"] = list(POLICY_NAMES)
+        field["enum"] = submittable_policies()
     if name == "max_new_tokens":
         field["minimum"] = max(1, field.get("minimum", 1))
     return field

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
 
 from namm.errors import InputError
-from namm.spec import BUDGET_FORMS, POLICY_NAMES, Budget, policy_name
+from namm.spec import BUDGET_FORMS, POLICY_NAMES, Budget, policy_name, shipped_scorer_trained
 
 
 def _budget(value: Any) -> Budget | None:
@@ -19,6 +19,12 @@ def _budget(value: Any) -> Budget | None:
         return Budget.parse(value)
     except InputError as exc:
         raise ValueError(str(exc)) from None
+
+
+def submittable_policies() -> list[str]:
+    """The policy names a request may send, for the schema's enum: `namm` only where an evolved
+    scorer ships (otherwise a submission naming it is a 422 that names `surprisal`)."""
+    return [name for name in POLICY_NAMES if name != "namm" or shipped_scorer_trained()]
 
 
 def _policy(value: Any) -> str:
@@ -58,6 +64,6 @@ BudgetField = Annotated[
 PolicyField = Annotated[
     str,
     PlainValidator(_policy),
-    WithJsonSchema({"type": "string", "enum": list(POLICY_NAMES), "title": "Policy",
+    WithJsonSchema({"type": "string", "enum": submittable_policies(), "title": "Policy",
                     "description": "memory policy"}),
 ]

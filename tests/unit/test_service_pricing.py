@@ -96,7 +96,7 @@ def test_legacy_second_price_setting_and_shipped_rates():
 
 
 class Options(BaseModel):
-    policy: PolicyField = "namm"
+    policy: PolicyField = "surprisal"
     budget: BudgetField = None
 
 
@@ -111,6 +111,6 @@ def test_field_types_use_the_contract():
         with pytest.raises(ValidationError, match="budget"):
             Options(budget=bad)
     schema = Options.model_json_schema()["properties"]
-    assert "namm" in schema["policy"]["enum"]
+    assert "surprisal" in schema["policy"]["enum"] and "namm" not in schema["policy"]["enum"]  # no evolved scorer ships
     assert {"fraction", "tokens"} <= {next(iter(s.get("properties", {"": 0})))
                                       for s in schema["budget"]["anyOf"]}

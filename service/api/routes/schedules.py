@@ -85,6 +85,10 @@ def schedule_router() -> APIRouter:
                      "max_new_tokens", "enabled"):
             if name in changes and changes[name] is None:
                 raise HTTPException(422, f"{name} cannot be null")
+        if changes.get("policy") is not None:
+            from service.api.submission import check_policy_available
+
+            check_policy_available(changes["policy"], settings)
         if "max_new_tokens" in changes and changes["max_new_tokens"] > settings.limits.max_new_tokens:
             raise HTTPException(422, f"max_new_tokens is limited to {settings.limits.max_new_tokens}")
         try:
