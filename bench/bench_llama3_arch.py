@@ -5,7 +5,7 @@ this builds the real Llama 3 8B / 70B configuration (GQA 32:8, head dim 128, lla
 scaling, 128k vocabulary) with random bf16 weights directly on the GPU and runs the same
 measurement as `namm bench` on random token ids. `--size tiny` is a CPU smoke run.
 
-    python bench/bench_llama3_arch.py --size 8b --lengths 8192,32768 --policies full,namm,h2o,streaming_llm
+    python bench/bench_llama3_arch.py --size 8b --lengths 8192,32768 --policies full,surprisal,h2o,streaming_llm
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=sorted(SIZES), default="8b")
     p.add_argument("--lengths", default="8192,32768")
-    p.add_argument("--policies", default="full,namm,h2o,streaming_llm,snapkv,tova")
+    p.add_argument("--policies", default="full,surprisal,h2o,streaming_llm,snapkv,tova")
     p.add_argument("--budget", type=float, default=0.25)
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--n-up", type=int, default=512)

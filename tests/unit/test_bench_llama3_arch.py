@@ -11,10 +11,10 @@ def test_tiny_llama3_bench_prints_a_table_with_every_policy(tmp_path, capsys):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "rows.json"
-    assert module.main(["--size", "tiny", "--lengths", "1100", "--policies", "full,namm",
+    assert module.main(["--size", "tiny", "--lengths", "1100", "--policies", "full,surprisal",
                         "--decode-tokens", "2", "--device", "cpu", "--json-out", str(out)]) == 0
     table = capsys.readouterr().out
-    assert "Llama-3-tiny" in table and " full " in table and " namm " in table
+    assert "Llama-3-tiny" in table and " full " in table and " surprisal " in table
     full, namm = json.loads(out.read_text())
     assert full["tokens"] == namm["tokens"] == 1100
     assert namm["kv_bytes_peak"] < full["kv_bytes_peak"]  # the memory evicts on this architecture
