@@ -1,5 +1,6 @@
 """Checks of the Alembic migrations shared by the SQLite (unit) and PostgreSQL (integration)
-tests: the schema round trip, and the budget-unit migration (0002) converting existing rows."""
+tests: the schema round trip, the budget-unit migration (0002) converting existing rows, and
+the shipped memory's rename (0007) keeping accepted work runnable."""
 
 from __future__ import annotations
 
@@ -68,6 +69,48 @@ def check_budget_migration(url: str) -> None:
         with engine.connect() as conn:
             got = dict(conn.execute(text("SELECT id, budget FROM jobs")).all())
         assert got == OLD_BUDGETS
+        downgrade(url)
+    finally:
+        engine.dispose()
+
+
+def check_shipped_memory_rename(url: str) -> None:
+    """At 0007, unfinished jobs and batches and every schedule stored with `namm` (the shipped
+    surprisal memory) run as `surprisal`; finished rows keep the name they ran under."""
+    engine = create_engine(url)
+    try:
+        upgrade(url, "0006")
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO tenants (id, name, created_at) "
+                              "VALUES (1, 't', CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO documents (id, tenant_id, content_type, size_bytes, "
+                              "sha256, text, created_at) VALUES ('d', 1, 'text/plain', 1, 'x', "
+                              "'x', CURRENT_TIMESTAMP)"))
+            for job, status, policy in (("q", "queued", "namm"), ("w", "waiting", "namm"),
+                                        ("r", "running", "namm"), ("d", "done", "namm"),
+                                        ("h", "queued", "h2o")):
+                conn.execute(text(
+                    "INSERT INTO jobs (id, tenant_id, document_id, status, progress, attempts, "
+                    "max_attempts, kind, questions, policy, max_new_tokens, truncate, "
+                    "created_at) VALUES (:id, 1, 'd', :status, 0.0, 0, 3, 'summarize', '[]', "
+                    ":policy, 8, false, CURRENT_TIMESTAMP)"),
+                    {"id": job, "status": status, "policy": policy})
+            conn.execute(text(
+                "INSERT INTO schedules (id, tenant_id, cron, timezone, source, tasks, questions, "
+                "policy, max_new_tokens, enabled, created_at, updated_at) VALUES ('s', 1, "
+                "'0 2 * * *', 'UTC', '{}', '[]', '[]', 'namm', 8, true, CURRENT_TIMESTAMP, "
+                "CURRENT_TIMESTAMP)"))
+        upgrade(url)
+        with engine.connect() as conn:
+            jobs = dict(conn.execute(text("SELECT id, policy FROM jobs")).all())
+            schedule = conn.execute(text("SELECT policy FROM schedules")).scalar()
+        assert jobs == {"q": "surprisal", "w": "surprisal", "r": "surprisal", "d": "namm",
+                        "h": "h2o"}
+        assert schedule == "surprisal"
+        downgrade(url, "0006")
+        with engine.connect() as conn:
+            jobs = dict(conn.execute(text("SELECT id, policy FROM jobs")).all())
+        assert jobs["q"] == "namm" and jobs["d"] == "namm"
         downgrade(url)
     finally:
         engine.dispose()

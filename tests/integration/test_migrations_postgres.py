@@ -4,7 +4,7 @@ the budget-unit migration converts existing rows."""
 import uuid
 
 import pytest
-from migration_checks import check_budget_migration, check_round_trip
+from migration_checks import check_budget_migration, check_round_trip, check_shipped_memory_rename
 from sqlalchemy import create_engine, text
 
 pytestmark = pytest.mark.services
@@ -42,3 +42,7 @@ def test_upgrade_downgrade_postgres(fresh_pg):
 
 def test_budget_unit_migration_postgres(fresh_pg):
     check_budget_migration(fresh_pg)
+
+
+def test_shipped_memory_rename_postgres(fresh_pg):
+    check_shipped_memory_rename(fresh_pg)
