@@ -25,6 +25,8 @@ _LAZY = {
     "save_memory": ".memory_file", "load_memory": ".memory_file", "read_manifest": ".memory_file",
     "load_model": ".models", "LoadedModel": ".models",
     "make_policy": ".policies", "available_policies": ".policies",
+    "retention_map": ".retention", "read_retention": ".retention", "document_retention": ".retention",
+    "render_html": ".retention", "RetentionMap": ".retention",
 }
 
 __all__ = [
@@ -33,7 +35,8 @@ __all__ = [
     "load_memory", "read_manifest", "make_policy", "available_policies", "Budget", "GenerationRequest",
     "POLICY_NAMES", "NammError", "InputError", "ModelLoadError", "UnknownPolicyError", "BudgetError",
     "ContextTooLongError", "EmptyInputError", "RequestError", "SavedMemoryError", "MemoryMismatchError",
-    "CorruptMemoryError", "NoTrainedScorerError", "DEFAULT_POLICY",
+    "CorruptMemoryError", "NoTrainedScorerError", "DEFAULT_POLICY", "retention_map", "read_retention",
+    "document_retention", "render_html", "RetentionMap",
 ]
 
 

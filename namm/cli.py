@@ -81,7 +81,7 @@ def cmd_generate(args) -> int:
             progress, close = _progress_bar(show)
             policy, n_up = args.policy or DEFAULT_POLICY, args.n_up or 512
             try:
-                if args.save_memory:
+                if args.save_memory or args.retention_html:
                     memory = read_document(lm, document, policy=policy, budget=args.budget, n_up=n_up,
                                            progress=progress)
                 else:
@@ -90,12 +90,22 @@ def cmd_generate(args) -> int:
                                       query_aware=args.query_aware, truncate=args.truncate, progress=progress)
             finally:
                 close()
+            if args.retention_html:  # what the memory holds once the document is read (namm/retention.py)
+                from .retention import document_retention, write_html
+
+                try:
+                    where = write_html(document_retention(memory, document), args.retention_html,
+                                       title=f"What the memory kept: {Path(args.file).name}")
+                except OSError as exc:
+                    raise SystemExit(f"namm: error: --retention-html {args.retention_html}: {exc.strerror}")
+                print(f"[retention map written to {where}]", file=sys.stderr)
             if args.save_memory:
                 path = save_memory(memory, args.save_memory)
                 print(f"[memory saved to {path}: {memory.tokens} tokens read, {memory.policy.name} "
                       f"budget={memory.policy.budget}, {path.stat().st_size / 2**20:.2f} MiB on disk "
                       f"(KV {memory.kv_bytes / 2**20:.2f} MiB; full cache {memory.full_kv_bytes / 2**20:.2f} MiB)]",
                       file=sys.stderr)
+            if args.save_memory or args.retention_html:
                 if not asked:
                     return 0
                 result = ask(lm, memory, args.question, instruction=args.instruction,
@@ -127,7 +137,13 @@ def _check_generate(parser: argparse.ArgumentParser, args) -> None:
         for flag, value in (("--query-aware", args.query_aware), ("--truncate", args.truncate)):
             if value:
                 parser.error(f"{flag} depends on the question; a saved memory is read without one")
-    if not args.question and not args.instruction and not args.save_memory:
+    if args.retention_html:
+        if args.memory:
+            parser.error("--retention-html maps a document as it is read; a saved memory holds no text (use --file)")
+        for flag, value in (("--query-aware", args.query_aware), ("--truncate", args.truncate)):
+            if value:
+                parser.error(f"{flag}: not with --retention-html, which maps the document read without the question")
+    if not args.question and not args.instruction and not args.save_memory and not args.retention_html:
         parser.error("generate needs --question or --instruction")
 
 
@@ -141,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="save the read document's memory to PATH (safetensors), to ask it later with --memory")
     g.add_argument("--memory", metavar="PATH", default=None,
                    help="answer from a memory saved with --save-memory, without reading the document again")
+    g.add_argument("--retention-html", metavar="PATH", default=None,
+                   help="write an HTML page of the document with the text the memory forgot faded "
+                        "(per token: the share of layers and KV heads that still hold it once it is read)")
     g.add_argument("--question", action="append", default=None,
                    help="question (repeat for several; the compressed document is reused)")
     g.add_argument("--instruction", default=None, help="instruction, e.g. 'Summarize the document.'")
