@@ -67,9 +67,8 @@ def test_html_is_escaped_and_holds_the_document_in_order(tiny):
     page = render_html(r, title="<b>map</b>")
     # one token per byte here: "<script>" is split over spans, each "<" escaped
     assert "<script" not in page and "&lt;" in page and "&lt;b&gt;map" in page
-    assert set(re.findall(r"<(/?[A-Za-z0-9!]+)", page)) <= {"!DOCTYPE", "html", "/html", "head", "/head", "meta", "title",
-                                                     "/title", "style", "/style", "body", "/body", "h1", "/h1",
-                                                     "p", "/p", "span", "/span", "div", "/div"}
+    tags = {"!DOCTYPE", "html", "head", "meta", "title", "style", "body", "h1", "p", "span", "div"}
+    assert {t.lstrip("/") for t in re.findall(r"<(/?[A-Za-z0-9!]+)", page)} <= tags
     assert _doc_text(page) == DOC.strip()  # every token's text, whitespace and newlines included
     assert "white-space:pre-wrap" in page and "http" not in page  # self-contained
     assert "opacity:0.250" in page and "opacity:1.000" in page  # forgotten text faded, kept text whole
