@@ -127,7 +127,9 @@ def document_retention(memory, document: str) -> RetentionMap:
     shares = retention_map(memory, len(ids)).tolist()
     pieces = token_pieces(tok, ids)
     body = document.strip()
-    start = prompt.find(body) if body else 0
+    start = len(prompt) - len(body) - 2  # document_prompt: header + document + "\n\n"
+    if prompt[start: start + len(body)] != body:
+        start = prompt.rfind(body)
     doc_pieces, doc_shares = [], []
     if "".join(pieces) == prompt and start >= 0:  # cut each piece to the document's characters
         end, at = start + len(body), 0
@@ -184,14 +186,18 @@ def _budget_words(budget) -> str:
 def render_html(retention: RetentionMap, title: str = "What the memory kept") -> str:
     """A self-contained HTML page (no external assets, no script): the document with each token
     faded by how many (layer, KV head) pairs forgot it (opacity 0.25 + share x 0.75), text
-    escaped, whitespace kept; a legend and a one-line summary. Each token's exact share is in its
-    tooltip."""
-    spans = []
+    escaped, whitespace kept; a legend and a one-line summary. Each token's share is in its
+    tooltip (neighbouring tokens with the same share are drawn as one span)."""
+    runs: list[list] = []  # neighbouring tokens with the same share share a span (a smaller page)
     for piece, share in zip(retention.pieces, retention.shares):
         if not piece:
             continue
-        spans.append(f'<span style="opacity:{_opacity(share):.3f};color:{_colour(share)}" '
-                     f'title="kept by {share:.0%} of layers and heads">{html.escape(piece)}</span>')
+        if runs and runs[-1][1] == share:
+            runs[-1][0] += piece
+        else:
+            runs.append([piece, share])
+    spans = [f'<span style="opacity:{_opacity(share):.3f};color:{_colour(share)}" '
+             f'title="kept by {share:.0%} of layers and heads">{html.escape(text)}</span>' for text, share in runs]
     n = len(retention.pieces)
     whole = sum(1 for s in retention.shares if s >= 1.0)
     gone = sum(1 for s in retention.shares if s <= 0.0)

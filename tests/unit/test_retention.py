@@ -72,6 +72,7 @@ def test_html_is_escaped_and_holds_the_document_in_order(tiny):
     assert _doc_text(page) == DOC.strip()  # every token's text, whitespace and newlines included
     assert "white-space:pre-wrap" in page and "http" not in page  # self-contained
     assert "opacity:0.250" in page and "opacity:1.000" in page  # forgotten text faded, kept text whole
+    assert page.count("<span") == 3 + 3  # the legend's three, then sinks, forgotten middle, recent window
     assert "policy streaming_llm" in page and "budget 40 tokens" in page and "Legend" in page
     pairs = r.to_json()
     assert "".join(t for t, _ in pairs) == DOC.strip() and {s for _, s in pairs} == {0.0, 1.0}
