@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from namm.spec import DEFAULT_POLICY, Budget
 from service.jobs.models import (
@@ -189,8 +190,9 @@ class JobRepository:
 
     def claim(self, job_id: str, *, stale_after_s: float) -> tuple[ClaimOutcome, ClaimedJob | None]:
         """queued (or running with a stale heartbeat) -> running, one more attempt."""
-        # FOR UPDATE: two deliveries of one message cannot both claim it (PostgreSQL); SQLite
-        # serialises writers anyway
+        # FOR UPDATE: two deliveries of one message wait for each other (PostgreSQL). The change
+        # itself is a compare-and-set on the status and attempts read here, so a claimer that
+        # read an old state (SQLite, where FOR UPDATE does nothing) changes nothing
         job = self.session.scalar(select(Job).where(Job.id == job_id).with_for_update())
         if job is None:
             return ClaimOutcome.missing, None
@@ -202,24 +204,36 @@ class JobRepository:
         if job.status == RUNNING and self._heartbeat_is_fresh(job, now, stale_after_s):
             return ClaimOutcome.busy, None
         if job.attempts >= job.max_attempts:
-            job.status = JobStatus.failed.value
-            job.error = (f"gave up after {job.attempts} attempts: the worker running the job was "
-                         "lost (crash, out of memory or time limit) each time")
-            job.finished_at = now
+            error = (f"gave up after {job.attempts} attempts: the worker running the job was "
+                     "lost (crash, out of memory or time limit) each time")
+            if not self._set_if_unchanged(job, status=JobStatus.failed.value, error=error,
+                                          finished_at=now):
+                return ClaimOutcome.busy, None
             return ClaimOutcome.exhausted, None
-        job.attempts += 1
-        job.status = RUNNING
-        job.started_at = now
-        job.heartbeat_at = now
-        job.progress = 0.0
-        job.error = None
+        attempt = job.attempts + 1
+        if not self._set_if_unchanged(job, attempts=attempt, status=RUNNING, started_at=now,
+                                      heartbeat_at=now, progress=0.0, error=None):
+            return ClaimOutcome.busy, None  # another claimer got there first
         text = self.session.scalar(select(Document.text).where(Document.id == job.document_id))
         return ClaimOutcome.claimed, ClaimedJob(
             id=job.id, tenant_id=job.tenant_id, text=text or "", kind=job.kind,
             instruction=job.instruction, questions=list(job.questions or []), policy=job.policy,
             budget=job.budget, max_new_tokens=job.max_new_tokens, truncate=job.truncate,
-            attempt=job.attempts,
+            attempt=attempt,
         )
+
+    def _set_if_unchanged(self, job: Job, **values: Any) -> bool:
+        """Write `values` only if the row still has the status and attempts `job` was read
+        with; True when it did (the object is then up to date too)."""
+        result = self.session.execute(
+            update(Job).where(Job.id == job.id, Job.status == job.status,
+                              Job.attempts == job.attempts)
+            .values(**values).execution_options(synchronize_session=False))
+        if (result.rowcount or 0) != 1:
+            return False
+        for name, value in values.items():
+            set_committed_value(job, name, value)
+        return True
 
     @staticmethod
     def _heartbeat_is_fresh(job: Job, now: datetime, stale_after_s: float) -> bool:

@@ -92,3 +92,40 @@ def test_child_dies_with_its_parent_is_set_in_every_worker_child():
 
     receivers = [r[1]() for r in worker_process_init.receivers]
     assert tasks._die_with_parent in receivers
+
+
+def test_a_claimer_that_read_an_old_state_claims_nothing(db, monkeypatch):
+    """Two deliveries of one job: the second claimer reads the job as queued, then the first
+    claims it and finishes it before the second writes (on SQLite FOR UPDATE does nothing).
+    The second claim must change nothing: no second run, and a done job stays done."""
+    from service.core.db import session_factory
+    from service.jobs import repository
+    from service.jobs.models import Job, JobStatus, utcnow
+    from service.jobs.repository import ClaimOutcome, JobRepository
+
+    job_id = _queued_jobs(db, 1, age_s=0)[0]
+    Session = session_factory()
+    first_runs: list[int] = []
+    let_in = [True]
+
+    def clock_that_lets_the_first_claimer_in():  # called between the late claimer's read and write
+        if let_in.pop() if let_in else False:
+            with Session() as first:
+                outcome, claimed = JobRepository(first).claim(job_id, stale_after_s=60)
+                first.commit()
+                first_runs.append(claimed.attempt)
+                assert outcome == ClaimOutcome.claimed
+                first.execute(update(Job).where(Job.id == job_id)
+                              .values(status=JobStatus.done.value))
+                first.commit()
+        return utcnow()
+
+    monkeypatch.setattr(repository, "utcnow", clock_that_lets_the_first_claimer_in)
+    with Session() as late:
+        outcome, claimed = JobRepository(late).claim(job_id, stale_after_s=60)
+        late.commit()
+    assert first_runs == [1]
+    assert (outcome, claimed) == (ClaimOutcome.busy, None)
+    with Session() as check:
+        job = check.get(Job, job_id)
+        assert (job.status, job.attempts) == (JobStatus.done.value, 1)
