@@ -366,6 +366,10 @@ def test_a_batchs_files_beyond_the_quota_wait_and_show_why(client, env, keys):
     waiting = client.get(f"/v1/jobs?batch={r.json()['id']}&status=waiting", headers=key).json()
     assert waiting["total"] == 2 and {j["id"] for j in waiting["items"]} == {
         f["job_id"] for f in files[1:]}
+    # cancelling the queued file's job frees its slot at once: the next file is released
+    client.post(f"/v1/jobs/{files[0]['job_id']}/cancel", headers=key)
+    files = client.get(r.json()["url"], headers=key).json()["files"]
+    assert [f["status"] for f in files[1:]] == ["queued", "waiting"]
     cancelled = client.post(r.json()["url"] + "/cancel", headers=key).json()
     assert [f["status"] for f in cancelled["files"]] == ["cancelled"] * 3
 

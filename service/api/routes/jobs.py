@@ -22,6 +22,18 @@ MAX_LIMIT = 10_000  # accepted, then cut to limits.page_size_max
 JobId = Annotated[str, PathParam(max_length=64, description="the job's id (a UUID)")]
 
 
+def release_waiting(session, tenant_id: int) -> None:
+    """Queue what fits of the tenant's waiting jobs (service/jobs/admission.py), sent after the
+    commit; a failed send is resent by the sweep."""
+    from service.core.queue import enqueue_jobs
+    from service.jobs import admission
+
+    job_ids = admission.release(session, tenant_id, get_settings().quotas)
+    session.commit()
+    if job_ids:
+        enqueue_jobs(job_ids)
+
+
 def uuid_or_404(ident: str, what: str = "job") -> str:
     """Ids are UUIDs; anything else (a NUL, a path) is no such thing, answered without a query."""
     try:
@@ -77,10 +89,14 @@ def job_router() -> APIRouter:
     @router.post("/{job_id}/cancel", response_model=JobOut,
                  summary="Cancel a queued or running job (finished jobs are unchanged)")
     def cancel_route(job_id: JobId, tenant_id: TenantDep, jobs: JobsDep) -> JobOut:
+        before = jobs.get(tenant_id, job_id_or_404(job_id))
+        was_queued = before is not None and before.status == "queued"
         job = jobs.cancel(tenant_id, job_id_or_404(job_id))
         jobs.session.commit()
         if job is None:
             raise HTTPException(404, "job not found")
+        if was_queued:  # its quota slot is free now (a running job frees it when it stops)
+            release_waiting(jobs.session, tenant_id)
         return job_out(job, jobs.document_info(job.document_id))
 
     return router
