@@ -36,17 +36,22 @@ def check_round_trip(url: str) -> None:
         engine.dispose()
 
 
+def _tenant_and_document(conn) -> None:
+    """Tenant 1 and document 'd', the rows a job needs (columns every revision has)."""
+    conn.execute(text("INSERT INTO tenants (id, name, created_at) "
+                      "VALUES (1, 't', CURRENT_TIMESTAMP)"))
+    conn.execute(text("INSERT INTO documents (id, tenant_id, content_type, size_bytes, "
+                      "sha256, text, created_at) VALUES ('d', 1, 'text/plain', 1, 'x', "
+                      "'x', CURRENT_TIMESTAMP)"))
+
+
 def check_budget_migration(url: str) -> None:
     """Rows written at 0001 get their unit at 0002, and go back to one number on downgrade."""
     engine = create_engine(url)
     try:
         upgrade(url, "0001")
         with engine.begin() as conn:
-            conn.execute(text("INSERT INTO tenants (id, name, created_at) "
-                              "VALUES (1, 't', CURRENT_TIMESTAMP)"))
-            conn.execute(text("INSERT INTO documents (id, tenant_id, content_type, size_bytes, "
-                              "sha256, text, created_at) VALUES ('d', 1, 'text/plain', 1, 'x', "
-                              "'x', CURRENT_TIMESTAMP)"))
+            _tenant_and_document(conn)
             for name, budget in OLD_BUDGETS.items():
                 conn.execute(text(
                     "INSERT INTO jobs (id, tenant_id, document_id, status, progress, attempts, "
@@ -81,11 +86,7 @@ def check_shipped_memory_rename(url: str) -> None:
     try:
         upgrade(url, "0006")
         with engine.begin() as conn:
-            conn.execute(text("INSERT INTO tenants (id, name, created_at) "
-                              "VALUES (1, 't', CURRENT_TIMESTAMP)"))
-            conn.execute(text("INSERT INTO documents (id, tenant_id, content_type, size_bytes, "
-                              "sha256, text, created_at) VALUES ('d', 1, 'text/plain', 1, 'x', "
-                              "'x', CURRENT_TIMESTAMP)"))
+            _tenant_and_document(conn)
             for job, status, policy in (("q", "queued", "namm"), ("w", "waiting", "namm"),
                                         ("r", "running", "namm"), ("d", "done", "namm"),
                                         ("h", "queued", "h2o")):
