@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             elapsed = time.time() - started
             procs.check_alive()
             from service.core.broker_scan import waiting_job_ids
-            from service.jobs.models import Job
+            from service.models import Job
 
             with session_scope() as s:
                 by_status = dict(s.execute(select(Job.status, func.count())

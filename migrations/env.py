@@ -7,7 +7,7 @@ from logging.config import fileConfig
 from alembic import context
 
 from service.core.db import make_engine
-from service.jobs.models import Base
+from service.models import Base
 from service.core.settings import get_settings
 
 config = context.config

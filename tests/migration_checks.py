@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from namm.spec import Budget
 from service.core.migrate import downgrade, upgrade
-from service.jobs.models import Base
+from service.models import Base
 
 TABLES = {"tenants", "api_keys", "documents", "jobs", "results", "usage_records", "batches",
           "batch_files", "batch_skipped_files", "batch_uploads", "schedules"}

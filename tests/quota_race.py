@@ -31,7 +31,7 @@ def race(tenant: int, *, one_claim_at_a_time: bool = False) -> None:
     from service.api.intake import Refusal, Submission, store
     from service.core.db import session_scope
     from service.core.settings import get_settings
-    from service.jobs.models import Job
+    from service.models import Job
     from service.jobs.quotas import active_jobs
     from service.jobs.repository import ClaimOutcome, JobRepository, NewJob
     from service.repos.ingest import Ingestion, SourceFile

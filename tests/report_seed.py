@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from service.jobs.models import Document, Job, UsageRecord
+from service.models import Document, Job, UsageRecord
 
 
 def utc(*args) -> datetime:
@@ -58,9 +58,9 @@ def add_record(session, tenant_id: int, record: tuple, batch_id: str | None = No
 
 
 def seed(session, tenant_a: int, tenant_b: int) -> None:
-    from service.jobs.shadow import ShadowRun
+    from service.models import ShadowRun
 
-    from service.repos.models import Batch
+    from service.models import Batch
 
     # r3 summarised a file of a repository batch
     session.add(Batch(id=BATCH_ID, tenant_id=tenant_a, source={"kind": "path", "path": "/repo"},

@@ -20,7 +20,7 @@ from service.core.db import session_scope
 from service.core.queue import BATCH_TICK_INTERVAL_S
 from service.core.settings import get_settings
 from service.repos.queue import BATCH_TICK, INGEST_BATCH, enqueue_ingest, enqueue_jobs_group
-from service.repos.models import Batch
+from service.models import Batch
 from service.repos.repository import BatchRepository, Settlement
 from service.repos.sources import Unpacked
 from workers.celery_app import app

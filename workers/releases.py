@@ -12,7 +12,7 @@ from service.core.db import session_scope
 from service.core.queue import enqueue_jobs
 from service.core.settings import get_settings
 from service.jobs import admission
-from service.jobs.models import Job
+from service.models import Job
 
 logger = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from namm.spec import GenerationRequest
 from service.core.db import session_scope
 from service.core.queue import GPU_QUEUE, celery_app
 from service.core.settings import get_settings
-from service.jobs.models import Job, Result, UsageRecord, utcnow
+from service.models import DONE, FAILED, Job, Result, UsageRecord, utcnow
 from service.jobs.pricing import job_cost
-from service.jobs.shadow import DONE, FAILED, answers_agree, claim, draw_shadow, finish
+from service.jobs.shadow import answers_agree, claim, draw_shadow, finish
 from service.jobs.usage import work_from_output
 from workers.celery_app import app
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.jobs.models import ApiKey, Tenant, utcnow
+from service.models import ApiKey, Tenant, utcnow
 
 KEY_PREFIX = "namm_"
 

@@ -71,7 +71,7 @@ class MetricsMiddleware:
 
 def _histogram(name: str, doc: str, column, buckets, where=None) -> HistogramMetricFamily:
     from service.core.db import session_factory
-    from service.jobs.models import UsageRecord
+    from service.models import UsageRecord
 
     exprs = [func.sum(case((column <= b, 1), else_=0)) for b in buckets]
     query = select(func.count(UsageRecord.id), func.coalesce(func.sum(column), 0.0), *exprs)
@@ -106,7 +106,7 @@ class JobStatsCollector:
     def _gather(self) -> list:
         from service.core.db import session_factory
         from service.core.queue import queue_depths
-        from service.jobs.models import Job, UsageRecord
+        from service.models import Job, UsageRecord
 
         families = []
         up = GaugeMetricFamily("namm_component_up", "1 when the component answered the scrape",

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.auth import api_key_header, require_tenant
 from service.api.keys import hash_key
-from service.jobs.models import ApiKey
+from service.models import ApiKey
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,7 @@ def validation_message(exc: ValidationError) -> str:
 
 
 def job_out(job, document=None) -> JobOut:
-    """A Job row (service.jobs.models.Job, result and usage loaded) as the API shows it."""
+    """A Job row (service.models.Job, result and usage loaded) as the API shows it."""
     result = usage = None
     if job.result is not None:
         result = ResultOut(text=job.result.text, answers=job.result.answers, stats=job.result.stats)

@@ -20,10 +20,9 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.jobs.models import Job, JobStatus
 from service.jobs.quotas import active_jobs, limits_for, lock_active_jobs, tokens_today
 from service.jobs.repository import JobRepository
-from service.repos.models import BatchFile
+from service.models import BatchFile, Job, JobStatus
 
 WAITING = JobStatus.waiting.value
 RELEASE_AT_MOST = 500  # per tenant and call: the next call releases the rest

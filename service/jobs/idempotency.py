@@ -14,27 +14,12 @@ back, and it answers with the winner's job.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta, timezone
 
-from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, UniqueConstraint, delete, select
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
-from service.jobs.models import Base, Job, utcnow
-
-MAX_KEY_CHARS = 255
-
-
-class IdempotencyKey(Base):
-    __tablename__ = "idempotency_keys"
-    __table_args__ = (UniqueConstraint("tenant_id", "key", name="uq_idempotency_keys_tenant_key"),
-                      Index("ix_idempotency_keys_created_at", "created_at"))
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    key: Mapped[str] = mapped_column(String(MAX_KEY_CHARS))
-    request_sha256: Mapped[str] = mapped_column(String(64))
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+from service.models import IdempotencyKey, Job, utcnow
 
 
 @dataclass(frozen=True)

@@ -17,26 +17,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, func, select, text, update
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
 
-from service.jobs.models import Base, Job, JobStatus, Tenant, UsageRecord, utcnow
+from service.models import Job, JobStatus, Tenant, TenantQuota, UsageRecord, utcnow
+
 
 ACTIVE = (JobStatus.queued.value, JobStatus.running.value)
 ACTIVE_RETRY_AFTER_S = 30
 QUOTA_LOCK_CLASS = 23_003  # first key of the tenant's advisory lock (issue 23, item 3)
-
-
-class TenantQuota(Base):
-    """One tenant's quotas; NULL: the settings' default for that quota."""
-
-    __tablename__ = "tenant_quotas"
-
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"),
-                                           primary_key=True)
-    max_active_jobs: Mapped[int | None] = mapped_column(Integer)
-    max_tokens_per_day: Mapped[int | None] = mapped_column(BigInteger)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 @dataclass(frozen=True)

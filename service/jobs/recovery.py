@@ -19,7 +19,7 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.jobs.models import Job, JobStatus, utcnow
+from service.models import Job, JobStatus, utcnow
 
 QUEUED = JobStatus.queued.value
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.attributes import set_committed_value
 
 from namm.spec import DEFAULT_POLICY, Budget
-from service.jobs.models import (
+from service.models import (
     FINISHED_STATUSES,
     Document,
     Job,

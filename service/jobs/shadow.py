@@ -14,49 +14,11 @@ import random
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    DateTime,
-    Float,
-    ForeignKey,
-    Index,
-    Integer,
-    String,
-    Text,
-    select,
-    update,
-)
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from namm.spec import NON_EVICTING_POLICIES
-from service.jobs.models import Base, Job, JSONType, Tenant, utcnow
-
-QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
-
-
-class ShadowRun(Base):
-    """The full-cache rerun of one finished job, and what it measured."""
-
-    __tablename__ = "shadow_runs"
-    __table_args__ = (Index("ix_shadow_runs_tenant_created", "tenant_id", "created_at"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
-    error: Mapped[str | None] = mapped_column(Text)
-    # the job's own run (from its usage record) against the full-cache rerun, both measured
-    seconds_run: Mapped[float | None] = mapped_column(Float)
-    seconds_full: Mapped[float | None] = mapped_column(Float)
-    cost_run_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
-    cost_full_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
-    kv_token_steps_run: Mapped[float | None] = mapped_column(Float)
-    kv_token_steps_full: Mapped[float | None] = mapped_column(Float)
-    answers_agree: Mapped[bool | None] = mapped_column(Boolean)
-    answers_full: Mapped[list[str] | None] = mapped_column(JSONType)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+from service.models import DONE, FAILED, QUEUED, RUNNING, Job, ShadowRun, Tenant, utcnow
 
 
 def draw_shadow(session: Session, job_id: str, rng: random.Random | None = None) -> bool:

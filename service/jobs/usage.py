@@ -8,7 +8,7 @@ from typing import Any
 
 from namm.spec import NON_EVICTING_POLICIES
 from service.core.settings import PricesSettings
-from service.jobs.models import UsageRecord
+from service.models import UsageRecord
 from service.jobs.pricing import Work, job_cost
 
 

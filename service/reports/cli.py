@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from service.core.db import session_scope
     from service.core.db_check import readable_database_problem
     from service.core.settings import get_settings
-    from service.jobs.models import Tenant
+    from service.models import Tenant
 
     # a read command must never create a database: check the configured one is there first
     problem = readable_database_problem(get_settings().database.url.get_secret_value())

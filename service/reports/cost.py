@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.jobs.models import Job, Tenant, UsageRecord
+from service.models import Job, Tenant, UsageRecord
 from service.jobs.shadow import shadow_summary
 
 GroupBy = Literal["day", "model", "policy", "batch", "tenant"]

@@ -34,19 +34,10 @@ from sqlalchemy.orm import Session
 from namm.spec import NON_EVICTING_POLICIES, Budget
 from service.core.settings import QuotaSettings, get_settings
 from service.jobs.admission import queued_share
-from service.jobs.models import Document, Job, JobStatus, Result, UsageRecord, as_utc, new_id, \
-    utcnow
 from service.jobs.repository import JobRepository, NewJob
+from service.models import (BATCH_FINISHED, Batch, BatchFile, BatchStatus, BatchUpload, Document, FileStatus, Job,
+                            JobStatus, Result, SkippedFile, UsageRecord, as_utc, new_id, utcnow)
 from service.repos.ingest import Ingestion
-from service.repos.models import (
-    BATCH_FINISHED,
-    Batch,
-    BatchFile,
-    BatchStatus,
-    BatchUpload,
-    FileStatus,
-    SkippedFile,
-)
 
 TASKS = ("summaries", "overview")
 FILE_INSTRUCTION = ("This is the file {path} ({language}) of a code repository. Summarize what it "

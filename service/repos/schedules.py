@@ -24,8 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from namm.spec import Budget
-from service.jobs.models import utcnow
-from service.repos.models import BATCH_FINISHED, Batch, Schedule
+from service.models import BATCH_FINISHED, Batch, Schedule, utcnow
 from service.repos.repository import BatchRepository, NewBatch
 
 CRON_ERRORS = (CroniterBadCronError, CroniterBadDateError, CroniterNotAlphaError, ValueError,

@@ -119,8 +119,8 @@ def run_batch(stack, submit, questions: int = 0) -> dict:
 
 def check_batch_stored_once(batch_id: str, jobs_expected: int = 5) -> None:
     from service.core.db import session_scope
-    from service.jobs.models import Job, Result, UsageRecord
-    from service.repos.models import BatchFile
+    from service.models import Job, Result, UsageRecord
+    from service.models import BatchFile
 
     with session_scope() as s:
         jobs = s.scalar(select(func.count()).select_from(Job).where(Job.batch_id == batch_id))
@@ -141,7 +141,7 @@ def check_redelivery_is_noop(stack, batch: dict, jobs_expected: int = 5) -> None
     from flows import wait_for_worker_log
 
     from service.core.db import session_scope
-    from service.jobs.models import Job
+    from service.models import Job
     from service.repos.queue import enqueue_jobs_group
 
     with session_scope() as s:

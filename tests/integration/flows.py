@@ -73,7 +73,7 @@ def submit_and_read_answer(stack) -> dict:
 
 def check_stored_once(job_id: str) -> None:
     from service.core.db import session_scope
-    from service.jobs.models import Result, UsageRecord
+    from service.models import Result, UsageRecord
 
     with session_scope() as s:
         assert s.scalar(select(func.count()).select_from(Result).where(Result.job_id == job_id)) == 1

@@ -53,7 +53,7 @@ def test_batch_resumes_after_the_worker_child_is_killed(embedded_stack, tmp_path
 
     from batch_flows import wait_for_batch
     from service.core.db import session_scope
-    from service.jobs.models import Job
+    from service.models import Job
 
     data = tiny_repo_archive(tmp_path)
     with httpx.Client(base_url=embedded_stack.url, timeout=60,
@@ -99,7 +99,7 @@ def test_a_batch_under_an_active_jobs_quota_runs_within_it_and_finishes(embedded
     from sqlalchemy import select
 
     from service.core.db import session_scope
-    from service.jobs.models import Job, Tenant
+    from service.models import Job, Tenant
     from service.jobs.quotas import active_jobs, set_limits
 
     with session_scope() as s:  # tenant-b: no job of its own left by the tests above

@@ -36,7 +36,7 @@ def test_git_batch_postgres_redis(allowed_root, pg_redis_stack):
     from sqlalchemy import select
 
     from service.core.db import session_scope
-    from service.jobs.models import Job
+    from service.models import Job
 
     with session_scope() as s:
         text = s.scalar(select(Job).where(Job.batch_id == batch["id"], Job.kind == "answer")

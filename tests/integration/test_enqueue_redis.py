@@ -74,7 +74,7 @@ def test_sweeper_leaves_old_queued_jobs_while_messages_wait(redis_env):
     from service.core import migrate
     from service.core.db import session_scope
     from service.core.queue import enqueue_jobs
-    from service.jobs.models import Job, utcnow
+    from service.models import Job, utcnow
     from service.jobs.repository import JobRepository, NewJob
     from workers.tasks import sweep
 

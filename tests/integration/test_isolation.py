@@ -59,7 +59,7 @@ def _post(stack, body: bytes, key: int = 0, **headers) -> httpx.Response:
 
 def _stored_jobs(tenant_name: str) -> int:
     from service.core.db import session_scope
-    from service.jobs.models import Job, Tenant
+    from service.models import Job, Tenant
 
     with session_scope() as s:
         return s.scalar(select(func.count()).select_from(Job).join(Tenant)

@@ -16,7 +16,8 @@ pytestmark = [pytest.mark.model, pytest.mark.services, pytest.mark.timeout(900)]
 
 def test_sampled_job_gets_a_measured_full_cache_rerun(pg_redis_stack):
     from service.core.db import session_scope
-    from service.jobs.shadow import ShadowRun, set_rate
+    from service.jobs.shadow import set_rate
+    from service.models import ShadowRun
 
     stack = pg_redis_stack
     with session_scope() as s:

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from service.core.db import session_scope
-from service.jobs.models import Job, UsageRecord
+from service.models import Job, UsageRecord
 from service.jobs.quotas import active_jobs, set_limits
 from service.jobs.repository import ClaimOutcome, JobRepository, NewJob
 from service.repos.ingest import Ingestion, SourceFile

@@ -74,7 +74,7 @@ def batch_count() -> int:
     from sqlalchemy import func, select
 
     from service.core.db import session_scope
-    from service.repos.models import Batch
+    from service.models import Batch
 
     with session_scope() as s:
         return s.scalar(select(func.count()).select_from(Batch))

@@ -12,10 +12,9 @@ import pytest
 from sqlalchemy import func, select
 
 from service.core.db import session_scope
-from service.jobs.models import Job, Result, UsageRecord
+from service.models import BatchFile, Job, Result, UsageRecord
 from service.jobs.repository import JobRepository
 from service.repos.ingest import Ingestion, SourceFile
-from service.repos.models import BatchFile
 from service.repos.repository import BatchRepository, FileStep, NewBatch
 
 OUTPUT = {"text": "It parses things.", "answers": [], "tokens_in": 50, "tokens_out": 5,

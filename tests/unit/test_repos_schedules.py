@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from service.core.db import session_scope
-from service.repos.models import Batch
+from service.models import Batch
 from service.repos.repository import BatchRepository
 from service.repos.schedules import (
     ScheduleError,

@@ -243,7 +243,7 @@ def test_keys_are_hashed_at_rest(client, keys):
 
     from service.core.db import session_scope
     from service.api.keys import hash_key
-    from service.jobs.models import ApiKey
+    from service.models import ApiKey
 
     with session_scope() as s:
         stored = set(s.scalars(select(ApiKey.key_hash)))

@@ -34,7 +34,7 @@ def db(tmp_path, monkeypatch):
 def _queued_jobs(tenant_id: int, n: int, age_s: float) -> list[str]:
     from service.core.db import session_scope
     from service.core.queue import enqueue_jobs
-    from service.jobs.models import Job, utcnow
+    from service.models import Job, utcnow
     from service.jobs.repository import JobRepository, NewJob
 
     with session_scope() as s:
@@ -100,7 +100,7 @@ def test_a_claimer_that_read_an_old_state_claims_nothing(db, monkeypatch):
     The second claim must change nothing: no second run, and a done job stays done."""
     from service.core.db import session_factory
     from service.jobs import repository
-    from service.jobs.models import Job, JobStatus, utcnow
+    from service.models import Job, JobStatus, utcnow
     from service.jobs.repository import ClaimOutcome, JobRepository
 
     job_id = _queued_jobs(db, 1, age_s=0)[0]

@@ -81,7 +81,7 @@ def test_a_row_the_database_refuses_fails_alone(database):
     from service.api.intake import Refusal, Submission, store
     from service.core.db import session_scope
     from service.core.settings import get_settings
-    from service.jobs.models import Job
+    from service.models import Job
 
     items = [Submission(_job(database)) for _ in range(5)]
     items[2] = Submission(_job(database, filename="\udc80.txt"))  # SQLite's driver refuses it

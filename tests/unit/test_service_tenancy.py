@@ -85,7 +85,7 @@ def test_tenant_keys_rotation_and_immediate_revocation(client, keys):
     # revoked by another process (here: straight in the database): refused on the very next
     # request, with no wait (valid keys are never cached)
     from service.core.db import session_scope
-    from service.jobs.models import ApiKey, utcnow
+    from service.models import ApiKey, utcnow
 
     with session_scope() as s:
         s.execute(update(ApiKey).where(ApiKey.id == rotated.json()["id"])
@@ -128,7 +128,7 @@ def test_active_jobs_quota_is_429_with_retry_after(client, keys):
 
 def test_daily_token_quota_is_429_until_midnight(client, keys):
     from service.core.db import session_scope
-    from service.jobs.models import UsageRecord
+    from service.models import UsageRecord
 
     admin, user = _h(keys["admin"]), _h(keys["user"])
     tenant = _tenant_id(client, keys, "acme")

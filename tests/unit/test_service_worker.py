@@ -44,7 +44,7 @@ def make_job(**overrides) -> str:
 
 def job_row(job_id):
     from service.core.db import session_scope
-    from service.jobs.models import Job
+    from service.models import Job
 
     with session_scope() as s:
         return s.get(Job, job_id)
@@ -87,7 +87,7 @@ def run(job_id, generate=stub_generate):
 
 def test_job_runs_and_stores_result_and_usage_together(db):
     from service.core.db import session_scope
-    from service.jobs.models import Result, UsageRecord
+    from service.models import Result, UsageRecord
 
     job_id = make_job()
     assert run(job_id) == "done"
@@ -107,7 +107,7 @@ def test_job_runs_and_stores_result_and_usage_together(db):
 
 def test_rerun_of_finished_job_is_a_noop(db):
     from service.core.db import session_scope
-    from service.jobs.models import Result
+    from service.models import Result
 
     job_id = make_job()
     assert run(job_id) == "done"
@@ -142,7 +142,7 @@ def test_cancel_stops_generation_and_stores_nothing(db):
 
     job_id = make_job()
     assert run(job_id, cancelled_midway) == "cancelled"
-    from service.jobs.models import UsageRecord
+    from service.models import UsageRecord
 
     assert job_row(job_id).status == "cancelled"
     with session_scope() as s:
@@ -191,7 +191,7 @@ def test_a_broken_model_fails_the_job_as_internal(db):
 
 def test_budget_keeps_its_unit_from_submission_to_usage(db):
     from service.core.db import session_scope
-    from service.jobs.models import UsageRecord
+    from service.models import UsageRecord
 
     stub_generate.calls.clear()
     job_id = make_job(budget=Budget.tokens(1))  # one token: no longer read back as 1.0
@@ -205,7 +205,7 @@ def test_budget_keeps_its_unit_from_submission_to_usage(db):
 
 def test_attempt_cap_and_busy_and_stale_takeover(db):
     from service.core.db import session_scope
-    from service.jobs.models import Job, utcnow
+    from service.models import Job, utcnow
 
     job_id = make_job()
     with session_scope() as s:  # a live worker has it: heartbeat fresh
@@ -243,7 +243,7 @@ def test_generation_request_per_kind():
 def test_sweeper_requeues_stale_running_jobs(db, monkeypatch):
     from service.core.db import session_scope
     from service.core.queue import queue_depths
-    from service.jobs.models import Job, utcnow
+    from service.models import Job, utcnow
     from workers.tasks import sweep
 
     job_id = make_job()

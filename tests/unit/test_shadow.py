@@ -70,7 +70,7 @@ def run_job(job_id):
 
 def shadow_row(job_id):
     from service.core.db import session_scope
-    from service.jobs.shadow import ShadowRun
+    from service.models import ShadowRun
 
     with session_scope() as s:
         return s.scalar(select(ShadowRun).where(ShadowRun.job_id == job_id))

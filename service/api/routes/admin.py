@@ -22,7 +22,7 @@ from service.api.auth import key_cache
 from service.api.deps import SessionDep
 from service.api.principal import Principal, require_principal
 from service.api.schemas import _as_utc, whole_number
-from service.jobs.models import ApiKey, Tenant, utcnow
+from service.models import ApiKey, Tenant, utcnow
 
 MAX_ID = 2**31 - 1
 TenantId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
@@ -193,7 +193,8 @@ def admin_router() -> APIRouter:
 
 def _quotas_out(session, tenant_id: int) -> QuotasOut:
     from service.core.settings import get_settings
-    from service.jobs.quotas import TenantQuota, active_jobs, limits_for, tokens_today
+    from service.jobs.quotas import active_jobs, limits_for, tokens_today
+    from service.models import TenantQuota
 
     _tenant(session, tenant_id)
     row = session.get(TenantQuota, tenant_id)

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from service.api.deps import SessionDep
 from service.api.principal import PrincipalDep
-from service.repos.models import Batch
+from service.models import Batch
 from service.reports.cost import MAX_DAYS, ReportError, build_report, parse_query, report_csv
 
 GroupByParam = Literal["day", "model", "policy", "batch", "tenant"]

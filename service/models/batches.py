@@ -31,7 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.jobs.models import BUDGET_CHECK, Base, HasBudget, JSONType, new_id, utcnow
+from service.models.base import BUDGET_CHECK, Base, HasBudget, JSONType, new_id, utcnow
 
 
 class BatchStatus(str, enum.Enum):
