@@ -13,7 +13,7 @@ from service.core.migrate import downgrade, upgrade
 from service.models import Base
 
 TABLES = {"tenants", "api_keys", "documents", "jobs", "results", "usage_records", "batches",
-          "batch_files", "batch_skipped_files", "batch_uploads", "schedules"}
+          "batch_files", "batch_skipped_files", "batch_uploads", "schedules", "stored_documents"}
 # budgets as revision 0001 stored them (one float) -> what 0002 makes of them
 OLD_BUDGETS = {"fraction": 0.5, "keep-all": 1.0, "tokens": 512.0, "none": None}
 CONVERTED = {"fraction": Budget.fraction(0.5), "keep-all": Budget.fraction(1.0),

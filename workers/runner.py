@@ -61,6 +61,10 @@ def heartbeat(job_id: str, progress: float | None = None) -> bool:
 def fail(job_id: str, message: str) -> None:
     with session_scope() as session:
         JobRepository(session).fail(job_id, message)
+        # a stored document whose read failed: its questions fail instead of waiting
+        from service.memories.repository import MemoryRepository
+
+        MemoryRepository(session).settle_reads()
 
 
 class ProgressReporter:
@@ -125,14 +129,23 @@ def run_job(job_id: str, *, load_model: Callable | None = None,
 
     try:
         with Heartbeat(job.id, settings.worker.heartbeat_interval_s):
-            request = generation_request(job, settings.model.n_up)
             if load_model is None or generate is None:
                 from namm import generate
                 from workers.model import get_model as load_model
             lm = load_model()
-            result = generate(lm, request,
-                              progress=ProgressReporter(job.id, settings.worker.progress_interval_s))
-            output = result.to_dict()
+            progress = ProgressReporter(job.id, settings.worker.progress_interval_s)
+            read_done = None
+            if job.kind == "read":  # a stored document (service/memories): read and keep
+                from workers.memories import run_read
+
+                output, read_done = run_read(lm, job, progress)
+            elif job.memory_id is not None:  # a question on a stored document
+                from workers.memories import run_question
+
+                output = run_question(lm, job)
+            else:
+                request = generation_request(job, settings.model.n_up)
+                output = generate(lm, request, progress=progress).to_dict()
             output["device"] = device_name(lm)  # the price and the rate depend on it
     except JobStopped:
         logger.info("job %s stopped: no longer running (cancelled)", job.id)
@@ -155,10 +168,21 @@ def run_job(job_id: str, *, load_model: Callable | None = None,
     try:
         with session_scope() as session:
             stored = JobRepository(session).complete(job.id, model_name, output, settings.prices)
+            if stored and read_done is not None:
+                from service.memories.repository import MemoryRepository
+                from workers.memories import ttl
+
+                MemoryRepository(session).read_done(job.memory_id, read_done, ttl())
     except IntegrityError:
         logger.info("job %s already has a result; nothing stored", job.id)
         stored = False
-    if stored:  # a sample of the tenant's jobs is rerun with the full cache, to measure
+    if read_done is not None and not stored:  # cancelled meanwhile: its file is nobody's
+        from service.memories.store import memory_store
+
+        memory_store().delete(read_done.storage_key)
+    # a sample of the tenant's jobs is rerun with the full cache, to measure (not the reads and
+    # questions of stored documents: their counterfactual is re-reading, priced from the read)
+    if stored and job.memory_id is None:
         from workers.shadow import schedule_shadow
 
         schedule_shadow(job.id)

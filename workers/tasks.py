@@ -97,6 +97,7 @@ def sweep() -> dict[str, int]:
                 requeue_after_s=worker.requeue_after_s)
     for job_id in lost:
         enqueue_job(job_id)
+    memories = settle_memories(settings)
     released = release_all()
     with session_scope() as session:
         purged = idempotency.purge_expired(session, settings.api.idempotency_ttl_s)
@@ -104,4 +105,26 @@ def sweep() -> dict[str, int]:
         logger.warning("sweeper re-queued %d stale running and %d lost queued job(s)",
                        len(stale), len(lost))
     return {"stale_running": len(stale), "lost_queued": len(lost), "released": released,
-            "keys_purged": purged}
+            "keys_purged": purged, **memories}
+
+
+def settle_memories(settings) -> dict[str, int]:
+    """Stored documents (service/memories): reads that ended without a memory are failed (their
+    questions then fail instead of waiting); documents past their expiry are deleted (text and
+    file); beyond `memories.max_total_bytes`, the least recently used files are dropped (their
+    next question rebuilds the memory from the text)."""
+    from service.core.db import session_scope
+    from service.memories.repository import MemoryRepository
+    from service.memories.store import memory_store
+    from service.models import utcnow
+
+    with session_scope() as session:
+        repo = MemoryRepository(session)
+        failed = repo.settle_reads()
+        expired = repo.expire(utcnow())
+        evicted = repo.evict_over(settings.memories.max_total_bytes) \
+            if settings.memories.max_total_bytes is not None else []
+    store = memory_store()
+    for key in expired + evicted:  # after the commit: a row never names a deleted file
+        store.delete(key)
+    return {"reads_failed": failed, "documents_expired": len(expired), "memories_evicted": len(evicted)}

@@ -139,6 +139,9 @@ def build_server() -> JobServer:
     from service.api.routes.schedules import schedule_router
 
     server.app.include_router(batch_router())  # repository batches (service/repos)
+    from service.api.routes.documents import document_router
+
+    server.app.include_router(document_router())  # stored documents (service/memories)
     server.app.include_router(schedule_router())
     from service.api.routes.dashboard import install_dashboard
     from service.api.routes.reports import report_router

@@ -119,6 +119,11 @@ class UsageOut(BaseModel):
     saved_micro_usd: int | None
     counterfactual_method: str | None
     counterfactual_estimated: bool
+    tokens_not_reread: int | None = Field(None, description="a question on a stored document: "
+                                          "the document's tokens it did not read again")
+    reread_cost_micro_usd: int | None = Field(None, description="what re-reading them with the "
+                                              "full cache would have cost: the reuse saving, "
+                                              "apart from saved_micro_usd")
 
 
 class JobOut(BaseModel):
@@ -128,6 +133,8 @@ class JobOut(BaseModel):
     attempts: int
     error: str | None
     kind: str
+    stored_document: str | None = Field(None, description="the stored document this job reads "
+                                        "(kind read) or answers from (/v1/documents/{id})")
     instruction: str | None
     questions: list[str]
     policy: str
@@ -200,10 +207,13 @@ def job_out(job, document=None) -> JobOut:
             full_cache_cost_micro_usd=u.full_cache_cost_micro_usd,
             saved_micro_usd=u.saved_micro_usd, counterfactual_method=u.counterfactual_method,
             counterfactual_estimated=u.counterfactual_estimated,
+            tokens_not_reread=u.tokens_not_reread, reread_cost_micro_usd=u.reread_cost_micro_usd,
         )
     return JobOut(
         id=job.id, status=job.status, progress=job.progress, attempts=job.attempts,
-        error=job.error, kind=job.kind, instruction=job.instruction, questions=job.questions,
+        error=job.error, kind=job.kind,
+        stored_document=f"/v1/documents/{job.memory_id}" if job.memory_id else None,
+        instruction=job.instruction, questions=job.questions,
         policy=job.policy, budget=job.budget, max_new_tokens=job.max_new_tokens,
         truncate=job.truncate, model=job.model, created_at=job.created_at,
         started_at=job.started_at, finished_at=job.finished_at,

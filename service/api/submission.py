@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException, Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -98,8 +98,8 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _form_options(fields: dict[str, list[str]]) -> dict[str, Any]:
-    unknown = sorted(set(fields) - OPTION_FIELDS - {"document", "document_format", "filename"})
+def _form_options(fields: dict[str, list[str]], allowed: set[str] = OPTION_FIELDS) -> dict[str, Any]:
+    unknown = sorted(set(fields) - allowed - {"document", "document_format", "filename"})
     if unknown:
         raise HTTPException(422, f"unknown form field(s): {', '.join(unknown)}")
     options: dict[str, Any] = {}
@@ -134,7 +134,7 @@ def _form_options(fields: dict[str, list[str]]) -> dict[str, Any]:
     return options
 
 
-def _validate(model: type[JobOptions], data: dict[str, Any]) -> JobOptions:
+def _validate(model: type[BaseModel], data: dict[str, Any]) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -142,6 +142,16 @@ def _validate(model: type[JobOptions], data: dict[str, Any]) -> JobOptions:
 
 
 def parse_submission(payload: dict[str, Any], settings: Settings) -> NewJob:
+    options, text, content_type, size, filename = parse_document(payload, settings, JsonJobRequest, JobOptions)
+    return _new_job(payload["tenant_id"], options, text=text, content_type=content_type,
+                    size=size, filename=filename, settings=settings)
+
+
+def parse_document(payload: dict[str, Any], settings: Settings, json_model: type[BaseModel],
+                   form_model: type[BaseModel]) -> tuple[Any, str, str, int, str | None]:
+    """A document and its options from a body read by `read_body`: (options, text, content
+    type, size in bytes, file name). `json_model` validates a JSON body (the document in it),
+    `form_model` a form's option fields (the document as the 'file' part)."""
     limits = settings.limits
     if payload["format"] == "json":
         body: bytes = payload["body"]
@@ -154,8 +164,7 @@ def parse_submission(payload: dict[str, Any], settings: Settings) -> NewJob:
         if not isinstance(data, dict):
             raise HTTPException(422, "the body must be a JSON object")
         check_tree(data)  # NUL and lone surrogates, before anything quotes or stores them
-        request = _validate(JsonJobRequest, data)
-        assert isinstance(request, JsonJobRequest)
+        request = _validate(json_model, data)
         raw = request.document.encode("utf-8")
         if len(raw) > limits.max_document_bytes:
             raise HTTPException(413, f"the document is {len(raw)} bytes; the limit is "
@@ -165,7 +174,7 @@ def parse_submission(payload: dict[str, Any], settings: Settings) -> NewJob:
             raise HTTPException(422, "the document is empty")
         content_type = {"text": "text/plain", "markdown": "text/markdown",
                         "html": "text/html"}[request.document_format]
-        options: JobOptions = request
+        options = request
         filename, size = request.filename, len(raw)
     else:
         fields = dict(payload["fields"])
@@ -176,11 +185,11 @@ def parse_submission(payload: dict[str, Any], settings: Settings) -> NewJob:
                 check_text(name, value)
         if upload is not None and upload["filename"]:
             check_text("filename", upload["filename"])
-        form = _form_options(fields)
+        form = _form_options(fields, set(form_model.model_fields))
         inline = form.pop("document", None)
         fmt_field = form.pop("document_format", None)
         filename = form.pop("filename", None)
-        options = _validate(JobOptions, form)
+        options = _validate(form_model, form)
         if upload is not None and inline is not None:
             raise HTTPException(422, "send the document either as 'file' or as 'document', not both")
         if upload is None and inline is None:
@@ -198,8 +207,7 @@ def parse_submission(payload: dict[str, Any], settings: Settings) -> NewJob:
         except DocumentError as exc:
             raise HTTPException(exc.status_code, exc.message) from None
         text, content_type, size = doc.text, doc.content_type, len(data)
-    return _new_job(payload["tenant_id"], options, text=text, content_type=content_type,
-                    size=size, filename=filename, settings=settings)
+    return options, text, content_type, size, filename
 
 
 def _check_option_sizes(options: JobOptions, filename: str | None, limits) -> None:

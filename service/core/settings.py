@@ -205,6 +205,19 @@ class QuotaSettings(BaseModel):
     max_tokens_per_day: int | None = None  # tokens_in + tokens_out of finished jobs, UTC day
 
 
+class MemorySettings(BaseModel):
+    """Stored documents (service/memories): where memory files live and how long, how many."""
+
+    # an fsspec URL or a folder: "var/memories" (the embedded default), "/data/memories" (a
+    # docker volume), "s3://bucket/memories" (with s3fs installed and its credentials in the
+    # environment); other schemes fsspec knows work the same way
+    store_url: str = "var/memories"
+    ttl_days: float = Field(30.0, gt=0)  # a document unused this long expires (text and memory)
+    max_total_bytes: int | None = Field(None, ge=1)  # over it: least recently used files go
+    max_tenant_bytes: int | None = Field(None, ge=1)  # one tenant's stored memories; over: 403
+    ram_bytes: int = Field(512 * 1024 * 1024, ge=0)  # each worker keeps recent memories in RAM
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="NAMM_",
@@ -224,6 +237,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     batches: BatchSettings = Field(default_factory=BatchSettings)
     quotas: QuotaSettings = Field(default_factory=QuotaSettings)
+    memories: MemorySettings = Field(default_factory=MemorySettings)
 
     @field_validator("worker")
     @classmethod

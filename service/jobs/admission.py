@@ -17,14 +17,19 @@ take the tenant past `max_active_jobs`.
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from service.jobs.quotas import active_jobs, limits_for, lock_active_jobs, tokens_today
 from service.jobs.repository import JobRepository
-from service.models import BatchFile, Job, JobStatus
+from service.models import BatchFile, Job, JobStatus, MemoryStatus, StoredDocument
 
 WAITING = JobStatus.waiting.value
+# a question on a stored document still being read waits for the read, whatever the quota
+# says (service/memories); the release after the read job sends it, like a quota release
+# (memory_id NULL must count as read: NOT (NULL IN ...) is NULL in SQL, not true)
+NOT_READ_YET = and_(Job.memory_id.is_not(None), Job.memory_id.in_(
+    select(StoredDocument.id).where(StoredDocument.status == MemoryStatus.reading.value)))
 RELEASE_AT_MOST = 500  # per tenant and call: the next call releases the rest
 
 
@@ -49,7 +54,7 @@ def queued_share(session: Session, tenant_id: int, wanted: int, defaults) -> int
     if free is None:
         return None
     waiting = session.scalar(select(func.count()).select_from(Job).where(
-        Job.tenant_id == tenant_id, Job.status == WAITING)) or 0
+        Job.tenant_id == tenant_id, Job.status == WAITING, ~NOT_READ_YET)) or 0
     return max(0, min(wanted, free - waiting))
 
 
@@ -64,7 +69,7 @@ def release(session: Session, tenant_id: int, defaults) -> list[str]:
         return []
     picked = list(session.scalars(
         select(Job.id).outerjoin(BatchFile, BatchFile.job_id == Job.id)
-        .where(Job.tenant_id == tenant_id, Job.status == WAITING)
+        .where(Job.tenant_id == tenant_id, Job.status == WAITING, ~NOT_READ_YET)
         .order_by(Job.created_at, BatchFile.position, Job.id)
         .limit(min(free if free is not None else RELEASE_AT_MOST, RELEASE_AT_MOST))))
     return JobRepository(session).release(picked)

@@ -173,3 +173,20 @@ def job_cost(prices: PricesSettings, *, policy: str, model: str, device: str | N
     return Cost(**common, counterfactual_method=method, full_cache_device_seconds=full_seconds,
                 full_cache_cost_micro_usd=micro_usd(tokens + full_seconds * per_second),
                 counterfactual_estimated=True)
+
+
+def reread_cost(prices: PricesSettings, *, model: str, device: str | None, finished_at: datetime,
+                tokens: int, kv_token_steps_full: float | None,
+                rates: tuple[DeviceRate, ...] | None = None) -> int | None:
+    """What reading `tokens` document tokens again with the full cache would cost: the saving of
+    a question answered from a stored document (service/memories), apart from its eviction
+    saving. The same formula as the full-cache counterfactual above, over the read's measured
+    full-cache KV token-steps; None without a measured rate (no saving claimed)."""
+    rates = load_rates(prices.rates_path) if rates is None else rates
+    rate = rate_for(rates, model, device)
+    if rate is None or kv_token_steps_full is None:
+        return None
+    price = price_at(prices, finished_at, device)
+    seconds = rate.seconds_per_token * tokens + rate.seconds_per_kv_token_step * kv_token_steps_full
+    return micro_usd(tokens * price.input_per_1k_tokens_micro_usd / 1000.0
+                     + seconds * price.device_hour_micro_usd / 3600.0)

@@ -62,6 +62,10 @@ class NewJob:
     max_new_tokens: int = 128
     truncate: bool = False
     max_attempts: int = 3
+    # a question on a stored document (service/memories): its text is that document's, not new
+    document_id: str | None = None
+    memory_id: str | None = None
+    waits: bool = False  # made waiting whatever the quota says (its stored document is being read)
 
 
 class ClaimOutcome(str, enum.Enum):
@@ -88,6 +92,7 @@ class ClaimedJob:
     max_new_tokens: int = 128
     truncate: bool = False
     attempt: int = 1
+    memory_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,24 +118,27 @@ class JobRepository:
         now = utcnow()
         documents, rows = [], []
         for i, job in enumerate(jobs):
-            waits = queued is not None and i >= queued
-            document_id, job_id = new_id(), new_id()
-            documents.append({
-                "id": document_id, "tenant_id": job.tenant_id, "filename": job.filename,
-                "content_type": job.content_type, "size_bytes": job.size_bytes,
-                "sha256": hashlib.sha256(job.text.encode("utf-8")).hexdigest(), "text": job.text,
-                "created_at": now,
-            })
+            waits = job.waits or (queued is not None and i >= queued)
+            job_id = new_id()
+            document_id = job.document_id or new_id()
+            if job.document_id is None:
+                documents.append({
+                    "id": document_id, "tenant_id": job.tenant_id, "filename": job.filename,
+                    "content_type": job.content_type, "size_bytes": job.size_bytes,
+                    "sha256": hashlib.sha256(job.text.encode("utf-8")).hexdigest(), "text": job.text,
+                    "created_at": now,
+                })
             rows.append({
                 "id": job_id, "tenant_id": job.tenant_id, "document_id": document_id,
                 "status": WAITING if waits else QUEUED, "progress": 0.0, "attempts": 0,
                 "max_attempts": job.max_attempts, "error": None, "kind": job.kind,
                 "instruction": job.instruction, "questions": job.questions, "policy": job.policy,
                 **budget_columns(job.budget), "max_new_tokens": job.max_new_tokens,
-                "truncate": job.truncate, "created_at": now,
+                "truncate": job.truncate, "created_at": now, "memory_id": job.memory_id,
                 "enqueued_at": None if waits else now,
             })
-        self.session.execute(insert(Document), documents)
+        if documents:
+            self.session.execute(insert(Document), documents)
         self.session.execute(insert(Job), rows)
         return [row["id"] for row in rows]
 
@@ -219,7 +227,7 @@ class JobRepository:
             id=job.id, tenant_id=job.tenant_id, text=text or "", kind=job.kind,
             instruction=job.instruction, questions=list(job.questions or []), policy=job.policy,
             budget=job.budget, max_new_tokens=job.max_new_tokens, truncate=job.truncate,
-            attempt=attempt,
+            attempt=attempt, memory_id=job.memory_id,
         )
 
     def _set_if_unchanged(self, job: Job, **values: Any) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 from namm.spec import NON_EVICTING_POLICIES
 from service.core.settings import PricesSettings
 from service.models import UsageRecord
-from service.jobs.pricing import Work, job_cost
+from service.jobs.pricing import Work, job_cost, reread_cost
 
 
 def entries_scored(kv_updates: list | None) -> float:
@@ -41,6 +41,10 @@ def usage_record(*, job_id: str, tenant_id: int, model: str, policy: str, budget
     cost = job_cost(prices, policy=policy, model=model, device=device, finished_at=finished_at,
                     work=work)
     allocated = output.get("kv_bytes_allocated_peak")
+    not_reread = output.get("tokens_not_reread")
+    saved_reading = None if not_reread is None else reread_cost(
+        prices, model=model, device=device, finished_at=finished_at, tokens=int(not_reread),
+        kv_token_steps_full=output.get("reread_kv_token_steps_full"))
     return UsageRecord(
         job_id=job_id, tenant_id=tenant_id, model=model, policy=policy,
         budget=None if policy in NON_EVICTING_POLICIES else budget,
@@ -58,5 +62,7 @@ def usage_record(*, job_id: str, tenant_id: int, model: str, policy: str, budget
         full_cache_cost_micro_usd=cost.full_cache_cost_micro_usd,
         counterfactual_method=cost.counterfactual_method,
         counterfactual_estimated=cost.counterfactual_estimated,
+        tokens_not_reread=None if not_reread is None else int(not_reread),
+        reread_cost_micro_usd=saved_reading,
         created_at=finished_at,
     )

@@ -13,6 +13,7 @@ from service.models.jobs import (FINISHED_STATUSES, ApiKey, Document, Job, JobSt
                                   UsageRecord)
 from service.models.batches import (BATCH_FINISHED, Batch, BatchFile, BatchStatus, BatchUpload, FileStatus,
                                      Schedule, SkippedFile)
+from service.models.memories import MemoryStatus, StoredDocument
 from service.models.idempotency import MAX_KEY_CHARS, IdempotencyKey
 from service.models.quotas import TenantQuota
 from service.models.shadow import DONE, FAILED, QUEUED, RUNNING, ShadowRun
@@ -21,6 +22,7 @@ __all__ = [
     "BUDGET_CHECK", "JSONType", "NAMING", "Base", "HasBudget", "as_utc", "budget_columns", "new_id", "utcnow",
     "FINISHED_STATUSES", "ApiKey", "Document", "Job", "JobStatus", "Result", "Tenant", "UsageRecord",
     "BATCH_FINISHED", "Batch", "BatchFile", "BatchStatus", "BatchUpload", "FileStatus", "Schedule", "SkippedFile",
+    "MemoryStatus", "StoredDocument",
     "MAX_KEY_CHARS", "IdempotencyKey", "TenantQuota",
     "DONE", "FAILED", "QUEUED", "RUNNING", "ShadowRun",
 ]

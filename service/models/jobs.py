@@ -108,6 +108,9 @@ class Job(HasBudget, Base):
     # the repository batch this job summarises a file of (service/repos); NULL for plain jobs
     batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="SET NULL"),
                                                  index=True)
+    # the stored document a question is answered from (service/memories); NULL: reads its text
+    memory_id: Mapped[str | None] = mapped_column(
+        ForeignKey("stored_documents.id", ondelete="SET NULL"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -174,6 +177,11 @@ class UsageRecord(HasBudget, Base):
     counterfactual_method: Mapped[str | None] = mapped_column(String(200))
     counterfactual_estimated: Mapped[bool] = mapped_column(Boolean, default=False,
                                                           server_default=false())
+    # a question answered from a stored document (service/memories): the document's tokens it
+    # did not read again, and what re-reading them with the full cache would have cost (the
+    # reuse saving, apart from the eviction saving above); NULL for every other job
+    tokens_not_reread: Mapped[int | None] = mapped_column(BigInteger)
+    reread_cost_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="usage")

@@ -95,7 +95,12 @@ def job_router() -> APIRouter:
         jobs.session.commit()
         if job is None:
             raise HTTPException(404, "job not found")
-        if was_queued:  # its quota slot is free now (a running job frees it when it stops)
+        if job.kind == "read":  # a stored document's read: it failed, its questions fail
+            from service.memories.repository import MemoryRepository
+
+            MemoryRepository(jobs.session).settle_reads()
+            jobs.session.commit()
+        if was_queued or job.kind == "read":  # a quota slot is free (a running job frees it when it stops)
             release_waiting(jobs.session, tenant_id)
         return job_out(job, jobs.document_info(job.document_id))
 
