@@ -1,0 +1,232 @@
+"""The worker's side of stored documents on the real default model (SmolLM2-135M, CPU) and a
+real SQLite database and store folder: a read job stores a memory; question jobs answer from it
+with the tokens `namm.ask` gives on the same memory in the process, from RAM, from the store,
+and after a damaged, missing or evicted file (rebuilt from the text, said so); billing charges
+the read once and each question its own work, with the re-read it saved; expiry deletes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+import namm
+from service.core.state import reset_process_state
+
+pytestmark = pytest.mark.model
+
+DOC = " ".join(
+    f"Depot {i} in the {['north', 'south', 'east', 'west'][i % 4]} zone stores {17 * i % 89} barrels of "
+    f"{['oil', 'wine', 'grain', 'tar'][i % 4]}, checked by inspector {['Ames', 'Bose', 'Cruz'][i % 3]}."
+    for i in range(30)
+) + " The master key of depot 21 is kept under the name Orchid-7240."
+QUESTION = "What name is the master key of depot 21 kept under?"
+BUDGET = namm.Budget.tokens(128)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("documents-worker")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NAMM_DATABASE__URL", f"sqlite:///{tmp / 'namm.db'}")
+    mp.setenv("NAMM_BROKER__URL", f"sqla+sqlite:///{tmp / 'broker.db'}")
+    mp.setenv("NAMM_MEMORIES__STORE_URL", str(tmp / "memories"))
+    mp.setenv("NAMM_WORKER__PROGRESS_INTERVAL_S", "0")
+    mp.setenv("NAMM_MODEL__N_UP", "256")
+    reset_process_state()
+    from service.core import migrate
+
+    migrate.upgrade()
+    yield tmp
+    mp.undo()
+    reset_process_state()
+
+
+def _run(job_id, lm):
+    from workers.runner import run_job
+
+    return run_job(job_id, load_model=lambda: lm, generate=namm.generate)
+
+
+def _store_document(policy="surprisal", budget=BUDGET):
+    from service.api.keys import get_or_create_tenant
+    from service.core.db import session_scope
+    from service.jobs.repository import NewJob
+    from service.memories.repository import MemoryRepository
+
+    with session_scope() as s:
+        tenant = get_or_create_tenant(s, "acme")
+        read = NewJob(tenant_id=tenant.id, text=DOC, content_type="text/plain", size_bytes=len(DOC),
+                      filename=None, kind="read", instruction=None, policy=policy, budget=budget,
+                      max_new_tokens=1)
+        row = MemoryRepository(s).create(read, n_up=256, ttl=timedelta(days=30))
+        return row.id, row.read_job_id
+
+
+def _ask(memory_id, questions=(QUESTION,)):
+    from service.core.db import session_scope
+    from service.jobs.repository import NewJob
+    from service.memories.repository import MemoryRepository
+    from service.models import StoredDocument
+
+    with session_scope() as s:
+        row = s.get(StoredDocument, memory_id)
+        job = NewJob(tenant_id=row.tenant_id, text="", content_type="", size_bytes=0, filename=None,
+                     kind="answer", instruction=None, questions=list(questions), max_new_tokens=12)
+        return MemoryRepository(s).question(row, job)
+
+
+def _load(model, ident):
+    from service.core.db import session_scope
+
+    with session_scope() as s:
+        obj = s.get(model, ident)
+        if obj is not None and hasattr(obj, "usage"):
+            _ = obj.usage, obj.result
+        s.expunge_all()
+        return obj
+
+
+@pytest.fixture(scope="module")
+def stored(env, lm):
+    """A document read by its job, and the answer `namm.ask` gives on the same memory."""
+    from service.models import StoredDocument
+
+    memory_id, read_job = _store_document()
+    assert _run(read_job, lm) == "done"
+    expected = namm.ask(lm, namm.read_document(lm, DOC, policy="surprisal", budget=BUDGET, n_up=256),
+                        QUESTION, max_new_tokens=12).answers
+    return memory_id, read_job, expected, _load(StoredDocument, memory_id)
+
+
+def _answer(job_id):
+    from service.models import Job
+
+    job = _load(Job, job_id)
+    assert job.status == "done", job.error
+    return job
+
+
+def test_the_read_stores_a_memory_and_bills_the_read_once(stored, env):
+    from service.models import Job
+
+    memory_id, read_job, _, row = stored
+    assert row.status == "ready" and row.tokens > 600
+    assert 0 < row.bytes_stored < row.full_cache_bytes  # a budget of 128 tokens of ~700
+    assert (env / "memories" / row.storage_key).stat().st_size == row.bytes_stored
+    job = _load(Job, read_job)
+    assert job.usage.tokens_in == row.tokens and job.usage.tokens_out == 0
+    assert job.usage.cost_micro_usd > 0 and job.usage.tokens_not_reread is None
+
+
+def test_questions_answer_from_the_memory_as_namm_ask_does(stored, lm):
+    from workers import memories
+
+    memory_id, _, expected, row = stored
+    job_id = _ask(memory_id)
+    assert _run(job_id, lm) == "done"
+    job = _answer(job_id)
+    assert job.result.answers == expected
+    assert job.result.stats["memory"] == "ram"  # the read left it in this worker's RAM
+    memories._forget_ram()
+    job_id = _ask(memory_id)
+    assert _run(job_id, lm) == "done"
+    job = _answer(job_id)
+    assert job.result.answers == expected and job.result.stats["memory"] == "store"
+    # billed by its own work; the re-read it saved is priced apart
+    assert job.usage.tokens_in < 60 and job.usage.tokens_not_reread == row.tokens
+    assert job.usage.reread_cost_micro_usd > job.usage.cost_micro_usd
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "missing", "evicted"])
+def test_a_lost_memory_is_rebuilt_from_the_text(stored, lm, env, damage):
+    from service.core.db import session_scope
+    from service.models import StoredDocument
+    from workers import memories
+
+    memory_id, _, expected, _ = stored
+    row = _load(StoredDocument, memory_id)
+    path = env / "memories" / row.storage_key
+    memories._forget_ram()
+    if damage == "corrupt":
+        data = bytearray(path.read_bytes())
+        data[-10] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif damage == "missing":
+        path.unlink()
+    else:  # what the sweep's LRU eviction leaves: no file, no bytes
+        path.unlink()
+        with session_scope() as s:
+            s.execute(update(StoredDocument).where(StoredDocument.id == memory_id)
+                      .values(storage_key=None, bytes_stored=0))
+    job_id = _ask(memory_id)
+    assert _run(job_id, lm) == "done"
+    job = _answer(job_id)
+    assert job.result.answers == expected
+    assert job.result.stats["memory"].startswith("memory rebuilt: ")
+    assert job.usage.tokens_not_reread is None  # it did re-read: no reuse saving claimed
+    after = _load(StoredDocument, memory_id)
+    assert after.storage_key != row.storage_key and after.bytes_stored > 0
+    assert Path(env / "memories" / after.storage_key).exists()
+    assert not path.exists()  # the damaged file is gone
+
+
+def test_a_waiting_question_runs_after_the_read(env, lm):
+    from service.core.db import session_scope
+    from service.core.settings import get_settings
+    from service.jobs import admission
+    from service.models import Job
+
+    memory_id, read_job = _store_document(policy="streaming_llm", budget=namm.Budget.tokens(96))
+    job_id = _ask(memory_id)
+    assert _load(Job, job_id).status == "waiting"
+    assert _run(read_job, lm) == "done"
+    with session_scope() as s:  # what the task does after every job (workers/releases.py)
+        released = admission.release(s, _load(Job, job_id).tenant_id, get_settings().quotas)
+    assert job_id in released
+    assert _run(job_id, lm) == "done"
+    assert _answer(job_id).result.answers[0]
+
+
+def test_expiry_deletes_the_text_and_the_file(env, lm):
+    from service.core.db import session_scope
+    from service.core.settings import get_settings
+    from service.models import Document, StoredDocument, utcnow
+    from workers.tasks import settle_memories
+
+    memory_id, read_job = _store_document(policy="recency", budget=namm.Budget.tokens(64))
+    assert _run(read_job, lm) == "done"
+    row = _load(StoredDocument, memory_id)
+    assert (env / "memories" / row.storage_key).exists()
+    with session_scope() as s:
+        s.execute(update(StoredDocument).where(StoredDocument.id == memory_id)
+                  .values(expires_at=utcnow() - timedelta(seconds=1)))
+    assert settle_memories(get_settings())["documents_expired"] >= 1
+    after = _load(StoredDocument, memory_id)
+    assert after.status == "expired" and after.bytes_stored == 0
+    assert not (env / "memories" / row.storage_key).exists()
+    assert _load(Document, row.document_id).text == ""
+
+
+def test_lru_eviction_keeps_the_total_under_the_setting(env, lm, monkeypatch):
+    from service.core.db import session_scope
+    from service.memories.repository import MemoryRepository
+    from service.models import StoredDocument
+
+    older, job_a = _store_document(policy="recency", budget=namm.Budget.tokens(64))
+    newer, job_b = _store_document(policy="recency", budget=namm.Budget.tokens(64))
+    assert _run(job_a, lm) == "done" and _run(job_b, lm) == "done"
+    a, b = _load(StoredDocument, older), _load(StoredDocument, newer)
+    with session_scope() as s:
+        others = s.query(StoredDocument).filter(StoredDocument.id.notin_([older, newer]),
+                                                StoredDocument.bytes_stored > 0).all()
+        for o in others:  # older than both
+            o.last_used_at = a.last_used_at - timedelta(hours=1)
+        total = sum(o.bytes_stored for o in others) + a.bytes_stored + b.bytes_stored
+    with session_scope() as s:
+        keys = MemoryRepository(s).evict_over(total - 1)
+    # the least recently used go first, until the total fits
+    assert keys and b.storage_key not in keys
+    assert _load(StoredDocument, newer).bytes_stored == b.bytes_stored
