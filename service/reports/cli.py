@@ -63,6 +63,11 @@ def format_table(report: dict[str, Any]) -> str:
         out.append(f"est.: the full-cache cost of {totals['estimated_jobs']} job(s) is estimated "
                    f"({', '.join(m for m in totals['counterfactual_methods'] if m != 'self')}); "
                    "a negative saving is a loss")
+    if totals.get("questions_from_memories"):
+        out.append(f"stored documents: {totals['questions_from_memories']} question(s) answered from "
+                   f"kept memories, {totals['tokens_not_reread']:,} document tokens not read again, "
+                   f"{usd(totals['reuse_saved_micro_usd'])} USD saved by not re-reading (apart from "
+                   "the eviction saving above)")
     shadow = report.get("shadow") or {}
     if shadow.get("done"):
         out.append(f"measured on {shadow['done']} full-cache rerun(s): saved "

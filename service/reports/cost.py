@@ -133,6 +133,12 @@ class Totals:
     estimated_jobs: int = 0
     jobs_without_kv_counts: int = 0  # records from before revision 0004
     methods: set[str] = field(default_factory=set)
+    # the reuse view (stored documents, service/memories): questions answered from a kept
+    # memory, the document tokens they did not read again, and what re-reading them with the
+    # full cache would have cost: a saving apart from the eviction saving above
+    questions_from_memories: int = 0
+    tokens_not_reread: int = 0
+    reuse_saved_micro_usd: int = 0
 
     def add(self, u: dict[str, Any]) -> None:
         self.jobs += 1
@@ -155,6 +161,10 @@ class Totals:
             self.full_cache_cost_micro_usd += u["full_cache_cost_micro_usd"]
             self.estimated_jobs += bool(u["counterfactual_estimated"])
             self.methods.add(u["counterfactual_method"] or "")
+        if u["tokens_not_reread"] is not None:
+            self.questions_from_memories += 1
+            self.tokens_not_reread += u["tokens_not_reread"]
+            self.reuse_saved_micro_usd += u["reread_cost_micro_usd"] or 0
 
     def as_dict(self) -> dict[str, Any]:
         saved = self.full_cache_cost_micro_usd - self.cost_with_counterfactual_micro_usd
@@ -177,6 +187,9 @@ class Totals:
             "estimated_jobs": self.estimated_jobs,
             "jobs_without_kv_counts": self.jobs_without_kv_counts,
             "counterfactual_methods": sorted(self.methods),
+            "questions_from_memories": self.questions_from_memories,
+            "tokens_not_reread": self.tokens_not_reread,
+            "reuse_saved_micro_usd": self.reuse_saved_micro_usd,
         }
 
 
@@ -184,7 +197,8 @@ USAGE_COLUMNS = ("tokens_in", "tokens_out", "kv_token_steps", "kv_token_steps_fu
                  "kv_bytes_peak", "kv_bytes_full_peak", "seconds", "seconds_prefill",
                  "seconds_decode", "seconds_policy", "billed_device_seconds", "cost_micro_usd",
                  "full_cache_cost_micro_usd", "counterfactual_estimated",
-                 "counterfactual_method", "model", "policy", "created_at", "tenant_id")
+                 "counterfactual_method", "model", "policy", "created_at", "tenant_id",
+                 "tokens_not_reread", "reread_cost_micro_usd")
 
 
 def _as_utc(when: datetime) -> datetime:

@@ -230,3 +230,25 @@ def test_lru_eviction_keeps_the_total_under_the_setting(env, lm, monkeypatch):
     # the least recently used go first, until the total fits
     assert keys and b.storage_key not in keys
     assert _load(StoredDocument, newer).bytes_stored == b.bytes_stored
+
+
+def test_the_cost_report_shows_the_reuse_apart_from_eviction(stored, lm):
+    from service.core.db import session_scope
+    from service.models import Job, UsageRecord
+    from service.reports.cli import format_table
+    from service.reports.cost import build_report, parse_query
+
+    memory_id, _, _, row = stored
+    job_id = _ask(memory_id)
+    assert _run(job_id, lm) == "done"
+    with session_scope() as s:
+        report = build_report(s, parse_query(from_=None, to=None, group_by="policy", tz=None,
+                                             tenant_id=row.tenant_id))
+        from_memories = s.query(UsageRecord).join(Job).filter(UsageRecord.tokens_not_reread.is_not(None)).all()
+        expected_saved = sum(u.reread_cost_micro_usd for u in from_memories)
+        expected_tokens = sum(u.tokens_not_reread for u in from_memories)
+    totals = report["totals"]
+    assert totals["questions_from_memories"] == len(from_memories) >= 2
+    assert totals["tokens_not_reread"] == expected_tokens
+    assert totals["reuse_saved_micro_usd"] == expected_saved > 0
+    assert "question(s) answered from kept memories" in format_table(report)

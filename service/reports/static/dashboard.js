@@ -134,6 +134,11 @@ function drawSummary(totals, shadow) {
       totals.jobs_with_counterfactual ? "$" + usd(totals.saved_micro_usd) : "-"],
     ["KV token-steps saved", big(totals.kv_token_steps_saved)],
   ];
+  if (totals.questions_from_memories > 0) {  // stored documents: reuse, apart from eviction
+    items.push(["saved by not re-reading (stored documents)", "$" + usd(totals.reuse_saved_micro_usd)]);
+    items.push([`tokens not re-read, ${big(totals.questions_from_memories)} question(s) from stored memories`,
+      big(totals.tokens_not_reread)]);
+  }
   if (shadow && shadow.done > 0) {  // full-cache reruns: measured, shown apart from estimates
     items.push([`saved, measured on ${shadow.done} full-cache rerun(s)`, "$" + usd(shadow.saved_micro_usd)]);
     items.push(["reruns with the same answer", `${shadow.answers_agree} of ${shadow.done}`]);
