@@ -24,6 +24,7 @@ def local_environment(var: Path) -> dict[str, str]:
     env.setdefault("NAMM_DATABASE__URL", f"sqlite:///{var / 'namm.db'}")
     env.setdefault("NAMM_BROKER__URL", f"sqla+sqlite:///{var / 'broker.db'}")
     env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(var / "metrics"))
+    env.setdefault("NAMM_MEMORIES__STORE_URL", str(var / "memories"))  # stored documents
     return env
 
 

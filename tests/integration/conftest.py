@@ -128,6 +128,7 @@ def base_env(tmp: Path, **extra: str) -> dict[str, str]:
         "NAMM_API__LOG_LEVEL": "warning",
         "NAMM_WORKER__PROGRESS_INTERVAL_S": "0",
         "NAMM_ENVIRONMENT": "test",
+        "NAMM_MEMORIES__STORE_URL": str(tmp / "memories"),
     })
     env.update(extra)
     return env

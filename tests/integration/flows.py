@@ -114,3 +114,36 @@ def check_metrics(stack) -> None:
     assert 'namm_jobs{status="done"}' in text
     assert 'namm_tokens_processed_total{direction="in"}' in text
     assert "namm_kv_kept_fraction_count 0.0" not in text
+
+
+def stored_document_journey(stack) -> None:
+    """Store a document, ask while it is being read (the question waits, then runs), ask again
+    once it is ready: both answered from the memory without reading the document again; the
+    read billed once; then delete it."""
+    with httpx.Client(base_url=stack.url, headers={"X-API-Key": stack.keys[0]}, timeout=30) as c:
+        r = c.post("/v1/documents", json={"document": SHORT_DOCUMENT, "policy": "surprisal", "budget": 0.5})
+        assert r.status_code == 202, r.text
+        doc = r.json()
+        early = c.post(doc["questions_url"], json={"questions": [QUESTION], "max_new_tokens": 16})
+        assert early.status_code == 202, early.text
+        read = wait_for(c, doc["read_job"].rsplit("/", 1)[1])
+        assert read["status"] == "done", (read, stack.procs.log_tail("worker"))
+        assert read["usage"]["tokens_in"] > 150 and read["usage"]["tokens_out"] == 0
+        first = wait_for(c, early.json()["id"])
+        assert first["status"] == "done", (first, stack.procs.log_tail("worker"))
+        ready = c.get(f"/v1/documents/{doc['id']}").json()
+        assert ready["status"] == "ready" and ready["tokens"] == read["usage"]["tokens_in"]
+        assert 0 < ready["bytes_stored"] < ready["full_cache_bytes"]
+        later = c.post(doc["questions_url"], json={"questions": [QUESTION], "max_new_tokens": 16})
+        second = wait_for(c, later.json()["id"])
+        assert second["status"] == "done", second
+        for answered in (first, second):
+            assert "4711" in answered["result"]["text"], answered["result"]
+            usage = answered["usage"]
+            assert usage["tokens_not_reread"] == ready["tokens"]  # the document was not read again
+            assert usage["tokens_in"] < 60 and usage["reread_cost_micro_usd"] > usage["cost_micro_usd"]
+        assert first["result"]["answers"] == second["result"]["answers"]
+        other = httpx.get(f"{stack.url}/v1/documents/{doc['id']}", headers={"X-API-Key": stack.keys[1]})
+        assert other.status_code == 404
+        assert c.delete(f"/v1/documents/{doc['id']}").status_code == 204
+        assert c.get(f"/v1/documents/{doc['id']}").status_code == 404

@@ -9,6 +9,7 @@ from flows import (
     check_rerun_is_noop,
     check_stored_once,
     check_tenant_isolation,
+    stored_document_journey,
     submit_and_read_answer,
     wait_for,
     wait_for_worker_log,
@@ -23,6 +24,10 @@ def test_submit_run_store_serve(pg_redis_stack):
     check_tenant_isolation(pg_redis_stack, job["id"])
     check_rerun_is_noop(pg_redis_stack, job)
     check_metrics(pg_redis_stack)
+
+
+def test_stored_document_journey(pg_redis_stack):
+    stored_document_journey(pg_redis_stack)
 
 
 def test_document_longer_than_context_fails_clearly(pg_redis_stack):
