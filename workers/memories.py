@@ -91,7 +91,7 @@ def run_read(lm, job: ClaimedJob, progress: Callable | None = None) -> tuple[dic
     memory = _read(lm, job, settings.model.n_up, progress)
     output = read_output(memory, time.perf_counter() - started)
     key = storage_key(job.memory_id, job.attempt)
-    nbytes = memory_store().save(memory, key)
+    nbytes = _save(memory, key)
     _remember(key, memory)
     output.update(memory_bytes_stored=nbytes, memory_kv_bytes=memory.kv_bytes,
                   memory_full_cache_bytes=memory.full_kv_bytes)
@@ -100,6 +100,24 @@ def run_read(lm, job: ClaimedJob, progress: Callable | None = None) -> tuple[dic
                     full_cache_bytes=memory.full_kv_bytes, storage_key=key,
                     kv_token_steps_full=output["kv_token_steps_full"])
     return output, done
+
+
+class StoreFailed(Exception):
+    """The memory could not be written to the store (a full disk, an unreachable object
+    store): the service's failure, with a message safe to show the tenant."""
+
+
+def _save(memory, key: str) -> int:
+    from safetensors import SafetensorError
+
+    try:
+        return memory_store().save(memory, key)
+    except (OSError, SafetensorError) as exc:  # namm.save_memory removed its temporary file
+        logger.error("could not store memory %s: %s", key, exc)
+        # safetensors says "Error while serializing: I/O error: No space left on device (...)"
+        reason = getattr(exc, "strerror", None) or str(exc).split(": ", 1)[-1] or type(exc).__name__
+        raise StoreFailed(f"the document was read but its memory could not be stored "
+                          f"({reason}); retry later") from exc
 
 
 class DocumentNotReadable(InputError):
@@ -134,7 +152,10 @@ def _memory_for(lm, job: ClaimedJob, row) -> tuple[object, str, tuple[str, int] 
     memory = _read(lm, job, get_settings().model.n_up, None)
     memory.cache.take_work()  # the rebuild is not the question's work (module docstring)
     new_key = storage_key(row.id, f"r{int(time.time() * 1000)}")
-    nbytes = memory_store().save(memory, new_key)
+    try:
+        nbytes = _save(memory, new_key)
+    except StoreFailed:  # the question is still answered from the rebuilt memory
+        return memory, f"memory rebuilt: {why} (not stored again: the store refused it)", None
     _remember(new_key, memory)
     return memory, f"memory rebuilt: {why}", (new_key, nbytes)
 
@@ -155,7 +176,7 @@ def run_question(lm, job: ClaimedJob) -> dict:
                       max_new_tokens=job.max_new_tokens)
     output = result.to_dict()
     output["memory"] = source
-    if rebuilt is None:  # the document was not read again: the reuse the report shows
+    if not source.startswith("memory rebuilt"):  # not read again: the reuse the report shows
         output["tokens_not_reread"] = memory.tokens
         output["reread_kv_token_steps_full"] = row.read_kv_token_steps_full
     with session_scope() as session:
@@ -169,4 +190,4 @@ def run_question(lm, job: ClaimedJob) -> dict:
     return output
 
 
-__all__ = ["run_read", "run_question", "read_output", "DocumentNotReadable"]
+__all__ = ["run_read", "run_question", "read_output", "DocumentNotReadable", "StoreFailed"]

@@ -20,6 +20,7 @@ from namm.spec import NON_EVICTING_POLICIES, GenerationRequest
 from service.core.db import session_scope
 from service.core.settings import get_settings
 from service.jobs.repository import ClaimedJob, ClaimOutcome, JobRepository
+from workers.memories import StoreFailed
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +153,9 @@ def run_job(job_id: str, *, load_model: Callable | None = None,
         return "cancelled"
     except SoftTimeLimitExceeded:
         fail(job.id, f"the job exceeded its time limit ({settings.worker.soft_time_limit_s} s)")
+        return "failed"
+    except StoreFailed as exc:  # ours, but with a message the tenant can read (a full disk)
+        fail(job.id, str(exc))
         return "failed"
     except InputError as exc:  # the client's input: they can act on the message
         logger.info("job %s failed on its input: %s", job.id, exc)

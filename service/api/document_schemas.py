@@ -44,6 +44,11 @@ class QuestionRequest(BaseModel):
 
     _whole = field_validator("max_new_tokens", mode="before")(whole_number)
 
+    @field_validator("instruction")
+    @classmethod
+    def _instruction(cls, value: str | None) -> str | None:
+        return (value.strip() or None) if value is not None else None  # blank: no instruction
+
     @field_validator("questions")
     @classmethod
     def _questions(cls, value: list[str]) -> list[str]:

@@ -16,6 +16,7 @@ from service.core.settings import Settings
 
 COMPONENTS = "#/components/schemas/"
 JOBS, BATCHES, REPORT = ("/v1/jobs", "post"), ("/v1/batches", "post"), ("/v1/reports/cost", "get")
+DOCUMENTS, QUESTIONS = ("/v1/documents", "post"), ("/v1/documents/{document_id}/questions", "post")
 SCHEDULE_MODELS = ("ScheduleRequest", "ScheduleUpdate")
 BATCH_QUESTION_CHARS = 2000  # service/api/batch_schemas.py BatchOptions._questions
 
@@ -27,6 +28,9 @@ UPLOAD_TYPES = {
     JOBS: ("text/plain, text/markdown, text/html, application/pdf",
            "the document: UTF-8 text (or UTF-16 with a BOM) without NUL and with some "
            "non-whitespace text, as plain text, Markdown or HTML, or a PDF with a text layer"),
+    DOCUMENTS: ("text/plain, text/markdown, text/html, application/pdf",
+                "the document: UTF-8 text (or UTF-16 with a BOM) without NUL and with some "
+                "non-whitespace text, as plain text, Markdown or HTML, or a PDF with a text layer"),
     BATCHES: ("application/gzip, application/x-tar, application/zip",
               "the repository as a .tar.gz, .tar or .zip archive"),
 }
@@ -127,9 +131,10 @@ def exact_forms(schema: dict) -> None:
 
 
 def exact_idempotency_key(schema: dict) -> None:
-    for parameter in _operation(schema, JOBS).get("parameters", []):
-        if parameter.get("name") == "Idempotency-Key":  # service/api/intake.py idempotency_key
-            parameter["schema"]["pattern"] = IDEMPOTENCY_KEY
+    for key in (JOBS, DOCUMENTS, QUESTIONS):
+        for parameter in _operation(schema, key).get("parameters", []):
+            if parameter.get("name") == "Idempotency-Key":  # service/api/intake.py idempotency_key
+                parameter["schema"]["pattern"] = IDEMPOTENCY_KEY
 
 
 def _request_schemas(schema: dict) -> list[dict]:
@@ -207,8 +212,9 @@ KIND_RULES = [
 
 
 def exact_options(schema: dict, settings: Settings) -> None:
-    for body in _bodies(schema, JOBS):
+    for body in _bodies(schema, JOBS) + _bodies(schema, DOCUMENTS) + _bodies(schema, QUESTIONS):
         _limit_options(body, settings, settings.limits.max_question_chars)
+    for body in _bodies(schema, JOBS):
         body["allOf"] = body.get("allOf", []) + copy.deepcopy(KIND_RULES)
     batch_bodies = _bodies(schema, BATCHES) + [
         schema["components"]["schemas"][m] for m in SCHEDULE_MODELS

@@ -252,3 +252,108 @@ def test_the_cost_report_shows_the_reuse_apart_from_eviction(stored, lm):
     assert totals["tokens_not_reread"] == expected_tokens
     assert totals["reuse_saved_micro_usd"] == expected_saved > 0
     assert "question(s) answered from kept memories" in format_table(report)
+
+
+def test_concurrent_questions_each_work_on_their_own_copy(stored, lm):
+    """Two questions on one memory at once, in two threads of one worker process (they share
+    the memory in RAM): each answers from its own copy, as if alone."""
+    import threading
+
+    from workers import memories
+
+    memory_id, _, expected, _ = stored
+    memories._forget_ram()
+    jobs = [_ask(memory_id) for _ in range(2)]
+    _run(_ask(memory_id), lm)  # loads the memory into RAM: both threads fork the same one
+    outcomes = {}
+    threads = [threading.Thread(target=lambda j=j: outcomes.__setitem__(j, _run(j, lm))) for j in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [outcomes[j] for j in jobs] == ["done", "done"]
+    for j in jobs:
+        job = _answer(j)
+        assert job.result.answers == expected and job.result.stats["memory"] == "ram"
+
+
+CHILD_WRITER = """
+import sys
+import namm
+lm = namm.load_model()
+memory = namm.load_memory(lm, sys.argv[1])
+print("loaded", flush=True)
+for i in range(1000):
+    print(f"start {i}", flush=True)
+    namm.save_memory(memory, f"{sys.argv[2]}/k{i}.mem")
+"""
+
+
+def test_sigkill_while_writing_never_leaves_a_memory_that_loads(env, lm, tmp_path):
+    """A worker killed in the middle of writing a memory: the file being written is absent
+    (only a temporary file is left), every finished one loads; nothing half-written loads."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    memory = namm.read_document(lm, DOC, policy="full")  # ~30 MiB: a write long enough to cut
+    source = namm.save_memory(memory, tmp_path / "source.mem")
+    folder = tmp_path / "store"
+    folder.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", CHILD_WRITER, str(source), str(folder)],
+                             stdout=subprocess.PIPE, text=True)
+    partial = []
+    try:
+        for line in child.stdout:
+            if line.strip() == "start 3":
+                break
+        deadline = time.monotonic() + 30
+        while not partial and time.monotonic() < deadline:  # k3's temporary file: mid-write
+            partial = [p for p in folder.iterdir() if p.name.startswith(".k3.mem.")]
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(timeout=60)
+    assert partial, "the writer never started k3's file"
+    finals = sorted(p.name for p in folder.iterdir() if p.name.endswith(".mem"))
+    assert {"k0.mem", "k1.mem", "k2.mem"} <= set(finals)
+    for name in finals:  # whatever has the final name is whole
+        assert namm.load_memory(lm, folder / name).tokens == memory.tokens
+    if "k3.mem" not in finals:  # killed before the rename (nearly always): only the temporary
+        assert [p.name for p in folder.iterdir() if not p.name.endswith(".mem")] == [partial[0].name]
+    # a temporary name is never a key the store reads (keys start with a letter or digit)
+    from service.memories.store import MemoryStore
+
+    with pytest.raises(ValueError):
+        MemoryStore(str(folder)).path(partial[0].name)
+
+
+def test_a_full_disk_fails_the_read_clearly_and_leaves_no_partial_file(env, lm, monkeypatch):
+    """The store on a real 1 MiB tmpfs: a ~30 MiB memory does not fit."""
+    import os
+    import subprocess
+
+    from service.models import Job, StoredDocument
+
+    small = env / "full-disk"
+    small.mkdir(exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a small tmpfs for the full-disk test: {mounted.stderr}")
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        monkeypatch.setenv("NAMM_MEMORIES__STORE_URL", str(small))
+        reset_process_state()
+        memory_id, read_job = _store_document(policy="full", budget=None)
+        assert _run(read_job, lm) == "failed"
+        job = _load(Job, read_job)
+        assert "could not be stored" in job.error and "No space left on device" in job.error
+        assert list(small.iterdir()) == []  # no partial file, no temporary file
+        row = _load(StoredDocument, memory_id)
+        assert row.status == "failed" and "No space left" in row.error
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+        monkeypatch.undo()
+        reset_process_state()

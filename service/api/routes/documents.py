@@ -140,11 +140,33 @@ async def _question_body(request: Request) -> QuestionRequest:
         raise HTTPException(400, "the JSON body nests too deeply") from None
 
 
+def _document_body() -> dict:
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": JsonDocumentRequest.model_json_schema()},
+        "multipart/form-data": {"schema": {
+            "type": "object", "required": ["file"],
+            "properties": {"file": {"type": "string", "format": "binary",
+                                    "description": "text, Markdown, HTML or PDF"},
+                           "policy": {"type": "string"},
+                           "budget": {"type": "string", "description": 'a fraction ("0.3") or a '
+                                      'JSON budget object (\'{"tokens": 2048}\')'}}}}}}}
+
+
+def _question_body_schema() -> dict:
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": QuestionRequest.model_json_schema()}}},
+        "parameters": [{
+            "name": "Idempotency-Key", "in": "header", "required": False,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            "description": "retries with the same key and body answer the first job"}]}
+
+
 def document_router() -> APIRouter:
     router = APIRouter(prefix=DOCUMENTS_PATH, tags=["documents"])
 
     @router.post("", status_code=202, response_model=StoredDocumentOut,
                  summary="Store a document: read it once into a memory for later questions",
+                 openapi_extra={**_document_body(), "parameters": _question_body_schema()["parameters"]},
                  responses={400: {"description": "unreadable body"}, 403: {"description": "storage quota"},
                             409: {"description": "Idempotency-Key used with another request"},
                             413: {"description": "document too large"},
@@ -205,6 +227,7 @@ def document_router() -> APIRouter:
 
     @router.post("/{document_id}/questions", status_code=202, response_model=JobSubmitted,
                  summary="Ask about a stored document: a job answered from its memory",
+                 openapi_extra=_question_body_schema(),
                  description="Answered without reading the document again. On a document still "
                              "being read the job is `waiting` until the read is done, then runs. "
                              "Poll the job's url (GET /v1/jobs/{id}) for the answers.",
