@@ -66,7 +66,7 @@ def _memory_file(path: str) -> str:
 def cmd_generate(args) -> int:
     document = _read_document(args.file) if args.file else None
     memory_path = _memory_file(args.memory) if args.memory else None
-    from . import ask, generate, load_memory, load_model, read_document, save_memory
+    from . import ask, generate, load_memory, load_model, read_document, read_manifest, save_memory
     from .errors import InputError, SavedMemoryError
 
     asked = bool(args.question or args.instruction)
@@ -100,9 +100,10 @@ def cmd_generate(args) -> int:
                     raise SystemExit(f"namm: error: --retention-html {args.retention_html}: {exc.strerror}")
                 print(f"[retention map written to {where}]", file=sys.stderr)
             if args.save_memory:
-                path = save_memory(memory, args.save_memory)
+                path = save_memory(memory, args.save_memory, storage=args.memory_storage)
                 print(f"[memory saved to {path}: {memory.tokens} tokens read, {memory.policy.name} "
                       f"budget={memory.policy.budget}, {path.stat().st_size / 2**20:.2f} MiB on disk "
+                      f"(keys and values as {read_manifest(path).storage}) "
                       f"(KV {memory.kv_bytes / 2**20:.2f} MiB; full cache {memory.full_kv_bytes / 2**20:.2f} MiB)]",
                       file=sys.stderr)
             if args.save_memory or args.retention_html:
@@ -133,6 +134,8 @@ def _check_generate(parser: argparse.ArgumentParser, args) -> None:
                                           ("--save-memory", args.save_memory)) if value]
         if fixed:
             parser.error(f"{', '.join(fixed)}: fixed when the memory was read; not with --memory")
+    if args.memory_storage and not args.save_memory:
+        parser.error("--memory-storage: the storage of a memory saved with --save-memory; not without it")
     if args.save_memory:
         for flag, value in (("--query-aware", args.query_aware), ("--truncate", args.truncate)):
             if value:
@@ -155,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--file", default=None, help="UTF-8 text file with the document")
     g.add_argument("--save-memory", metavar="PATH", default=None,
                    help="save the read document's memory to PATH (safetensors), to ask it later with --memory")
+    g.add_argument("--memory-storage", default=None, choices=("float32", "float16", "bfloat16", "int8"),
+                   help="with --save-memory: the dtype its keys and values are stored in (int8: per channel; "
+                        "default: namm.memory_file.DEFAULT_STORAGE, docs/memories.md)")
     g.add_argument("--memory", metavar="PATH", default=None,
                    help="answer from a memory saved with --save-memory, without reading the document again")
     g.add_argument("--retention-html", metavar="PATH", default=None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
@@ -31,7 +31,7 @@ from .prompts import document_prompt, question_prompt
 from .spec import DEFAULT_POLICY, Budget, GenerationRequest
 
 FORMAT = "namm-memory"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: keys and values in a storage dtype (namm/memory_file.py); 1 still loads
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,10 @@ class Manifest:
     budget: the budget as `Budget.to_json()` ({"fraction": 0.28}), None for none.
     n_up: the update interval it was read with (questions keep it).
     tokens: tokens read (the prompt's document part).
-    dtype: of the keys and values ("float32", "bfloat16").
+    dtype: of the keys and values ("float32", "bfloat16"), as the model computes them.
+    storage: the dtype the keys and values were held in: the model's dtype (exact) for a memory
+      read in this process, the file's for a saved or loaded one ("float16", "bfloat16", "int8":
+      rounded; namm/memory_file.py). Informative: not checked (a loaded memory is in `dtype`).
     positions: "original" or "reindexed" (namm/memory.py).
     layers, kv_heads, head_dim: the cache's shape.
     format, format_version: FORMAT and FORMAT_VERSION of the writer; created: when (UTC, ISO 8601).
@@ -71,6 +74,7 @@ class Manifest:
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
     created: str = ""
+    storage: str = ""  # "" in version-1 files: the model's dtype
 
     # what must be equal for a memory to be usable, with the words a mismatch is reported in
     CHECKED = (("format", "format"), ("format_version", "format version"), ("model_sha256", "model weights"),
@@ -111,12 +115,13 @@ def describe(lm: LoadedModel, policy: Policy, n_up: int, tokens: int, positions:
 
     config = lm.model.config.get_text_config(decoder=True)
     budget = Budget.coerce(policy.budget)
+    dtype = _dtype_name(next(lm.model.parameters()).dtype)
     return Manifest(
         model=lm.name, model_sha256=lm.weights_sha256, tokenizer_sha256=lm.tokenizer_sha256,
         policy=policy.name, policy_sha256=policy_hash(policy),
         checkpoint_sha256=getattr(policy, "checkpoint_sha256", None),
         budget=None if budget is None else budget.to_json(), n_up=n_up, tokens=tokens,
-        dtype=_dtype_name(next(lm.model.parameters()).dtype), positions=positions,
+        dtype=dtype, storage=dtype, positions=positions,
         layers=config.num_hidden_layers, kv_heads=config.num_key_value_heads,
         head_dim=getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -257,7 +262,8 @@ def _check_model(lm: LoadedModel, memory: DocumentMemory) -> None:
         raise ValueError("this memory was handed to a single question and cannot be asked again")
     if memory.lm is lm:
         return
-    here = describe(lm, memory.policy, memory.cache.n_up, memory.tokens, memory.positions)
+    here = replace(describe(lm, memory.policy, memory.cache.n_up, memory.tokens, memory.positions),
+                   format_version=memory.manifest.format_version)  # a memory loaded from an older file
     diffs = memory.manifest.differences(here)
     if diffs:
         raise MemoryMismatchError("the memory was read under another model: " + "; ".join(diffs))

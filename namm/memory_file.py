@@ -1,7 +1,10 @@
 """A document memory on disk: one safetensors file, written atomically, loaded without running code.
 
-Layout (format version 1). Tensors, each as the cache holds it (slots in use only):
-  layers.<i>.keys / .values      [B, H_kv, length, D]  the kept keys (post-RoPE) and values
+Layout (format version 2). Tensors, each as the cache holds it (slots in use only):
+  layers.<i>.keys / .values      [B, H_kv, length, D]  the kept keys (post-RoPE) and values, in the
+                                 file's storage dtype (below)
+  layers.<i>.keys_scale / .values_scale  [B, H_kv, 1, D] float32: int8 storage only, the scale of
+                                 each (batch row, KV head, channel of the head dim)
   layers.<i>.valid               [B, H_kv, length]     bool: False for the padding of ragged heads
   layers.<i>.positions           [B, H_kv, length]     int64: each slot's RoPE position in the text
   layers.<i>.rope_pos            [length]              re-indexed positions only
@@ -10,10 +13,23 @@ Layout (format version 1). Tensors, each as the cache holds it (slots in use onl
   surprisal.values / .ids / .last_logits  the surprisal record (policies that weigh surprisal)
   policy.<name>                  the policy's `memory_state()` (a running norm, a generator)
 and in the header's metadata (strings, as safetensors keeps them):
-  format        "namm-memory"      format_version  "1"
-  manifest      namm.Manifest as JSON: model and tokenizer hashes, policy, budget, n_up, ...
-  layout        JSON: per layer its counters (length, seen, since_update, ...) and storage capacity
+  format        "namm-memory"      format_version  "2"
+  manifest      namm.Manifest as JSON: model and tokenizer hashes, policy, budget, n_up, storage, ...
+  layout        JSON: per layer its counters (length, seen, since_update, ...) and storage capacity;
+                "storage", as in the manifest
   sha256        over the manifest, the layout and every tensor's name, dtype, shape and bytes
+
+Storage (`save_memory(..., storage=)`): only the keys and values are compacted; positions,
+validity masks, counters, policy state and the surprisal record are kept exactly.
+  "float32", "float16", "bfloat16"  keys and values cast to that dtype (the model's own dtype is
+                                 exact; a narrower one rounds to nearest)
+  "int8"                         symmetric per-channel quantisation: for each layer, batch row,
+                                 KV head and channel d of the head dim, scale = max |x| over the
+                                 slots / 127 and q = round(x / scale) in [-127, 127]; each
+                                 element comes back within scale / 2 of what was saved
+Loading turns them back into the model's dtype. The manifest's `storage` says which one a file
+(and a memory loaded from it) used. Version-1 files (before storage existed: keys and values in
+the model's dtype) still load, as storage = their dtype.
 
 safetensors holds tensors as raw bytes behind a JSON header: loading never unpickles, so a
 memory file cannot run code. safetensors itself refuses a file whose header and size disagree
@@ -25,6 +41,7 @@ import hashlib
 import json
 import os
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -40,6 +57,15 @@ from .policies import Policy, make_policy
 from .spec import Budget, policy_name
 from .surprisal import SurprisalLog
 
+# the storage dtypes of keys and values (module docstring); the default is measured, see
+# bench/memory_storage.py and docs/memories.md ("Figures")
+STORAGES = ("float32", "float16", "bfloat16", "int8")
+DEFAULT_STORAGE = "float32"
+READS_VERSIONS = (1, FORMAT_VERSION)
+_FLOATS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_STORED = {**_FLOATS, "int8": torch.int8}
+INT8_MAX = 127
+
 _LAYER_FIELDS = ("length", "seen", "since_update", "n_invalid", "scale", "slot_bytes", "valid_count", "is_initialized")
 
 
@@ -54,8 +80,54 @@ def _checksum(manifest: str, layout: str, tensors: dict[str, torch.Tensor]) -> s
     return h.hexdigest()
 
 
-def _flatten(memory: DocumentMemory) -> tuple[dict[str, torch.Tensor], dict]:
-    """The memory's tensors (CPU, contiguous, slots in use only) and its layout."""
+def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 quantisation of `x` [B, H, L, D] per (batch row, head, channel of D): the
+    scale [B, H, 1, D] (float32) is max |x| over the L slots / 127 (1 for an all-zero channel,
+    which then stores zeros), q = round(x / scale) clamped to [-127, 127]. Every element of
+    `dequantize_int8(q, scale)` is within scale / 2 of x (rounding in float32 aside)."""
+    if x.dim() != 4:
+        raise ValueError(f"expected [B, H, L, D], got shape {tuple(x.shape)}")
+    xf = x.detach().float()
+    if xf.shape[2] == 0:
+        amax = xf.new_zeros((*xf.shape[:2], 1, xf.shape[3]))
+    else:
+        amax = xf.abs().amax(dim=2, keepdim=True)
+    if not bool(torch.isfinite(amax).all()):
+        raise ValueError("cannot store non-finite keys or values as int8")
+    scale = torch.where(amax > 0, amax / INT8_MAX, torch.ones_like(amax))
+    q = torch.round(xf / scale).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return q, scale
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """q * scale (in float32), as `dtype`."""
+    return (q.float() * scale.float()).to(dtype)
+
+
+def _check_storage(storage: str) -> str:
+    name = str(storage).strip().lower().removeprefix("torch.")
+    if name not in STORAGES:
+        raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+    return name
+
+
+def _compact(name: str, t: torch.Tensor, storage: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Put keys or values `t` under `name` in `storage` (and its scale, for int8)."""
+    if storage == "int8":
+        q, scale = quantize_int8(t)
+        tensors[name], tensors[f"{name}_scale"] = q, scale
+        return
+    dtype = _FLOATS[storage]
+    out = t.to(dtype)
+    if dtype.itemsize < t.dtype.itemsize and not bool(torch.isfinite(out).all()) and bool(torch.isfinite(t).all()):
+        raise ValueError(f"keys or values overflow {storage} (|x| up to {float(t.abs().max()):.3g}); "
+                         f"store them as bfloat16 or int8")
+    tensors[name] = out
+
+
+def _flatten(memory: DocumentMemory, storage: str = "float32") -> tuple[dict[str, torch.Tensor], dict]:
+    """The memory's tensors (CPU, contiguous, slots in use only; keys and values in `storage`)
+    and its layout."""
     cache = memory.cache
     tensors: dict[str, torch.Tensor] = {}
 
@@ -71,8 +143,9 @@ def _flatten(memory: DocumentMemory) -> tuple[dict[str, torch.Tensor], dict]:
         if layer.keys is None:
             continue
         n = layer.length
-        put(f"layers.{i}.keys", layer.keys[:, :, :n])
-        put(f"layers.{i}.values", layer.values[:, :, :n])
+        for name in ("keys", "values"):
+            _compact(f"layers.{i}.{name}", getattr(layer, name)[:, :, :n].detach().to("cpu").contiguous(), storage,
+                     tensors)
         put(f"layers.{i}.valid", layer.valid[:, :, :n])
         put(f"layers.{i}.positions", layer.positions[:, :, :n])
         if layer.rope_pos is not None:
@@ -85,16 +158,22 @@ def _flatten(memory: DocumentMemory) -> tuple[dict[str, torch.Tensor], dict]:
         put(f"surprisal.{name}", t)
     for name, t in memory.policy_state.items():
         put(f"policy.{name}", t)
-    return tensors, {"layers": layers, "rope_base": cache.rope_base}
+    return tensors, {"layers": layers, "rope_base": cache.rope_base, "storage": storage}
 
 
-def save_memory(memory: DocumentMemory, path: str | Path) -> Path:
+def save_memory(memory: DocumentMemory, path: str | Path, storage: str | None = None) -> Path:
     """Write `memory` to `path` (one safetensors file, see the module docstring), atomically: a
     temporary file beside it, flushed to disk, then renamed over `path`. A reader sees the old
-    file or the new one, never half of one. Returns the path."""
+    file or the new one, never half of one. Returns the path.
+
+    `storage`: the dtype the keys and values are stored in: "float32", "float16", "bfloat16" or
+    "int8" (per-channel, module docstring); None: DEFAULT_STORAGE. The model's own dtype is
+    exact; the others are smaller and round (docs/memories.md measures what that costs)."""
     path = Path(path)
-    tensors, layout = _flatten(memory)
-    manifest_text, layout_text = memory.manifest.to_json(), json.dumps(layout, sort_keys=True)
+    storage = _check_storage(DEFAULT_STORAGE if storage is None else storage)
+    tensors, layout = _flatten(memory, storage)
+    manifest = replace(memory.manifest, storage=storage, format=FORMAT, format_version=FORMAT_VERSION)
+    manifest_text, layout_text = manifest.to_json(), json.dumps(layout, sort_keys=True)
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "manifest": manifest_text,
                 "layout": layout_text, "sha256": _checksum(manifest_text, layout_text, tensors)}
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
@@ -142,16 +221,19 @@ def _open(path: str | Path, tensors: bool = True) -> tuple[dict[str, str], dict[
 
 def _check_version(metadata: dict[str, str], path) -> None:
     version = metadata.get("format_version")
-    if version != str(FORMAT_VERSION):
-        raise MemoryMismatchError(f"{path}: memory format version {version}, this namm reads version "
-                                  f"{FORMAT_VERSION}; rebuild the memory from its document")
+    if version not in {str(v) for v in READS_VERSIONS}:
+        raise MemoryMismatchError(f"{path}: memory format version {version}, this namm reads versions "
+                                  f"{' and '.join(map(str, READS_VERSIONS))}; rebuild the memory from its document")
 
 
 def _manifest(metadata: dict[str, str], path) -> Manifest:
     try:
-        return Manifest.from_json(metadata["manifest"])
+        manifest = Manifest.from_json(metadata["manifest"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptMemoryError(f"{path}: unreadable manifest ({exc})") from exc
+    if not manifest.storage:  # version 1: keys and values in the model's dtype
+        manifest = replace(manifest, storage=manifest.dtype)
+    return manifest
 
 
 def _policy_for(lm: LoadedModel, manifest: Manifest, policy: str | Policy | None) -> Policy:
@@ -181,7 +263,9 @@ def load_memory(lm: LoadedModel, path: str | Path, *, policy: str | Policy | Non
         raise CorruptMemoryError(f"{path}: checksum mismatch, the file was altered or damaged")
     manifest = _manifest(metadata, path)
     pol = _policy_for(lm, manifest, policy)
-    here = describe(lm, pol, manifest.n_up, manifest.tokens, manifest.positions)
+    # an older format this namm still reads is no difference
+    here = replace(describe(lm, pol, manifest.n_up, manifest.tokens, manifest.positions),
+                   format_version=manifest.format_version)
     diffs = manifest.differences(here)
     if diffs:
         raise MemoryMismatchError(f"memory {path} cannot be used here: " + "; ".join(diffs))
@@ -201,9 +285,26 @@ def _layer_devices(lm: LoadedModel, n: int) -> list[torch.device]:
     return [next(block.parameters()).device for block in blocks]
 
 
+def _expand(tensors: dict[str, torch.Tensor], name: str, storage: str, dtype: torch.dtype) -> torch.Tensor:
+    """Stored keys or values back in the model's dtype."""
+    t = tensors[name]
+    if t.dtype != _STORED[storage]:
+        raise ValueError(f"{name} is {t.dtype}, the storage says {storage}")
+    if storage != "int8":
+        return t.to(dtype)
+    scale = tensors[f"{name}_scale"]
+    if scale.dtype != torch.float32 or scale.shape != (*t.shape[:2], 1, t.shape[3]):
+        raise ValueError(f"{name}_scale: {scale.dtype} {tuple(scale.shape)} for {tuple(t.shape)} int8 values")
+    return dequantize_int8(t, scale, dtype)
+
+
 def _build(lm: LoadedModel, policy: Policy, manifest: Manifest, layout: dict,
            tensors: dict[str, torch.Tensor]) -> DocumentMemory:
     reindexed = manifest.positions == "reindexed"
+    storage = layout.get("storage", manifest.dtype)  # version 1: the model's dtype
+    if storage != manifest.storage or storage not in _STORED:
+        raise ValueError(f"storage {storage!r} in the layout, {manifest.storage!r} in the manifest")
+    model_dtype = getattr(torch, manifest.dtype)
     rope = lm.model.model.rotary_emb.inv_freq if reindexed else None
     cache = NammCache(lm.model.config, policy, n_up=manifest.n_up, rope_inv_freq=rope)
     if len(layout["layers"]) != len(cache.layers):
@@ -214,17 +315,18 @@ def _build(lm: LoadedModel, policy: Policy, manifest: Manifest, layout: dict,
         snap.update(keys=None, values=None, valid=None, positions=None, rope_pos=None, pending=[], state={})
         if entry["is_initialized"]:
             n, cap = entry["length"], entry["capacity"]
-            keys, values = tensors[f"layers.{i}.keys"], tensors[f"layers.{i}.values"]
+            keys, values = (_expand(tensors, f"layers.{i}.{name}", storage, model_dtype) for name in ("keys", "values"))
             if keys.shape[2] != n or cap < n:
                 raise ValueError(f"layer {i}: {keys.shape[2]} slots saved, the layout says {n} (capacity {cap})")
             b, h, _, d = keys.shape
             # the storage shape the cache had in the process that read the document: attention
             # over a slice of it computes exactly what it computed there
-            snap["keys"] = torch.empty((b, h, cap, d), dtype=keys.dtype, device=device)
-            snap["values"] = torch.empty((b, h, cap, values.shape[-1]), dtype=values.dtype, device=device)
+            snap["keys"] = torch.empty((b, h, cap, d), dtype=model_dtype, device=device)
+            snap["values"] = torch.empty((b, h, cap, values.shape[-1]), dtype=model_dtype, device=device)
             snap["valid"] = torch.zeros((b, h, cap), dtype=torch.bool, device=device)
             snap["positions"] = torch.zeros((b, h, cap), dtype=torch.long, device=device)
-            for name in ("keys", "values", "valid", "positions"):
+            snap["keys"][:, :, :n], snap["values"][:, :, :n] = keys, values
+            for name in ("valid", "positions"):
                 snap[name][:, :, :n] = tensors[f"layers.{i}.{name}"]
             if f"layers.{i}.rope_pos" in tensors:
                 snap["rope_pos"] = tensors[f"layers.{i}.rope_pos"].to(device)
@@ -243,4 +345,5 @@ def _build(lm: LoadedModel, policy: Policy, manifest: Manifest, layout: dict,
     return DocumentMemory(cache=cache, lm=lm, positions=manifest.positions, policy_state=policy_state)
 
 
-__all__ = ["save_memory", "load_memory", "read_manifest"]
+__all__ = ["save_memory", "load_memory", "read_manifest", "STORAGES", "DEFAULT_STORAGE", "quantize_int8",
+           "dequantize_int8"]
