@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from service.core.db import session_scope
@@ -110,9 +110,13 @@ def start_aggregation(batch_id: str) -> None:
         batch = session.get(Batch, batch_id)
         existing = batch.overview_job_id if batch else None
         overview = repo.overview_job(batch_id, max_chars=settings.overview_max_chars)
+        # task memory first: the questions are then asked of it (they wait for its read)
+        memory, memory_made = repo.memory_job(
+            batch_id, max_chars=settings.questions_max_chars, n_up=get_settings().model.n_up,
+            ttl=timedelta(days=get_settings().memories.ttl_days))
         questions, made = repo.questions_job(batch_id, max_chars=settings.questions_max_chars)
         new = [job for job, fresh in ((overview, overview is not None and overview != existing),
-                                      (questions, made)) if fresh]
+                                      (memory, memory_made), (questions, made)) if fresh]
         to_send = JobRepository(session).queued_among(new)
     enqueue_jobs_group(to_send)
     if not new:  # nothing new to wait for: finish now if the jobs already ended (a no-op if not)

@@ -80,8 +80,10 @@ def read_output(memory, seconds: float) -> dict:
 def _read(lm, job: ClaimedJob, n_up: int, progress: Callable | None):
     import namm
 
+    # positions as namm.generate takes them: re-indexed only when an evicting policy reads past
+    # the model's context (a whole repository), so positions stay valid for every question
     return namm.read_document(lm, job.text, policy=job.policy, budget=job.budget, n_up=n_up,
-                              progress=progress)
+                              positions="auto", progress=progress)
 
 
 def run_read(lm, job: ClaimedJob, progress: Callable | None = None) -> tuple[dict, ReadDone]:

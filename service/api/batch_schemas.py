@@ -12,7 +12,7 @@ from service.api.schemas import _as_utc, whole_number
 from service.core.contract import BudgetField, PolicyField
 from service.repos.report_text import safe_markdown
 
-Task = Literal["summaries", "overview"]
+Task = Literal["summaries", "overview", "memory"]
 
 
 class PathSource(BaseModel):
@@ -60,7 +60,10 @@ class BatchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tasks: list[Task] = Field(default_factory=lambda: ["summaries", "overview"],
-                              description="summaries (one per file) and overview (from them)",
+                              description="summaries (one per file), overview (from them), and "
+                              "memory: the whole repository read once and kept as a stored "
+                              "document (/v1/documents) that the batch's questions and later "
+                              "ones are answered from",
                               json_schema_extra={"contains": {"const": "summaries"}})
     policy: PolicyField | None = Field(None, description="memory policy; default from settings")
     budget: BudgetField = Field(None, description="as for jobs; null: the policy's default")
@@ -191,6 +194,8 @@ class BatchOut(BatchSummary):
     files: list[FileOut]
     skipped: list[SkippedOut]
     usage: dict[str, int]
+    stored_document: str | None = Field(None, description="task memory: the repository as a "
+                                        "stored document (/v1/documents/{id}); ask it more later")
 
     _utc2 = field_validator("started_at")(_as_utc)
 
@@ -254,14 +259,15 @@ def file_out(f, waiting: Collection[str] = (), waiting_reason: str | None = None
 
 
 def batch_out(batch, files, skipped, usage, answers=(), waiting: Collection[str] = (),
-              waiting_reason: str | None = None) -> BatchOut:
+              waiting_reason: str | None = None, memory_id: str | None = None) -> BatchOut:
     return BatchOut(
         **batch_summary(batch).model_dump(), tasks=batch.tasks, policy=batch.policy,
         budget=batch.budget, max_new_tokens=batch.max_new_tokens, error=batch.error,
         overview=batch.overview, started_at=batch.started_at,
         answers=[AnswerOut(question=q, answer=a) for q, a in answers],
         files=[file_out(f, waiting, waiting_reason) for f in files],
-        skipped=[SkippedOut(path=s.path, reason=s.reason) for s in skipped], usage=usage)
+        skipped=[SkippedOut(path=s.path, reason=s.reason) for s in skipped], usage=usage,
+        stored_document=f"/v1/documents/{memory_id}" if memory_id else None)
 
 
 def schedule_out(row) -> ScheduleOut:

@@ -35,8 +35,10 @@ from namm.spec import NON_EVICTING_POLICIES, Budget
 from service.core.settings import QuotaSettings, get_settings
 from service.jobs.admission import queued_share
 from service.jobs.repository import JobRepository, NewJob
+from service.memories.repository import MemoryRepository
 from service.models import (BATCH_FINISHED, Batch, BatchFile, BatchStatus, BatchUpload, Document, FileStatus, Job,
-                            JobStatus, Result, SkippedFile, UsageRecord, as_utc, new_id, utcnow)
+                            JobStatus, Result, SkippedFile, StoredDocument, UsageRecord, as_utc, new_id,
+                            utcnow)
 from service.repos.ingest import Ingestion
 
 TASKS = ("summaries", "overview")
@@ -387,6 +389,24 @@ class BatchRepository:
         existing = self._questions_job_id(batch_id)
         if existing:
             return existing, False
+        question = NewJob(
+            tenant_id=batch.tenant_id, text="", content_type="text/plain", size_bytes=0,
+            filename="repository.txt", kind="answer", instruction=QUESTIONS_INSTRUCTION,
+            questions=list(batch.questions), policy=batch.policy, budget=batch.budget,
+            max_new_tokens=max(batch.max_new_tokens, 32), truncate=batch.policy in NON_EVICTING_POLICIES)
+        memory = self._memory(batch_id)
+        if memory is not None:  # task memory: answered from the repository's stored document
+            job_id = MemoryRepository(self.session).question(memory, question)
+        else:
+            question.text = self._repository_text(batch_id, max_chars)
+            question.size_bytes = len(question.text.encode("utf-8"))
+            job_id = JobRepository(self.session).create(
+                [question], queued=self._queued_share(batch.tenant_id, 1))[0]
+        self.session.execute(update(Job).where(Job.id == job_id).values(batch_id=batch_id))
+        return job_id, True
+
+    def _repository_text(self, batch_id: str, max_chars: int) -> str:
+        """The files' texts in reading order, up to `max_chars`."""
         parts, used = [], 0
         for text in self.session.scalars(
                 select(Document.text).join(Job, Job.document_id == Document.id)
@@ -396,17 +416,35 @@ class BatchRepository:
                 break
             parts.append(text)
             used += len(text)
-        text = "\n\n".join(parts)
-        job_id = JobRepository(self.session).create([NewJob(
-            tenant_id=batch.tenant_id, text=text, content_type="text/plain",
-            size_bytes=len(text.encode("utf-8")), filename="repository.txt", kind="answer",
-            instruction=QUESTIONS_INSTRUCTION, questions=list(batch.questions),
-            policy=batch.policy, budget=batch.budget,
-            max_new_tokens=max(batch.max_new_tokens, 32),
-            truncate=batch.policy in NON_EVICTING_POLICIES)],
-            queued=self._queued_share(batch.tenant_id, 1))[0]
-        self.session.execute(update(Job).where(Job.id == job_id).values(batch_id=batch_id))
-        return job_id, True
+        return "\n\n".join(parts)
+
+    def memory_job(self, batch_id: str, *, max_chars: int, n_up: int, ttl) -> tuple[str | None, bool]:
+        """Task memory: the repository read once into a stored document (its read job, kind
+        `read`, belongs to the batch), made the first time: (read job id, made now)."""
+        batch = self.session.scalar(select(Batch).where(Batch.id == batch_id).with_for_update())
+        if batch is None or batch.status != BatchStatus.aggregating.value \
+                or "memory" not in (batch.tasks or []) or batch.files_done == 0:
+            return None, False
+        existing = self._memory(batch_id)
+        if existing is not None:
+            return existing.read_job_id, False
+        text = self._repository_text(batch_id, max_chars)
+        read = NewJob(tenant_id=batch.tenant_id, text=text, content_type="text/plain",
+                      size_bytes=len(text.encode("utf-8")), filename="repository.txt", kind="read",
+                      instruction=None, policy=batch.policy, budget=batch.budget, max_new_tokens=1)
+        row = MemoryRepository(self.session).create(
+            read, n_up=n_up, ttl=ttl, queued=self._queued_share(batch.tenant_id, 1))
+        self.session.execute(update(Job).where(Job.id == row.read_job_id).values(batch_id=batch_id))
+        return row.read_job_id, True
+
+    def _memory(self, batch_id: str) -> StoredDocument | None:
+        return self.session.scalar(
+            select(StoredDocument).join(Job, Job.id == StoredDocument.read_job_id)
+            .where(Job.batch_id == batch_id, Job.kind == "read").limit(1))
+
+    def memory_id(self, batch_id: str) -> str | None:
+        row = self._memory(batch_id)
+        return None if row is None else row.id
 
     def _questions_job_id(self, batch_id: str) -> str | None:
         return self.session.scalar(select(Job.id).where(

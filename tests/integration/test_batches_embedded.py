@@ -134,3 +134,43 @@ def test_a_batch_under_an_active_jobs_quota_runs_within_it_and_finishes(embedded
     assert len(jobs) == 5  # four files and the overview
     assert sum(1 for job in jobs if job.enqueued_at > job.created_at) == 2  # the released ones
     assert "done" in file_statuses and file_statuses <= {"queued", "waiting", "done"}
+
+
+def test_a_repository_kept_as_a_stored_document_answers_its_questions_and_later_ones(embedded_stack, tmp_path):
+    """Task `memory`: the codebase read once into a stored document; the batch's question is
+    answered from it, and so is a question asked after the batch, without reading it again."""
+    import httpx
+
+    from batch_flows import wait_for_batch
+    from flows import wait_for
+
+    data = tiny_repo_archive(tmp_path)
+    with httpx.Client(base_url=embedded_stack.url, headers={"X-API-Key": embedded_stack.keys[0]},
+                      timeout=60) as c:
+        r = c.post("/v1/batches", files={"file": ("tiny-repo.tar.gz", data)},
+                   data={"policy": "surprisal", "budget": "0.5", "max_new_tokens": "8",
+                         "tasks": "summaries,memory", "questions": "Which file issues API keys?"})
+        assert r.status_code == 202, r.text
+        batch = wait_for_batch(c, r.json()["id"])
+        assert batch["status"] == "done", (batch, embedded_stack.procs.log_tail("worker", 80))
+        assert batch["answers"][0]["answer"].strip()
+        doc = c.get(batch["stored_document"]).json()
+        assert doc["status"] == "ready" and doc["filename"] == "repository.txt"
+        # every file, in reading order (the file jobs count their prompts' tokens too)
+        from batch_flows import ROOT, SOURCES
+
+        sizes = [len((ROOT / rel).read_text().encode()) for rel in SOURCES]
+        # each file's text (with its path line) and a blank line between files
+        assert sum(sizes) <= doc["size_bytes"] <= sum(sizes) + 64 * len(sizes)
+        assert 0.6 * batch["progress"]["tokens_read"] < doc["tokens"] <= batch["progress"]["tokens_read"]
+        jobs = c.get("/v1/jobs", params={"batch": batch["id"]}).json()["items"]
+        kinds = sorted(j["kind"] for j in jobs)
+        assert kinds == ["answer", "read", "summarize", "summarize", "summarize", "summarize"], kinds
+        asked = c.get(f"/v1/jobs/{next(j['id'] for j in jobs if j['kind'] == 'answer')}").json()
+        assert asked["stored_document"] == batch["stored_document"]
+        assert asked["usage"]["tokens_not_reread"] == doc["tokens"]
+        later = c.post(doc["questions_url"], json={"questions": ["What does state.py reset?"],
+                                                   "max_new_tokens": 12})
+        job = wait_for(c, later.json()["id"])
+        assert job["status"] == "done" and job["result"]["text"].strip()
+        assert job["usage"]["tokens_not_reread"] == doc["tokens"] and job["usage"]["tokens_in"] < 60

@@ -261,7 +261,7 @@ def batch_router() -> APIRouter:
             if waiting else None
         return batch_out(batch, batches.files(batch_id), batches.skipped(batch_id),
                          batches.usage_totals(batch_id), batches.answers(batch),
-                         waiting=waiting, waiting_reason=reason)
+                         waiting=waiting, waiting_reason=reason, memory_id=batches.memory_id(batch_id))
 
     @router.get("/{batch_id}", response_model=BatchOut,
                 summary="Status, progress, per-file results, skipped files and usage of a batch")
