@@ -44,10 +44,10 @@ def test_int8_error_is_within_half_a_step_of_each_channels_own_scale():
     x = _channels(seed=1)
     q, scale = quantize_int8(x)
     err = (dequantize_int8(q, scale) - x).abs()
-    assert bool((err <= scale / 2 * (1 + 1e-5)).all())
+    assert bool((err <= scale / 2 * (1 + 1e-4)).all())
     # a channel of magnitude 1e-3 next to one of 1e2 keeps its own precision: per channel, not per head
     small = x[..., 0].abs().max()
-    assert float(err[..., 0].max()) <= float(small) / 254 * (1 + 1e-5)
+    assert float(err[..., 0].max()) <= float(small) / 254 * (1 + 1e-4)
     assert float(err[..., 0].max()) < 1e-4  # a per-head scale would allow ~1.6 here
     # and the error is a real rounding, not zero (the test could not pass by copying)
     assert float(err.max()) > 0
@@ -149,7 +149,7 @@ def test_round_trip_of_each_storage(tiny, memory, files, storage):
             elif storage == "int8":
                 scale = stored[f"layers.{i}.{name}_scale"]
                 assert torch.allclose(scale, x.abs().amax(dim=2, keepdim=True) / 127)
-                assert bool(((x - y).abs() <= scale / 2 * (1 + 1e-5)).all())
+                assert bool(((x - y).abs() <= scale / 2 * (1 + 1e-4)).all())
             else:
                 assert torch.allclose(y, x, rtol=RTOL[storage], atol=ATOL[storage])
             moved = max(moved, float((x - y).abs().max()))
