@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -152,7 +152,8 @@ def generate(lm: LoadedModel, context: str | GenerationRequest, questions: str |
              policy: str | Policy = DEFAULT_POLICY, budget: Budget | float | int | None = None,
              instruction: str | None = None, max_new_tokens: int = 128, n_up: int = 512, query_aware: bool = False,
              truncate: bool = False, progress: Progress | None = None,
-             decoding: Decoding | None = None, positions: str = "original") -> GenerationResult:
+             decoding: Decoding | None = None, positions: str = "original",
+             on_read: Callable[[Any], None] | None = None) -> GenerationResult:
     """Read `context` with a forgetting memory, then answer each question from the compressed cache.
 
     Takes a `namm.spec.GenerationRequest`, or its fields as arguments (validated into one: bad
@@ -164,7 +165,10 @@ def generate(lm: LoadedModel, context: str | GenerationRequest, questions: str |
     they stay below the cache's size however long the input; "auto" re-indexes only when an
     evicting policy reads more tokens than the model's context. On SmolLM2-135M, needles past
     8k tokens were found equally often with original and re-indexed positions
-    (docs/benchmarks.md, "Positions past the trained context"): the default stays original."""
+    (docs/benchmarks.md, "Positions past the trained context"): the default stays original.
+    `on_read(memory)`: called with each `DocumentMemory` as reading left it, before any question
+    is read into it (e.g. `namm.retention.document_retention(memory, context)` maps what it kept);
+    it must not change the memory."""
     request = context if isinstance(context, GenerationRequest) else GenerationRequest(
         context=context, questions=questions or (), instruction=instruction, policy=policy, budget=budget,
         max_new_tokens=max_new_tokens, n_up=n_up, query_aware=query_aware, truncate=truncate)
@@ -219,6 +223,8 @@ def generate(lm: LoadedModel, context: str | GenerationRequest, questions: str |
             stats.seconds_prefill += time.perf_counter() - t0
             stats.tokens_in += ctx_ids.shape[1]
             _note_cache(stats, memory.cache)  # the work of reading
+            if on_read is not None:
+                on_read(memory)
         # every question on its own copy of the compressed document; the last one on the
         # memory itself, which is dropped afterwards
         last = not shared or i == len(runs) - 1

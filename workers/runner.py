@@ -44,6 +44,18 @@ def generation_request(job: ClaimedJob, n_up: int) -> GenerationRequest:
     )
 
 
+def retention_of(memory, text: str) -> list | None:
+    """[[text, share], ...] per document token; None where the memory did not read this text
+    as is (a document cut to the model's context)."""
+    from namm.retention import document_retention
+
+    try:
+        return document_retention(memory, text).to_json()
+    except ValueError as exc:
+        logger.info("no retention map: %s", exc)
+        return None
+
+
 def device_name(lm) -> str:
     """'cpu', or 'cuda:<GPU name>' (the usage record's device; its kind picks price and rate)."""
     device = str(getattr(lm, "device", "") or "unknown")
@@ -146,7 +158,13 @@ def run_job(job_id: str, *, load_model: Callable | None = None,
                 output = run_question(lm, job)
             else:
                 request = generation_request(job, settings.model.n_up)
-                output = generate(lm, request, progress=progress).to_dict()
+                if job.retention:  # the map of the memory as reading left it (namm.retention)
+                    maps: list = []
+                    output = generate(lm, request, progress=progress,
+                                      on_read=lambda memory: maps.append(retention_of(memory, job.text))).to_dict()
+                    output["retention"] = maps[0] if maps else None
+                else:
+                    output = generate(lm, request, progress=progress).to_dict()
             output["device"] = device_name(lm)  # the price and the rate depend on it
     except JobStopped:
         logger.info("job %s stopped: no longer running (cancelled)", job.id)

@@ -1,7 +1,7 @@
 """Stored documents (issue 20): a document read once, its memory kept for later questions.
 The `stored_documents` table, `jobs.memory_id` (a question answered from one) and two usage
 columns for the reuse saving (document tokens not re-read, and the full-cache cost of re-reading
-them).
+them). And retention maps (issue 21): `jobs.retention` (asked for) and `results.retention`.
 
 Revision ID: 0008
 Revises: 0007
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision: str = "0008"
 down_revision: str | None = "0007"
@@ -65,12 +66,22 @@ def upgrade() -> None:
         batch.create_index(op.f("ix_jobs_memory_id"), ["memory_id"])
         batch.create_foreign_key(op.f("fk_jobs_memory_id_stored_documents"), "stored_documents",
                                  ["memory_id"], ["id"], ondelete="SET NULL")
+    # retention maps (issue 21): asked for per job, stored with its result
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("retention", sa.Boolean(), server_default=sa.false(), nullable=False))
+    with op.batch_alter_table("results") as batch:
+        batch.add_column(sa.Column("retention", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"),
+                                   nullable=True))
     with op.batch_alter_table("usage_records") as batch:
         batch.add_column(sa.Column("tokens_not_reread", sa.BigInteger(), nullable=True))
         batch.add_column(sa.Column("reread_cost_micro_usd", sa.BigInteger(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("results") as batch:
+        batch.drop_column("retention")
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("retention")
     with op.batch_alter_table("usage_records") as batch:
         batch.drop_column("reread_cost_micro_usd")
         batch.drop_column("tokens_not_reread")

@@ -39,6 +39,10 @@ class JobOptions(BaseModel):
     max_new_tokens: int | None = Field(None, ge=1)
     truncate: bool = Field(False, description="cut documents longer than the model's context "
                            "instead of failing (full cache only)")
+    retention: bool = Field(False, description="keep which tokens the memory still held when "
+                            "the questions were asked (per token, the share of layers and KV "
+                            "heads that kept it): GET /v1/jobs/{id}/retention, and the job's "
+                            "page on the dashboard (/dashboard/jobs/{id})")
 
     _whole = field_validator("max_new_tokens", mode="before")(whole_number)
 
@@ -141,6 +145,8 @@ class JobOut(BaseModel):
     budget: BudgetField
     max_new_tokens: int
     truncate: bool
+    retention: str | None = Field(None, description="the retention map's URL (jobs asked "
+                                  "with retention: true, once done)")
     model: str | None
     created_at: datetime
     started_at: datetime | None
@@ -150,6 +156,18 @@ class JobOut(BaseModel):
     usage: UsageOut | None = None
 
     _utc = field_validator("created_at", "started_at", "finished_at")(_as_utc)
+
+
+class RetentionOut(BaseModel):
+    """What the memory kept of a job's document (namm.retention)."""
+
+    job: str
+    policy: str
+    budget: BudgetField
+    tokens: int = Field(description="document tokens")
+    mean_share: float = Field(description="share of the document's (token, layer, KV head) entries kept")
+    pieces: list[tuple[str, float]] = Field(description="[text, share] per token, in order: the "
+                                           "texts put together are the document")
 
 
 class JobSummary(BaseModel):
@@ -216,6 +234,7 @@ def job_out(job, document=None) -> JobOut:
         instruction=job.instruction, questions=job.questions,
         policy=job.policy, budget=job.budget, max_new_tokens=job.max_new_tokens,
         truncate=job.truncate, model=job.model, created_at=job.created_at,
+        retention=f"/v1/jobs/{job.id}/retention" if job.retention and job.result is not None else None,
         started_at=job.started_at, finished_at=job.finished_at,
         document=None if document is None else DocumentOut(
             filename=document.filename, content_type=document.content_type,

@@ -281,4 +281,5 @@ def _new_job(tenant_id: int, options: JobOptions, *, text: str, content_type: st
         instruction=options.instruction, questions=options.questions, policy=policy,
         budget=budget, max_new_tokens=max_new_tokens,
         truncate=options.truncate, max_attempts=settings.worker.max_attempts,
+        retention=options.retention,
     )

@@ -66,6 +66,7 @@ class NewJob:
     document_id: str | None = None
     memory_id: str | None = None
     waits: bool = False  # made waiting whatever the quota says (its stored document is being read)
+    retention: bool = False  # keep the retention map (which tokens the memory held)
 
 
 class ClaimOutcome(str, enum.Enum):
@@ -93,6 +94,7 @@ class ClaimedJob:
     truncate: bool = False
     attempt: int = 1
     memory_id: str | None = None
+    retention: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ class JobRepository:
                 "instruction": job.instruction, "questions": job.questions, "policy": job.policy,
                 **budget_columns(job.budget), "max_new_tokens": job.max_new_tokens,
                 "truncate": job.truncate, "created_at": now, "memory_id": job.memory_id,
+                "retention": job.retention,
                 "enqueued_at": None if waits else now,
             })
         if documents:
@@ -227,7 +230,7 @@ class JobRepository:
             id=job.id, tenant_id=job.tenant_id, text=text or "", kind=job.kind,
             instruction=job.instruction, questions=list(job.questions or []), policy=job.policy,
             budget=job.budget, max_new_tokens=job.max_new_tokens, truncate=job.truncate,
-            attempt=attempt, memory_id=job.memory_id,
+            attempt=attempt, memory_id=job.memory_id, retention=bool(job.retention),
         )
 
     def _set_if_unchanged(self, job: Job, **values: Any) -> bool:
@@ -274,9 +277,10 @@ class JobRepository:
         if job is None or job.status != RUNNING:
             return False
         finished = utcnow()
-        stats = {k: v for k, v in output.items() if k not in ("text", "answers")}
+        stats = {k: v for k, v in output.items() if k not in ("text", "answers", "retention")}
         self.session.add(Result(job_id=job.id, text=output.get("text") or "",
-                                answers=list(output.get("answers") or []), stats=stats))
+                                answers=list(output.get("answers") or []), stats=stats,
+                                retention=output.get("retention")))
         self.session.add(usage_record(job_id=job.id, tenant_id=job.tenant_id, model=model_name,
                                       policy=job.policy, budget=job.budget, output=output,
                                       prices=prices, finished_at=finished))

@@ -104,6 +104,8 @@ class Job(HasBudget, Base):
     policy: Mapped[str] = mapped_column(String(32))
     max_new_tokens: Mapped[int] = mapped_column(Integer)
     truncate: Mapped[bool] = mapped_column(Boolean, default=False)
+    # keep the retention map (issue 21): which tokens the memory held at answer time
+    retention: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     model: Mapped[str | None] = mapped_column(String(200))  # set by the worker that ran it
     # the repository batch this job summarises a file of (service/repos); NULL for plain jobs
     batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="SET NULL"),
@@ -130,6 +132,8 @@ class Result(Base):
     text: Mapped[str] = mapped_column(Text)
     answers: Mapped[list[str]] = mapped_column(JSONType, default=list)
     stats: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # [[text, share], ...] per document token (jobs.retention); deferred: one per token is large
+    retention: Mapped[list | None] = mapped_column(JSONType, deferred=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="result")

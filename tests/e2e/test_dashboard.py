@@ -178,3 +178,64 @@ def test_dashboard_is_readable_on_a_first_day_and_over_a_month(api):
     assert errors == [] and failed == []
     assert set(favicon) <= {200}  # headless Chromium may not ask; the request below does
     assert icon_type == "image/x-icon" and 0 < icon_size < 5000
+
+
+def _seed_job_with_retention(pieces) -> str:
+    """A done job of tenant acme whose result keeps a retention map (as the worker stores it)."""
+    from service.core.db import session_scope
+    from service.jobs.repository import JobRepository, NewJob
+    from service.models import Job, Result, Tenant, utcnow
+
+    text = "".join(p for p, _ in pieces)
+    with session_scope() as s:
+        tenant = s.query(Tenant).filter_by(name="acme").one()
+        job_id = JobRepository(s).create([NewJob(
+            tenant_id=tenant.id, text=text, content_type="text/plain", size_bytes=len(text),
+            filename="memo.txt", kind="answer", instruction=None, questions=["What is the code?"],
+            policy="surprisal", retention=True)])[0]
+        s.query(Job).filter_by(id=job_id).update({"status": "done", "finished_at": utcnow(), "progress": 1.0})
+        s.add(Result(job_id=job_id, text="4711", answers=["4711"], stats={}, retention=pieces))
+    return job_id
+
+
+def test_job_page_shows_what_the_memory_kept(api):
+    """Issue 21 item 5: a job asked with retention: true shows its document with forgotten text
+    faded; the document's text is text (markup in it is not run); a screenshot is kept."""
+    from playwright.sync_api import sync_playwright
+
+    url, key = api
+    pieces = [["The vault code", 1.0], [" is ", 0.5], ["4711", 1.0], [". Filler ", 0.0],
+              ["<b>bold?</b>", 0.0], [" words.", 0.25]]
+    job_id = _seed_job_with_retention(pieces)
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "job-retention.png"
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 800})
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{url}/dashboard/jobs/{job_id}")
+            page.fill("#api-key", key)
+            page.click("#login button[type=submit]")
+            page.wait_for_selector("#document span", timeout=30_000)
+            spans = page.evaluate("""() => [...document.querySelectorAll('#document span')].map(s =>
+                [s.textContent, Number(getComputedStyle(s).opacity), getComputedStyle(s).color])""")
+            document_text = page.inner_text("#document")
+            injected = page.evaluate("() => document.querySelector('#document b') !== null")
+            answers = page.inner_text("#answers")
+            summary = page.inner_text("#retention-summary")
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    print(f"\njob page screenshot: {shot}")
+    assert errors == []
+    # neighbouring tokens with one share are drawn as one span
+    assert [s[0] for s in spans] == ["The vault code", " is ", "4711", ". Filler <b>bold?</b>", " words."]
+    opacity = {text: o for text, o, _ in spans}
+    assert opacity["The vault code"] == 1.0 and opacity["4711"] == 1.0
+    assert opacity[". Filler <b>bold?</b>"] == 0.25 and abs(opacity[" is "] - 0.625) < 1e-3
+    assert spans[0][2] == "rgb(17, 17, 17)" and spans[3][2] == "rgb(170, 68, 68)"
+    assert document_text == "".join(p for p, _ in pieces) and not injected
+    assert "4711" in answers and "6 document tokens" in summary
+    assert shot.stat().st_size > 5_000

@@ -24,6 +24,11 @@ def install_dashboard(app: FastAPI) -> None:
         return HTMLResponse((STATIC / "dashboard.html").read_text(encoding="utf-8"),
                             headers={"Cache-Control": "no-store"})
 
+    @router.get("/dashboard/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
+    def job_page(job_id: str) -> HTMLResponse:  # the page reads the job with the tab's key
+        return HTMLResponse((STATIC / "job.html").read_text(encoding="utf-8"),
+                            headers={"Cache-Control": "no-store"})
+
     # browsers ask for /favicon.ico on every page: a 404 there is a console error
     @router.get("/favicon.ico", include_in_schema=False)
     def favicon() -> FileResponse:

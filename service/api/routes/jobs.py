@@ -9,9 +9,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException
 from fastapi import Path as PathParam
 from fastapi import Query
+from sqlalchemy import select
 
 from service.api.deps import JobsDep, TenantDep
-from service.api.schemas import JobOut, JobPage, job_out, job_summary
+from service.api.schemas import JobOut, JobPage, RetentionOut, job_out, job_summary
 from service.core.settings import get_settings
 from service.repos.repository import BatchRepository
 
@@ -103,5 +104,23 @@ def job_router() -> APIRouter:
         if was_queued or job.kind == "read":  # a quota slot is free (a running job frees it when it stops)
             release_waiting(jobs.session, tenant_id)
         return job_out(job, jobs.document_info(job.document_id))
+
+    @router.get("/{job_id}/retention", response_model=RetentionOut,
+                summary="What the memory kept of the document",
+                description="For a job submitted with `retention: true`, once done: the "
+                            "document as token pieces, each with the share (0..1) of layers and "
+                            "KV heads whose memory still held it when the questions were asked.")
+    def retention_route(job_id: JobId, tenant_id: TenantDep, jobs: JobsDep) -> RetentionOut:
+        from service.models import Result
+
+        job = jobs.get(tenant_id, job_id_or_404(job_id))
+        pieces = None if job is None else jobs.session.scalar(
+            select(Result.retention).where(Result.job_id == job.id))
+        if pieces is None:
+            raise HTTPException(404, "no retention map for this job (ask with retention: true; "
+                                     "it is kept once the job is done)")
+        shares = [share for _, share in pieces]
+        return RetentionOut(job=job.id, policy=job.policy, budget=job.budget, tokens=len(pieces),
+                            mean_share=sum(shares) / len(shares) if shares else 1.0, pieces=pieces)
 
     return router

@@ -1,0 +1,106 @@
+"""Retention maps through the service's worker on the real model (SmolLM2-135M, CPU): a job asked
+with retention: true stores, with its result, the map namm.retention gives for the memory as
+reading left it, and its answers and figures are those of a job without the map; the API serves
+it to the tenant only."""
+
+from __future__ import annotations
+
+import pytest
+
+import namm
+from service.core.state import reset_process_state
+
+pytestmark = pytest.mark.model
+
+DOC = " ".join(f"Depot {i} stores {17 * i % 89} barrels of {['oil', 'wine', 'grain'][i % 3]}." for i in range(40)) \
+    + " The vault code is 4711."
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("retention-service")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NAMM_DATABASE__URL", f"sqlite:///{tmp / 'namm.db'}")
+    mp.setenv("NAMM_BROKER__URL", f"sqla+sqlite:///{tmp / 'broker.db'}")
+    mp.setenv("NAMM_WORKER__PROGRESS_INTERVAL_S", "0")
+    mp.setenv("NAMM_MODEL__N_UP", "128")
+    reset_process_state()
+    from service.core import migrate
+
+    migrate.upgrade()
+    yield tmp
+    mp.undo()
+    reset_process_state()
+
+
+def _job(retention: bool) -> str:
+    from service.api.keys import get_or_create_tenant
+    from service.core.db import session_scope
+    from service.jobs.repository import JobRepository, NewJob
+
+    with session_scope() as s:
+        tenant = get_or_create_tenant(s, "acme")
+        return JobRepository(s).create([NewJob(
+            tenant_id=tenant.id, text=DOC, content_type="text/plain", size_bytes=len(DOC), filename=None,
+            kind="answer", instruction=None, questions=["What is the vault code?"], policy="surprisal",
+            budget=namm.Budget.tokens(96), max_new_tokens=8, retention=retention)])[0]
+
+
+def _result(job_id):
+    from sqlalchemy.orm import undefer
+
+    from service.core.db import session_scope
+    from service.models import Job, Result
+
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job.status == "done", job.error
+        result = s.query(Result).options(undefer(Result.retention)).filter_by(job_id=job_id).one()
+        s.expunge_all()
+        return result, job
+
+
+def test_the_worker_stores_the_map_of_the_memory_as_read(env, lm):
+    from workers.runner import run_job
+
+    with_map, without = _job(True), _job(False)
+    for job_id in (with_map, without):
+        assert run_job(job_id, load_model=lambda: lm, generate=namm.generate) == "done"
+    result, _ = _result(with_map)
+    plain, _ = _result(without)
+    expected = namm.retention.document_retention(
+        namm.read_document(lm, DOC, policy="surprisal", budget=namm.Budget.tokens(96), n_up=128), DOC)
+    assert result.retention == expected.to_json()
+    assert "".join(p for p, _ in result.retention) == DOC.strip()
+    assert 0 < expected.mean_share < 1  # the memory forgot some of it
+    assert plain.retention is None
+    assert result.answers == plain.answers  # the map changes nothing about the job
+    for key in ("tokens_in", "tokens_out", "kv_token_steps", "kv_bytes_peak"):
+        assert result.stats[key] == plain.stats[key], key
+
+
+def test_the_api_serves_the_map_to_its_tenant_only(env, lm):
+    from fastapi.testclient import TestClient
+    from litserve.utils import wrap_litserve_start
+
+    from service.api.app import build_server
+    from service.api.keys import get_or_create_tenant, issue_key
+    from service.core.db import session_scope
+    from workers.runner import run_job
+
+    job_id = _job(True)
+    assert run_job(job_id, load_model=lambda: lm, generate=namm.generate) == "done"
+    with session_scope() as s:
+        mine, other = issue_key(s, get_or_create_tenant(s, "acme")).raw_key, \
+            issue_key(s, get_or_create_tenant(s, "globex")).raw_key
+    with wrap_litserve_start(build_server()) as srv, TestClient(srv.app) as c:
+        job = c.get(f"/v1/jobs/{job_id}", headers={"X-API-Key": mine}).json()
+        assert job["retention"] == f"/v1/jobs/{job_id}/retention"
+        body = c.get(job["retention"], headers={"X-API-Key": mine}).json()
+        assert body["tokens"] == len(body["pieces"]) and 0 < body["mean_share"] < 1
+        assert "".join(p for p, _ in body["pieces"]) == DOC.strip()
+        assert c.get(job["retention"], headers={"X-API-Key": other}).status_code == 404
+        plain = _job(False)
+        assert c.get(f"/v1/jobs/{plain}/retention", headers={"X-API-Key": mine}).status_code == 404
+        page = c.get(f"/dashboard/jobs/{job_id}")
+        assert page.status_code == 200 and "job.js" in page.text
