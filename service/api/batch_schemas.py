@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.api.schemas import _as_utc, whole_number
+from service.api.schemas import _as_utc, stripped_questions, whole_number
 from service.core.contract import BudgetField, PolicyField
 from service.repos.report_text import safe_markdown
 
@@ -38,9 +38,7 @@ def clean_questions(questions: list[str] | None) -> list[str] | None:
     """Questions stripped; none empty, none over 2000 characters."""
     if questions is None:
         return None
-    cleaned = [q.strip() for q in questions]
-    if any(not q for q in cleaned):
-        raise ValueError("questions must not be empty strings")
+    cleaned = stripped_questions(questions)
     if any(len(q) > 2000 for q in cleaned):
         raise ValueError("a question is limited to 2000 characters")
     return cleaned

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.api.schemas import SOME_TEXT, JobOptions, _as_utc, whole_number
+from service.api.schemas import SOME_TEXT, JobOptions, _as_utc, stripped_questions, whole_number
 from service.core.contract import BudgetField, PolicyField
 
 DOCUMENTS_PATH = "/v1/documents"
@@ -49,13 +49,7 @@ class QuestionRequest(BaseModel):
     def _instruction(cls, value: str | None) -> str | None:
         return (value.strip() or None) if value is not None else None  # blank: no instruction
 
-    @field_validator("questions")
-    @classmethod
-    def _questions(cls, value: list[str]) -> list[str]:
-        cleaned = [q.strip() for q in value]
-        if any(not q for q in cleaned):
-            raise ValueError("questions must not be empty strings")
-        return cleaned
+    _questions = field_validator("questions")(stripped_questions)
 
     def job_options(self) -> JobOptions:
         kind = "answer" if self.questions else ("extract" if self.instruction else "summarize")

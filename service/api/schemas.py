@@ -20,6 +20,14 @@ def whole_number(value: Any) -> Any:
     return value
 
 
+def stripped_questions(questions: list[str]) -> list[str]:
+    """Questions stripped; none may be empty (a validator of every request that takes them)."""
+    cleaned = [q.strip() for q in questions]
+    if any(not q for q in cleaned):
+        raise ValueError("questions must not be empty strings")
+    return cleaned
+
+
 class JobOptions(BaseModel):
     """What to do with the document; the same fields come as JSON or as multipart form fields."""
 
@@ -46,13 +54,7 @@ class JobOptions(BaseModel):
 
     _whole = field_validator("max_new_tokens", mode="before")(whole_number)
 
-    @field_validator("questions")
-    @classmethod
-    def _questions(cls, value: list[str]) -> list[str]:
-        cleaned = [q.strip() for q in value]
-        if any(not q for q in cleaned):
-            raise ValueError("questions must not be empty strings")
-        return cleaned
+    _questions = field_validator("questions")(stripped_questions)
 
 
 class JsonJobRequest(JobOptions):

@@ -14,6 +14,7 @@ from sqlalchemy import update
 
 import namm
 from service.core.state import reset_process_state
+from tests.sqlite_service import sqlite_service
 
 pytestmark = pytest.mark.model
 
@@ -28,20 +29,9 @@ BUDGET = namm.Budget.tokens(128)
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("documents-worker")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NAMM_DATABASE__URL", f"sqlite:///{tmp / 'namm.db'}")
-    mp.setenv("NAMM_BROKER__URL", f"sqla+sqlite:///{tmp / 'broker.db'}")
-    mp.setenv("NAMM_MEMORIES__STORE_URL", str(tmp / "memories"))
-    mp.setenv("NAMM_WORKER__PROGRESS_INTERVAL_S", "0")
-    mp.setenv("NAMM_MODEL__N_UP", "256")
-    reset_process_state()
-    from service.core import migrate
-
-    migrate.upgrade()
-    yield tmp
-    mp.undo()
-    reset_process_state()
+    with sqlite_service(tmp_path_factory.mktemp("documents-worker"), NAMM_WORKER__PROGRESS_INTERVAL_S="0",
+                        NAMM_MODEL__N_UP="256") as tmp:
+        yield tmp
 
 
 def _run(job_id, lm):

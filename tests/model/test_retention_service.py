@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 import namm
-from service.core.state import reset_process_state
+from tests.sqlite_service import sqlite_service
 
 pytestmark = pytest.mark.model
 
@@ -18,19 +18,9 @@ DOC = " ".join(f"Depot {i} stores {17 * i % 89} barrels of {['oil', 'wine', 'gra
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("retention-service")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NAMM_DATABASE__URL", f"sqlite:///{tmp / 'namm.db'}")
-    mp.setenv("NAMM_BROKER__URL", f"sqla+sqlite:///{tmp / 'broker.db'}")
-    mp.setenv("NAMM_WORKER__PROGRESS_INTERVAL_S", "0")
-    mp.setenv("NAMM_MODEL__N_UP", "128")
-    reset_process_state()
-    from service.core import migrate
-
-    migrate.upgrade()
-    yield tmp
-    mp.undo()
-    reset_process_state()
+    with sqlite_service(tmp_path_factory.mktemp("retention-service"), NAMM_WORKER__PROGRESS_INTERVAL_S="0",
+                        NAMM_MODEL__N_UP="128") as tmp:
+        yield tmp
 
 
 def _job(retention: bool) -> str:

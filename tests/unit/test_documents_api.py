@@ -9,27 +9,15 @@ import pytest
 from fastapi.testclient import TestClient
 from litserve.utils import wrap_litserve_start
 
-from service.core.state import reset_process_state
+from tests.sqlite_service import sqlite_service
 
 DOC = {"document": "The vault code is 4711. The office is in Lyon.", "filename": "memo.txt"}
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("documents-api")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NAMM_DATABASE__URL", f"sqlite:///{tmp / 'namm.db'}")
-    mp.setenv("NAMM_BROKER__URL", f"sqla+sqlite:///{tmp / 'broker.db'}")
-    mp.setenv("NAMM_MEMORIES__STORE_URL", str(tmp / "memories"))
-    mp.setenv("NAMM_MEMORIES__MAX_TENANT_BYTES", "1000")
-    mp.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    reset_process_state()
-    from service.core import migrate
-
-    migrate.upgrade()
-    yield tmp
-    mp.undo()
-    reset_process_state()
+    with sqlite_service(tmp_path_factory.mktemp("documents-api"), NAMM_MEMORIES__MAX_TENANT_BYTES="1000") as tmp:
+        yield tmp
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,33 @@
+"""The service's embedded configuration for in-process tests: a SQLite database and kombu's
+SQLAlchemy broker in a temporary folder, migrated, with the process's cached settings, engine
+and stores rebuilt for it (and again when the test module is done)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+
+@contextmanager
+def sqlite_service(tmp: Path, **env: str) -> Iterator[Path]:
+    """`env`: more NAMM_* settings for the module (name=value)."""
+    from service.core import migrate
+    from service.core.state import reset_process_state
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NAMM_DATABASE__URL", f"sqlite:///{tmp / 'namm.db'}")
+    mp.setenv("NAMM_BROKER__URL", f"sqla+sqlite:///{tmp / 'broker.db'}")
+    mp.setenv("NAMM_MEMORIES__STORE_URL", str(tmp / "memories"))
+    mp.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    for name, value in env.items():
+        mp.setenv(name, value)
+    reset_process_state()
+    try:
+        migrate.upgrade()
+        yield tmp
+    finally:
+        mp.undo()
+        reset_process_state()
