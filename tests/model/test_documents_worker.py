@@ -347,3 +347,21 @@ def test_a_full_disk_fails_the_read_clearly_and_leaves_no_partial_file(env, lm, 
         subprocess.run(["umount", str(small)], check=False)
         monkeypatch.undo()
         reset_process_state()
+
+
+def test_a_non_local_store_is_a_configuration_change(env, lm):
+    """The same MemoryStore over another fsspec file system (its in-memory one stands in for an
+    object store here: no network): the file is staged locally, put whole, fetched to load."""
+    from service.memories.store import MemoryStore
+
+    store = MemoryStore("memory://namm-test/memories")
+    assert not store.local
+    memory = namm.read_document(lm, DOC, policy="surprisal", budget=BUDGET, n_up=256)
+    expected = namm.ask(lm, memory, QUESTION, max_new_tokens=12).answers
+    nbytes = store.save(memory, "doc.1.mem")
+    assert nbytes == store.fs.size(store.path("doc.1.mem")) > 0
+    assert namm.ask(lm, store.load(lm, "doc.1.mem"), QUESTION, max_new_tokens=12).answers == expected
+    store.delete("doc.1.mem")
+    assert not store.exists("doc.1.mem")
+    with pytest.raises(FileNotFoundError):
+        store.load(lm, "doc.1.mem")
