@@ -18,7 +18,8 @@ Prints one table: per storage the bytes on disk (summed over the prompts), their
 full cache's keys and values for the same tokens, the normalised score, its difference to
 float32, and how many answers are token for token those of the float32 memory. Then the
 storage the rule picks: the smallest whose normalised score is within --tolerance (0.01) of
-float32's.
+float32's (storages of the same size, float16 and bfloat16, are told apart by score, then by
+answers kept).
 """
 from __future__ import annotations
 
@@ -95,8 +96,13 @@ def summarise(rows: list[dict], storages, tolerance: float) -> tuple[list[dict],
     for t in table:
         t["delta"] = None if base is None or t["normalised"] is None else t["normalised"] - base["normalised"]
     ok = [t for t in table if t["delta"] is not None and t["delta"] >= -tolerance]
-    choice = min(ok, key=lambda t: t["bytes"])["storage"] if ok else None
-    return table, choice
+    if not ok:
+        return table, None
+    # the smallest; storages within 1% of its bytes (float16 and bfloat16) tie, and the one that
+    # scores higher, then keeps more answers of float32, wins
+    least = min(t["bytes"] for t in ok)
+    tied = [t for t in ok if t["bytes"] <= 1.01 * least]
+    return table, max(tied, key=lambda t: (t["normalised"], t["same"]))["storage"]
 
 
 def main(argv: list[str] | None = None) -> int:

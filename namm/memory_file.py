@@ -57,8 +57,9 @@ from .policies import Policy, make_policy
 from .spec import Budget, policy_name
 from .surprisal import SurprisalLog
 
-# the storage dtypes of keys and values (module docstring); the default is measured, see
-# bench/memory_storage.py and docs/memories.md ("Figures")
+# the storage dtypes of keys and values (module docstring). The default for a float32 model:
+# measured by bench/memory_storage.py (docs/memories.md, "Compact storage"); a model already in
+# a 16-bit dtype stores its own dtype (exact at the same size), see `_default_storage`
 STORAGES = ("float32", "float16", "bfloat16", "int8")
 DEFAULT_STORAGE = "float32"
 READS_VERSIONS = (1, FORMAT_VERSION)
@@ -109,6 +110,17 @@ def _check_storage(storage: str) -> str:
     if name not in STORAGES:
         raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
     return name
+
+
+def _default_storage(memory: DocumentMemory) -> str:
+    """The storage `save_memory` uses when none is named: DEFAULT_STORAGE, or the model's own dtype
+    where that is no wider (a bfloat16 model stores bfloat16, exactly: float16 would only round)."""
+    dtype = getattr(torch, memory.manifest.dtype, None)
+    default = _STORED[DEFAULT_STORAGE]
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point and dtype.itemsize <= default.itemsize \
+            and memory.manifest.dtype in _FLOATS:
+        return memory.manifest.dtype
+    return DEFAULT_STORAGE
 
 
 def _compact(name: str, t: torch.Tensor, storage: str, tensors: dict[str, torch.Tensor]) -> None:
@@ -167,11 +179,24 @@ def save_memory(memory: DocumentMemory, path: str | Path, storage: str | None = 
     file or the new one, never half of one. Returns the path.
 
     `storage`: the dtype the keys and values are stored in: "float32", "float16", "bfloat16" or
-    "int8" (per-channel, module docstring); None: DEFAULT_STORAGE. The model's own dtype is
-    exact; the others are smaller and round (docs/memories.md measures what that costs)."""
+    "int8" (per-channel, module docstring). The model's own dtype is exact; the others are
+    smaller and round (docs/memories.md measures what that costs). None: DEFAULT_STORAGE, or
+    the model's own dtype where that is no wider; should the default be float16 and a value
+    overflow it, bfloat16 (the same size, float32's range) instead, as the manifest then says.
+    A storage named explicitly is used or refused (ValueError), never replaced."""
     path = Path(path)
-    storage = _check_storage(DEFAULT_STORAGE if storage is None else storage)
-    tensors, layout = _flatten(memory, storage)
+    if storage is None:
+        storage = _default_storage(memory)
+        try:
+            tensors, layout = _flatten(memory, storage)
+        except ValueError:
+            if storage != "float16":
+                raise
+            storage = "bfloat16"
+            tensors, layout = _flatten(memory, storage)
+    else:
+        storage = _check_storage(storage)
+        tensors, layout = _flatten(memory, storage)
     manifest = replace(memory.manifest, storage=storage, format=FORMAT, format_version=FORMAT_VERSION)
     manifest_text, layout_text = manifest.to_json(), json.dumps(layout, sort_keys=True)
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "manifest": manifest_text,

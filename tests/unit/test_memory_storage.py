@@ -252,6 +252,31 @@ def test_default_storage_is_one_of_them(tiny, memory, tmp_path):
     assert memory.manifest.storage == "float32"  # a memory in RAM is exact
 
 
+def test_a_16_bit_model_stores_its_own_dtype_by_default(tmp_path, monkeypatch):
+    half = tiny_llama3(layers=2)
+    half.model.to(torch.bfloat16)
+    m = read_document(half, DOC[:600], policy="snapkv", budget=0.3, n_up=N_UP)
+    for default in ("float32", "float16"):  # never widened, never rounded to another 16-bit dtype
+        monkeypatch.setattr("namm.memory_file.DEFAULT_STORAGE", default)
+        path = namm.save_memory(m, tmp_path / f"{default}.mem")
+        assert namm.read_manifest(path).storage == "bfloat16"
+        loaded = namm.load_memory(half, path)
+        assert all(torch.equal(a.keys[:, :, :a.length], b.keys[:, :, :b.length])
+                   for a, b in zip(m.cache.layers, loaded.cache.layers))
+    monkeypatch.setattr("namm.memory_file.DEFAULT_STORAGE", "int8")  # narrower: used
+    assert namm.read_manifest(namm.save_memory(m, tmp_path / "i.mem")).storage == "int8"
+
+
+def test_a_float16_default_falls_back_to_bfloat16_on_overflow(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr("namm.memory_file.DEFAULT_STORAGE", "float16")
+    m = read_document(tiny, DOC[:400], policy="streaming_llm", budget=48, n_up=N_UP)
+    assert namm.read_manifest(namm.save_memory(m, tmp_path / "a.mem")).storage == "float16"
+    m.cache.layers[0].keys[0, 1, 2, 3] = 2.0**17
+    path = namm.save_memory(m, tmp_path / "b.mem")
+    assert namm.read_manifest(path).storage == "bfloat16"
+    assert float(namm.load_memory(tiny, path).cache.layers[0].keys[0, 1, 2, 3]) == 2.0**17
+
+
 def test_cli_memory_storage(tiny, tmp_path, monkeypatch, capsys):
     from namm.cli import main
 
