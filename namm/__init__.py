@@ -17,7 +17,7 @@ from .errors import (BudgetError, ContextTooLongError, CorruptMemoryError, Empty
 from .spec import DEFAULT_POLICY, POLICY_NAMES, Budget, GenerationRequest
 
 _LAZY = {
-    "generate": ".generate", "prefill": ".generate", "continuation_logits": ".generate",
+    "generate": ".generate", "generate_batch": ".batch", "prefill": ".generate", "continuation_logits": ".generate",
     "GenerationResult": ".generate", "GenerationStats": ".generate",
     "NammCache": ".memory",
     "read_document": ".document_memory", "ask": ".document_memory", "DocumentMemory": ".document_memory",
@@ -30,7 +30,7 @@ _LAZY = {
 }
 
 __all__ = [
-    "load_model", "LoadedModel", "generate", "prefill", "continuation_logits", "GenerationResult",
+    "load_model", "LoadedModel", "generate", "generate_batch", "prefill", "continuation_logits", "GenerationResult",
     "GenerationStats", "NammCache", "read_document", "ask", "DocumentMemory", "Manifest", "save_memory",
     "load_memory", "read_manifest", "make_policy", "available_policies", "Budget", "GenerationRequest",
     "POLICY_NAMES", "NammError", "InputError", "ModelLoadError", "UnknownPolicyError", "BudgetError",

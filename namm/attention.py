@@ -17,6 +17,9 @@ ATTN_IMPLEMENTATION = "namm_sdpa"
 # Cache.update and the attention call happen back to back in one attention module's forward;
 # the layer that was just updated announces itself here so the attention function can find it.
 _just_updated: ContextVar["NammLayer | None"] = ContextVar("namm_just_updated", default=None)
+# batched decoding (namm/batch.py): a layer holding one token of each of several requests, whose
+# own caches it updates and attends over row by row, announces itself here the same way
+_batch_updated: ContextVar["object | None"] = ContextVar("namm_batch_updated", default=None)
 _ROW_BLOCK = 64  # window queries scored per block: bounds the recomputation's memory, stays in cache
 
 
@@ -83,6 +86,10 @@ def _plain_sdpa(module, query, key, value, attention_mask, scaling):
 
 
 def namm_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    rows = _batch_updated.get()
+    if rows is not None and key is rows.announced_keys:
+        _batch_updated.set(None)
+        return rows.attend(module, query, key, value, scaling), None
     layer = _just_updated.get()
     if layer is None or layer.keys is None or key.data_ptr() != layer.keys.data_ptr():
         out = _plain_sdpa(module, query, key, value, attention_mask, scaling)
