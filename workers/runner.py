@@ -128,8 +128,10 @@ class Heartbeat:
 
 
 def run_job(job_id: str, *, load_model: Callable | None = None,
-            generate: Callable | None = None) -> str:
-    """Returns what happened, for logs and tests: done | failed | cancelled | <claim outcome>."""
+            generate: Callable | None = None, generate_batch: Callable | None = None) -> str:
+    """Returns what happened, for logs and tests: done | failed | cancelled | <claim outcome>.
+    With `worker.batch_max_jobs` > 1, queued jobs that fit run in one batch with this one
+    (workers/batching.py); the outcome returned is this job's."""
     settings = get_settings()
     with session_scope() as session:
         outcome, job = JobRepository(session).claim(
@@ -140,14 +142,23 @@ def run_job(job_id: str, *, load_model: Callable | None = None,
     assert job is not None
     from celery.exceptions import SoftTimeLimitExceeded
 
+    output, error, read_done, lm = None, None, None, None
     try:
         with Heartbeat(job.id, settings.worker.heartbeat_interval_s):
             if load_model is None or generate is None:
                 from namm import generate
                 from workers.model import get_model as load_model
+
+                if settings.worker.batch_max_jobs > 1:
+                    from namm.batch import generate_batch
             lm = load_model()
+            if generate_batch is not None:
+                from workers.batching import claim_companions, run_batch
+
+                companions = claim_companions(job, lm, len(job.text))
+                if companions:
+                    return _run_together([job, *companions], lm, generate_batch, run_batch)
             progress = ProgressReporter(job.id, settings.worker.progress_interval_s)
-            read_done = None
             if job.kind == "read":  # a stored document (service/memories): read and keep
                 from workers.memories import run_read
 
@@ -169,24 +180,51 @@ def run_job(job_id: str, *, load_model: Callable | None = None,
     except JobStopped:
         logger.info("job %s stopped: no longer running (cancelled)", job.id)
         return "cancelled"
-    except SoftTimeLimitExceeded:
-        fail(job.id, f"the job exceeded its time limit ({settings.worker.soft_time_limit_s} s)")
+    except (SoftTimeLimitExceeded, Exception) as exc:
+        error = exc
+    return finish(job, getattr(lm, "name", None), output, error, read_done)
+
+
+def _run_together(jobs: list[ClaimedJob], lm, generate_batch: Callable, run_batch: Callable) -> str:
+    """The batch of `jobs` (the task's own first); the others' batch and quota follow-ups run
+    here, as the task runs them for its own job."""
+    from workers.batches import after_job
+    from workers.releases import release_after
+
+    outcomes = run_batch(jobs, lm, generate_batch,
+                         lambda job, output, error: finish(job, getattr(lm, "name", None), output, error))
+    for job in jobs[1:]:
+        try:
+            after_job(job.id)
+            release_after(job.id)
+        except Exception:  # its outcome is stored; the sweep and the beat tick settle the rest
+            logger.warning("follow-up of batched job %s failed", job.id, exc_info=True)
+    return outcomes[jobs[0].id]
+
+
+def finish(job: ClaimedJob, model_name: str | None, output: dict | None, error: BaseException | None,
+           read_done=None) -> str:
+    """Store how `job` ended: its result and usage record, or its failure. How a failure is
+    reported depends on its class only (module docstring)."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    settings = get_settings()
+    if error is not None:
+        if isinstance(error, SoftTimeLimitExceeded):
+            fail(job.id, f"the job exceeded its time limit ({settings.worker.soft_time_limit_s} s)")
+        elif isinstance(error, StoreFailed):  # ours, but with a message the tenant can read
+            fail(job.id, str(error))
+        elif isinstance(error, InputError):  # the client's input: they can act on the message
+            logger.info("job %s failed on its input: %s", job.id, error)
+            fail(job.id, f"{type(error).__name__}: {error}")
+        else:
+            # ours (a bug, a broken model, out of memory): logged in full here, and reported as
+            # the service's failure, never as a mistake in the input; only the type reaches the client
+            logger.error("job %s crashed", job.id, exc_info=error)
+            fail(job.id, f"internal error ({type(error).__name__}): the service failed to run this "
+                         "job, not because of its input; see the worker log")
         return "failed"
-    except StoreFailed as exc:  # ours, but with a message the tenant can read (a full disk)
-        fail(job.id, str(exc))
-        return "failed"
-    except InputError as exc:  # the client's input: they can act on the message
-        logger.info("job %s failed on its input: %s", job.id, exc)
-        fail(job.id, f"{type(exc).__name__}: {exc}")
-        return "failed"
-    except Exception as exc:
-        # ours (a bug, a broken model, out of memory): logged in full here, and reported as
-        # the service's failure, never as a mistake in the input; only the type reaches the client
-        logger.exception("job %s crashed", job.id)
-        fail(job.id, f"internal error ({type(exc).__name__}): the service failed to run this "
-                     "job, not because of its input; see the worker log")
-        return "failed"
-    model_name = getattr(lm, "name", None) or "unknown"
+    model_name = model_name or "unknown"
     try:
         with session_scope() as session:
             stored = JobRepository(session).complete(job.id, model_name, output, settings.prices)

@@ -147,6 +147,10 @@ class WorkerSettings(BaseModel):
     # (the embedded default, a small host), a higher value lets the API answer at once while a
     # job runs (docs/benchmarks-service.md, "With a busy worker"); 0 on a dedicated GPU host.
     model_nice: int = Field(10, ge=0, le=19)
+    # several queued jobs in one model batch (workers/batching.py): at most this many, while
+    # their memories fit in this share of the device's free memory; 1: one job at a time
+    batch_max_jobs: int = Field(1, ge=1, le=256)
+    batch_memory_share: float = Field(0.5, gt=0, le=1)
 
 
 class BatchSettings(BaseModel):

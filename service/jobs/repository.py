@@ -233,6 +233,14 @@ class JobRepository:
             attempt=attempt, memory_id=job.memory_id, retention=bool(job.retention),
         )
 
+    def unclaim(self, job_id: str, attempt: int) -> bool:
+        """running -> queued, the attempt given back: a job claimed to join a batch it did not
+        fit (workers/batching.py). Only if it is still as that claim left it."""
+        result = self.session.execute(
+            update(Job).where(Job.id == job_id, Job.status == RUNNING, Job.attempts == attempt)
+            .values(status=QUEUED, attempts=attempt - 1, started_at=None, heartbeat_at=None))
+        return (result.rowcount or 0) == 1
+
     def _set_if_unchanged(self, job: Job, **values: Any) -> bool:
         """Write `values` only if the row still has the status and attempts `job` was read
         with; True when it did (the object is then up to date too)."""
