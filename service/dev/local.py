@@ -25,6 +25,7 @@ def local_environment(var: Path) -> dict[str, str]:
     env.setdefault("NAMM_BROKER__URL", f"sqla+sqlite:///{var / 'broker.db'}")
     env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(var / "metrics"))
     env.setdefault("NAMM_MEMORIES__STORE_URL", str(var / "memories"))  # stored documents
+    env.setdefault("NAMM_WORKER__BATCH_MAX_JOBS", "4")  # queued jobs share one model batch
     return env
 
 
