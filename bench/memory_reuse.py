@@ -80,6 +80,7 @@ def follow_up(lm, document: str, policy: str, storages: list[str], max_new_token
     out = {"policy": policy, "budget": memory.policy.budget, "tokens": memory.tokens, "kept": memory.kv_bytes,
            "full": memory.full_kv_bytes, "read": t_read, "storages": []}
     ram_answer = namm.ask(lm, memory, QUESTION, max_new_tokens=max_new_tokens).answers
+    out["answer"] = ram_answer[0]
     for storage in storages:  # saving leaves the memory as it was: each storage saves the same one
         path = os.path.join(folder, f"follow-up.{storage}.mem")
         _, t_save = _timed(lambda: namm.save_memory(memory, path, storage=storage))
@@ -87,7 +88,7 @@ def follow_up(lm, document: str, policy: str, storages: list[str], max_new_token
         first, t_ask = _timed(lambda: namm.ask(lm, loaded, QUESTION, max_new_tokens=max_new_tokens))
         again, t_ram = _timed(lambda: namm.ask(lm, loaded, QUESTION, max_new_tokens=max_new_tokens))
         out["storages"].append({"storage": storage, "file": os.path.getsize(path), "save": t_save, "load": t_load,
-                                "ask": t_ask, "ram": t_ram, "out": first.stats.tokens_out,
+                                "ask": t_ask, "ram": t_ram, "out": first.stats.tokens_out, "answer": first.text,
                                 "same": first.answers == ram_answer and again.answers == first.answers})
         os.unlink(path)
         del loaded
@@ -117,7 +118,7 @@ def print_follow_up(f: dict) -> None:
           + ("" if f["full_in_context"] else " (past the model's context: timed only, the answer is meaningless)"))
     print(f"{'storage':<10}{'file MiB':>9}{'file/full':>10}{'target':>8}{'save s':>7}{'load s':>7}{'ask s':>7}"
           f"{'disk s':>7}{'RAM s':>7}{'re-read/disk':>13}{'>=20x':>6}{'full/disk':>10}{'>=40x':>6}"
-          f"{'re-read/RAM':>12}{'full/RAM':>9}{'same':>6}")
+          f"{'re-read/RAM':>12}{'full/RAM':>9}{'same':>6}{'out':>5}")
     for s in f["storages"]:
         ratio = s["file"] / full
         target = 0.30 if s["storage"] == "float32" else 0.15
@@ -128,9 +129,11 @@ def print_follow_up(f: dict) -> None:
         print(f"{s['storage']:<10}{s['file'] / MiB:>9.2f}{ratio:>10.1%}{('<=' + format(target, '.0%')):>8}"
               f"{s['save']:>7.2f}{s['load']:>7.2f}{s['ask']:>7.2f}{disk:>7.2f}{s['ram']:>7.2f}"
               f"{f['reread'] / disk:>12.1f}x{('yes' if f['reread'] / disk >= 20 else 'NO'):>6}{vs_full:>10}"
-              f"{vs_full_ok:>6}{f['reread'] / s['ram']:>11.1f}x{ram_full:>9}{('yes' if s['same'] else 'no'):>6}")
+              f"{vs_full_ok:>6}{f['reread'] / s['ram']:>11.1f}x{ram_full:>9}{('yes' if s['same'] else 'no'):>6}{s['out']:>5}")
     print("same: the follow-up's answer is token for token the RAM memory's (float32 must be; a compact "
-          "storage may differ)")
+          "storage may differ); out: the answer's tokens (the ask's seconds grow with them)")
+    print(f"answers: {f['policy']} from RAM {f['answer'][:80]!r}" + "".join(
+        f"; {s['storage']} {s['answer'][:80]!r}" for s in f["storages"] if not s["same"]))
 
 
 def main(argv: list[str] | None = None) -> int:
