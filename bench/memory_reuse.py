@@ -4,9 +4,9 @@ question costs from a loaded memory against reading the document again.
     OMP_NUM_THREADS=1 .venv/bin/python bench/memory_reuse.py --threads 1 --tokens 4096
     OMP_NUM_THREADS=1 .venv/bin/python bench/memory_reuse.py --threads 1 --tokens 16384 --policies none
 
-For each policy of --policies (none: skip this table): read a document of real text (Python standard-library sources) once
-(`namm.read_document`), save it (`namm.save_memory`), then answer one question two ways: load the
-memory and ask (`namm.load_memory` + `namm.ask`), and `namm.generate` on the document text, which
+For each policy of --policies (none: skip this table): read a document of real text (Python
+standard-library sources) once (`namm.read_document`), save it (`namm.save_memory`, float32:
+exact), then answer one question two ways: load the memory and ask (`namm.load_memory` + `namm.ask`), and `namm.generate` on the document text, which
 reads it again. Prints one table: the KV bytes the memory keeps, the full cache's bytes for the
 same tokens, the file's bytes on disk, and the seconds of each step; `same` says whether both
 ways gave the same answer (they must). The model's weight hash, which the first load in a
@@ -48,7 +48,7 @@ def _row(lm, document: str, policy: str, budget, max_new_tokens: int, folder: st
     t_read = time.perf_counter() - t0
     path = os.path.join(folder, f"{policy}.mem")
     t0 = time.perf_counter()
-    namm.save_memory(memory, path)
+    namm.save_memory(memory, path, storage="float32")  # exact: the answers must be the same
     t_save = time.perf_counter() - t0
     kept, full, tokens = memory.kv_bytes, memory.full_kv_bytes, memory.tokens
     del memory
@@ -129,7 +129,8 @@ def print_follow_up(f: dict) -> None:
         print(f"{s['storage']:<10}{s['file'] / MiB:>9.2f}{ratio:>10.1%}{('<=' + format(target, '.0%')):>8}"
               f"{s['save']:>7.2f}{s['load']:>7.2f}{s['ask']:>7.2f}{disk:>7.2f}{s['ram']:>7.2f}"
               f"{f['reread'] / disk:>12.1f}x{('yes' if f['reread'] / disk >= 20 else 'NO'):>6}{vs_full:>10}"
-              f"{vs_full_ok:>6}{f['reread'] / s['ram']:>11.1f}x{ram_full:>9}{('yes' if s['same'] else 'no'):>6}{s['out']:>5}")
+              f"{vs_full_ok:>6}{f['reread'] / s['ram']:>11.1f}x{ram_full:>9}{('yes' if s['same'] else 'no'):>6}"
+              f"{s['out']:>5}")
     print("same: the follow-up's answer is token for token the RAM memory's (float32 must be; a compact "
           "storage may differ); out: the answer's tokens (the ask's seconds grow with them)")
     print(f"answers: {f['policy']} from RAM {f['answer'][:80]!r}" + "".join(
