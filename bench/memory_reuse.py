@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     head = (f"{'policy':<14}{'budget':>7}{'tokens':>7}{'KV MiB':>8}{'full MiB':>9}{'file MiB':>9}{'file/full':>10}"
             f"{'read s':>8}{'save s':>7}{'load s':>7}{'ask s':>7}{'load+ask':>9}{'re-read+ask':>12}{'speed-up':>9}"
             f"{'same':>6}")
-    print(head)
+    if rows:
+        print(head)
     for r in rows:
         loaded = r["load"] + r["ask"]
         print(f"{r['policy']:<14}{str(r['budget']):>7}{r['tokens']:>7}{r['kept'] / MiB:>8.2f}{r['full'] / MiB:>9.2f}"
