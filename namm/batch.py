@@ -204,7 +204,14 @@ def packed_linears(lm: LoadedModel, rows: int) -> PackedLinears | None:
     param = next(lm.model.parameters())
     if param.device.type != "cpu" or param.dtype != torch.float32:
         return None
-    return PackedLinears(lm.model, rows)
+    try:  # oneDNN's prepacking where this build has it, else a transposed copy
+        probe = PackedLinears(torch.nn.Linear(8, 8), rows)
+        with torch.no_grad(), probe:
+            probe.model(torch.zeros(rows, 1, 8))
+        kind = probe.kind
+    except Exception:
+        kind = "transposed"
+    return PackedLinears(lm.model, rows, kind)
 
 
 @torch.no_grad()
@@ -300,8 +307,8 @@ class _Batch:
         self.reading: deque[_Read] = deque()
         self.ready: deque[_Answer] = deque()
         self.rows: list[_Answer] = []
-        self.steps = 0            # batched decoding steps run
-        self.step_rows = 0        # rows summed over those steps
+        self.report = {"decode_steps": 0, "decode_rows": 0, "decode_seconds": 0.0, "read_chunks": 0,
+                       "read_seconds": 0.0, "question_seconds": 0.0}
 
     # -- outcomes --
     def _done(self, index: int, outcome: Outcome) -> None:
@@ -409,6 +416,8 @@ class _Batch:
             cache.flush()
             read.state = {k: v.clone() for k, v in read.job.policy.memory_state().items()}
         read.seconds += time.perf_counter() - t0
+        self.report["read_chunks"] += 1
+        self.report["read_seconds"] += time.perf_counter() - t0
         if read.pos >= ids.shape[1]:
             from .document_memory import _note_cache
 
@@ -428,6 +437,7 @@ class _Batch:
         then choose the first token; the answer joins the batch unless it is already over."""
         from .generate import prefill
 
+        started = time.perf_counter()
         job, read = ans.job, ans.read
         if ans.last:
             job.policy.load_memory_state(read.state)
@@ -449,6 +459,7 @@ class _Batch:
         t0 = time.perf_counter()
         going = self._choose(ans, logits)
         ans.seconds_decode += time.perf_counter() - t0
+        self.report["question_seconds"] += time.perf_counter() - started
         if going:
             self.rows.append(ans)
         else:
@@ -522,9 +533,10 @@ class _Batch:
             for a in list(rows):
                 self._fail(a.job, exc)
             return
-        self.steps += 1
-        self.step_rows += len(rows)
         step_seconds = time.perf_counter() - t0
+        self.report["decode_steps"] += 1
+        self.report["decode_rows"] += len(rows)
+        self.report["decode_seconds"] += step_seconds
         for i, ans in enumerate(list(rows)):
             if ans.job.error is not None:
                 continue
@@ -583,7 +595,8 @@ class _Batch:
 def generate_batch(lm: LoadedModel, requests: Iterable[GenerationRequest | Mapping[str, Any]], *,
                    max_batch: int = 8, read_ahead: int | None = None, decoding: Decoding | None = None,
                    positions: str = "original", pack_weights: bool | None = None, fill_batch: bool = True,
-                   on_result: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
+                   on_result: Callable[[int, Outcome], None] | None = None,
+                   report: dict | None = None) -> list[Outcome]:
     """Answer several requests at once, each exactly as `namm.generate(lm, request)` would.
 
     `requests`: `GenerationRequest`s, or mappings of their fields (validated here: bad input
@@ -600,6 +613,9 @@ def generate_batch(lm: LoadedModel, requests: Iterable[GenerationRequest | Mappi
     chunk) before the next decoding step, so steps run full; False: strictly one chunk of
     reading per decoding step (answers already decoding wait less, steps run emptier).
     `on_result(index, outcome)`: called as each request finishes (or fails).
+    `report`: a dict that receives the schedule's figures: decode_steps, decode_rows (rows summed
+    over the steps), decode_seconds (wall time of the batched steps), read_chunks, read_seconds,
+    question_seconds (copying memories, reading questions, choosing first tokens).
 
     Returns one outcome per request, in order: its `GenerationResult`, or the exception it
     raised (an `InputError` for bad input); one request's error never stops the others.
@@ -612,8 +628,12 @@ def generate_batch(lm: LoadedModel, requests: Iterable[GenerationRequest | Mappi
         raise ValueError(f"read_ahead must be an integer >= 0, got {read_ahead!r}")
     if positions not in ("auto", "original", "reindexed"):
         raise ValueError(f"positions must be auto, original or reindexed, got {positions!r}")
-    return _Batch(lm, max_batch, read_ahead, decoding, positions, on_result, pack_weights,
-                  fill_batch).run(list(requests))
+    batch = _Batch(lm, max_batch, read_ahead, decoding, positions, on_result, pack_weights, fill_batch)
+    try:
+        return batch.run(list(requests))
+    finally:
+        if report is not None:
+            report.update(batch.report)
 
 
 __all__ = ["generate_batch", "batched_step", "RowsCache", "PackedLinears", "packed_linears"]
