@@ -2,12 +2,14 @@
 question costs from a loaded memory against reading the document again.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/memory_reuse.py --threads 1 --tokens 4096
-    OMP_NUM_THREADS=1 .venv/bin/python bench/memory_reuse.py --threads 1 --tokens 16384 --policies none
+    OMP_NUM_THREADS=1 .venv/bin/python bench/memory_reuse.py --threads 1 --tokens 16384 --policies none \
+        --question "Summarize what this code does."
 
 For each policy of --policies (none: skip this table): read a document of real text (Python
 standard-library sources) once (`namm.read_document`), save it (`namm.save_memory`, float32:
-exact), then answer one question two ways: load the memory and ask (`namm.load_memory` + `namm.ask`), and `namm.generate` on the document text, which
-reads it again. Prints one table: the KV bytes the memory keeps, the full cache's bytes for the
+exact), then answer one question (--question) two ways: load the memory and ask
+(`namm.load_memory` + `namm.ask`), and `namm.generate` on the document text, which reads it
+again. Prints one table: the KV bytes the memory keeps, the full cache's bytes for the
 same tokens, the file's bytes on disk, and the seconds of each step; `same` says whether both
 ways gave the same answer (they must). The model's weight hash, which the first load in a
 process computes (once per model), is timed on its own line.
@@ -42,7 +44,8 @@ MiB = 2**20
 QUESTION = "Which module does this code import first?"
 
 
-def _row(lm, document: str, policy: str, budget, max_new_tokens: int, folder: str) -> dict:
+def _row(lm, document: str, policy: str, budget, max_new_tokens: int, folder: str,
+         question: str = QUESTION) -> dict:
     t0 = time.perf_counter()
     memory = namm.read_document(lm, document, policy=policy, budget=budget)
     t_read = time.perf_counter() - t0
@@ -56,10 +59,10 @@ def _row(lm, document: str, policy: str, budget, max_new_tokens: int, folder: st
     loaded = namm.load_memory(lm, path)
     t_load = time.perf_counter() - t0
     t0 = time.perf_counter()
-    asked = namm.ask(lm, loaded, QUESTION, max_new_tokens=max_new_tokens)
+    asked = namm.ask(lm, loaded, question, max_new_tokens=max_new_tokens)
     t_ask = time.perf_counter() - t0
     t0 = time.perf_counter()
-    again = namm.generate(lm, document, QUESTION, policy=policy, budget=budget, max_new_tokens=max_new_tokens)
+    again = namm.generate(lm, document, question, policy=policy, budget=budget, max_new_tokens=max_new_tokens)
     t_again = time.perf_counter() - t0
     return {"policy": policy, "budget": loaded.policy.budget, "tokens": tokens, "kept": kept, "full": full,
             "file": os.path.getsize(path), "read": t_read, "save": t_save, "load": t_load, "ask": t_ask,
@@ -74,27 +77,27 @@ def _timed(fn):
 
 
 def follow_up(lm, document: str, policy: str, storages: list[str], max_new_tokens: int, folder: str,
-              full_past_context: bool) -> dict:
+              full_past_context: bool, question: str = QUESTION, positions: str = "original") -> dict:
     """The follow-up figures of one document (module docstring)."""
-    memory, t_read = _timed(lambda: namm.read_document(lm, document, policy=policy))
+    memory, t_read = _timed(lambda: namm.read_document(lm, document, policy=policy, positions=positions))
     out = {"policy": policy, "budget": memory.policy.budget, "tokens": memory.tokens, "kept": memory.kv_bytes,
            "full": memory.full_kv_bytes, "read": t_read, "storages": []}
-    ram_answer = namm.ask(lm, memory, QUESTION, max_new_tokens=max_new_tokens).answers
+    ram_answer = namm.ask(lm, memory, question, max_new_tokens=max_new_tokens).answers
     out["answer"] = ram_answer[0]
     for storage in storages:  # saving leaves the memory as it was: each storage saves the same one
         path = os.path.join(folder, f"follow-up.{storage}.mem")
         _, t_save = _timed(lambda: namm.save_memory(memory, path, storage=storage))
         loaded, t_load = _timed(lambda: namm.load_memory(lm, path))
-        first, t_ask = _timed(lambda: namm.ask(lm, loaded, QUESTION, max_new_tokens=max_new_tokens))
-        again, t_ram = _timed(lambda: namm.ask(lm, loaded, QUESTION, max_new_tokens=max_new_tokens))
+        first, t_ask = _timed(lambda: namm.ask(lm, loaded, question, max_new_tokens=max_new_tokens))
+        again, t_ram = _timed(lambda: namm.ask(lm, loaded, question, max_new_tokens=max_new_tokens))
         out["storages"].append({"storage": storage, "file": os.path.getsize(path), "save": t_save, "load": t_load,
                                 "ask": t_ask, "ram": t_ram, "out": first.stats.tokens_out, "answer": first.text,
                                 "same": first.answers == ram_answer and again.answers == first.answers})
         os.unlink(path)
         del loaded
     del memory
-    reread, out["reread"] = _timed(lambda: namm.generate(lm, document, QUESTION, policy=policy,
-                                                         max_new_tokens=max_new_tokens))
+    reread, out["reread"] = _timed(lambda: namm.generate(lm, document, question, policy=policy,
+                                                         max_new_tokens=max_new_tokens, positions=positions))
     out["reread_same"] = reread.answers == ram_answer
     full_lm = lm
     out["full_in_context"] = out["tokens"] + 64 + max_new_tokens <= lm.max_context
@@ -103,7 +106,7 @@ def follow_up(lm, document: str, policy: str, storages: list[str], max_new_token
             out["reread_full"] = None
             return out
         full_lm = dataclasses.replace(lm, max_context=10**9)  # the same weights; only the check is lifted
-    _, out["reread_full"] = _timed(lambda: namm.generate(full_lm, document, QUESTION, policy="full",
+    _, out["reread_full"] = _timed(lambda: namm.generate(full_lm, document, question, policy="full",
                                                          max_new_tokens=max_new_tokens))
     return out
 
@@ -150,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=None,
                         help="budget of the baselines (default: each policy's own; surprisal: its checkpoint's)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--question", default=QUESTION)
+    parser.add_argument("--positions", default="original", choices=("original", "reindexed", "auto"),
+                        help="the follow-up memory's RoPE positions (namm.generate's option)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--model", default=None, help="local Hugging Face checkpoint (default: SmolLM2-135M)")
     args = parser.parse_args(argv)
@@ -160,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     _ = lm.weights_sha256, lm.tokenizer_sha256
     print(f"model {lm.name}, torch threads {torch.get_num_threads()}, document {args.tokens} tokens, "
-          f"question + {args.max_new_tokens} new tokens at most; weight + tokenizer hash "
+          f"question {args.question!r} + {args.max_new_tokens} new tokens at most; weight + tokenizer hash "
           f"{time.perf_counter() - t0:.2f} s (once per process)")
     rows = []
     policies = [] if args.policies == "none" else args.policies.split(",")
@@ -168,10 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         for policy in policies:
             budget = None if policy in ("surprisal", "namm", "full") else args.budget
-            rows.append(_row(lm, document, policy, budget, args.max_new_tokens, folder))
+            rows.append(_row(lm, document, policy, budget, args.max_new_tokens, folder, args.question))
         if args.follow_up_policy != "none":
             follow = follow_up(lm, document, args.follow_up_policy, args.storages.split(","), args.max_new_tokens,
-                               folder, args.full_past_context)
+                               folder, args.full_past_context, args.question, args.positions)
     head = (f"{'policy':<14}{'budget':>7}{'tokens':>7}{'KV MiB':>8}{'full MiB':>9}{'file MiB':>9}{'file/full':>10}"
             f"{'read s':>8}{'save s':>7}{'load s':>7}{'ask s':>7}{'load+ask':>9}{'re-read+ask':>12}{'speed-up':>9}"
             f"{'same':>6}")
