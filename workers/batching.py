@@ -169,10 +169,11 @@ def run_batch(jobs: list[ClaimedJob], lm, generate_batch: Callable,
         try:
             generate_batch(lm, [requests[i] for i in todo], max_batch=settings.worker.batch_max_jobs,
                            on_result=lambda k, outcome: on_result(todo[k], outcome))
-        except BaseException as exc:  # the whole batch stopped (time limit, a crash): the rest fail
+        except Exception as exc:  # the whole batch stopped (time limit, a crash): the rest fail
             for i in todo:
                 if jobs[i].id not in outcomes:
                     outcomes[jobs[i].id] = finish(jobs[i], None, exc)
-            if not isinstance(exc, Exception):
-                raise
+        # a SystemExit (Celery terminating the task: its message is handed back after a lost
+        # broker connection) goes through unrecorded: the unfinished jobs stay running, and run
+        # again once their heartbeat is stale, as a job alone would
     return outcomes

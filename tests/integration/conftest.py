@@ -19,6 +19,9 @@ PG_HOST = os.environ.get("NAMM_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("NAMM_TEST_PG_PORT", "5432"))
 PG_ADMIN_DB = os.environ.get("NAMM_TEST_PG_DB", "test")
 REDIS_URL = os.environ.get("NAMM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# NAMM_* settings a stack put into this process's environment (start_stack): the next stack
+# starts without them, so one module's settings (a batching worker, say) never reach another's
+SET_BY_STACKS: set[str] = set()
 
 
 def unavailable(what: str, error: Exception) -> None:
@@ -90,12 +93,20 @@ class Stack:
         self.url, self.keys, self.procs, self.env = url, keys, procs, env
 
 
+def use_env(env: dict[str, str]) -> None:
+    """This process talks to the stack of `env` (base_env's): an earlier stack's settings go."""
+    for name in SET_BY_STACKS - env.keys():
+        os.environ.pop(name, None)
+    SET_BY_STACKS.update(n for n in env if n.startswith("NAMM_") and os.environ.get(n) != env[n])
+    os.environ.update(env)
+
+
 def start_stack(env: dict[str, str], log_dir: Path, with_beat: bool = False) -> Stack:
     from service.core.migrate import upgrade
     from service.dev.processes import ServiceProcesses, api_command, beat_command, worker_commands
     from service.core.state import reset_process_state
 
-    os.environ.update(env)
+    use_env(env)
     reset_process_state()
     upgrade(env["NAMM_DATABASE__URL"])
     from service.core.db import session_scope
@@ -122,7 +133,7 @@ def start_stack(env: dict[str, str], log_dir: Path, with_beat: bool = False) -> 
 
 
 def base_env(tmp: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
+    env = {n: v for n, v in os.environ.items() if n not in SET_BY_STACKS}
     env.update({
         "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
         "NAMM_API__LOG_LEVEL": "warning",

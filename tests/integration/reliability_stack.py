@@ -3,12 +3,11 @@ queued, nothing loads the model), and a PostgreSQL database of a module's own.""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from conftest import Stack, free_port
+from conftest import Stack, free_port, use_env
 
 
 def start_api_only(env: dict[str, str], log_dir: Path) -> Stack:
@@ -19,7 +18,7 @@ def start_api_only(env: dict[str, str], log_dir: Path) -> Stack:
     from service.core.state import reset_process_state
     from service.dev.processes import ServiceProcesses, api_command
 
-    os.environ.update(env)
+    use_env(env)
     reset_process_state()
     upgrade(env["NAMM_DATABASE__URL"])
     queue_depths()

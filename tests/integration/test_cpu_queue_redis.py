@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import base_env
+from conftest import base_env, use_env
 
 
 def _succeeded(procs, task: str) -> int:
@@ -28,8 +28,6 @@ def _wait_for(predicate, timeout_s: float) -> float:
 
 @pytest.fixture
 def cpu_stack(redis_broker, tmp_path):
-    import os
-
     from service.core.migrate import upgrade
     from service.core.state import reset_process_state
     from service.dev.processes import ServiceProcesses
@@ -38,7 +36,7 @@ def cpu_stack(redis_broker, tmp_path):
     env = base_env(tmp_path, NAMM_DATABASE__URL=f"sqlite:///{tmp_path / 'namm.db'}",
                    NAMM_BROKER__URL=redis_url, NAMM_BROKER__KEY_PREFIX=f"{prefix}split-",
                    NAMM_WORKER__SWEEP_INTERVAL_S="3")
-    os.environ.update(env)
+    use_env(env)
     reset_process_state()
     upgrade(env["NAMM_DATABASE__URL"])
     procs = ServiceProcesses(env=env, log_dir=tmp_path / "logs")

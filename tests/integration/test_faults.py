@@ -26,7 +26,7 @@ from datetime import datetime
 import httpx
 import psutil
 import pytest
-from conftest import base_env, free_port, start_stack, unavailable
+from conftest import base_env, free_port, start_stack, unavailable, use_env
 from flows import QUESTION, SHORT_DOCUMENT, check_stored_once, wait_for
 from reliability_stack import own_pg_database
 
@@ -187,7 +187,7 @@ def test_redis_restart_without_saving(faults):
         restarted_at = time.time()
         jobs = [wait_for(client, job_id, timeout_s=300) for job_id in before + during]
     for job in jobs:
-        assert job["status"] == "done", (job, faults.procs.log_tail("worker", 80))
+        assert job["status"] == "done", (job.get("error"), job, faults.procs.log_tail("worker", 80))
         assert "4711" in job["result"]["text"]
         check_stored_once(job["id"])
     last_start = max(datetime.fromisoformat(j["started_at"]).timestamp() for j in jobs)
@@ -228,7 +228,7 @@ def test_pg_terminate_backend_storm_every_request_answered(tmp_path):
     with own_pg_database("storm") as db_url:
         env = base_env(tmp_path, NAMM_DATABASE__URL=db_url, NAMM_API__LOG_LEVEL="info",
                        NAMM_BROKER__URL=f"sqla+sqlite:///{tmp_path / 'broker.db'}")
-        os.environ.update(env)
+        use_env(env)
         from service.api.keys import get_or_create_tenant, issue_key
         from service.core.db import session_scope
         from service.core.migrate import upgrade

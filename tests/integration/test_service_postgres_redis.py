@@ -1,6 +1,8 @@
 """The production configuration: real PostgreSQL and Redis, a real Celery worker process and
 the LitServe API as subprocesses, the real default model."""
 
+import time
+
 import httpx
 import pytest
 
@@ -46,8 +48,15 @@ def test_document_longer_than_context_fails_clearly(pg_redis_stack):
 def test_cancel_a_queued_job(pg_redis_stack):
     with httpx.Client(base_url=pg_redis_stack.url,
                       headers={"X-API-Key": pg_redis_stack.keys[0]}, timeout=30) as c:
-        ids = [c.post("/v1/jobs", json={"document": "Short text number %d." % i,
-                                        "max_new_tokens": 4}).json()["id"] for i in range(2)]
+        # the one worker (one job at a time) is busy with a job of some seconds while the second
+        # is submitted and cancelled: the second cannot be claimed first (a 4-token job could
+        # finish before the cancel arrived, and the second then ran)
+        busy = " ".join(f"Line {i}: the shipment left the depot on time." for i in range(150))
+        ids = [c.post("/v1/jobs", json={"document": busy, "max_new_tokens": 32}).json()["id"]]
+        deadline = time.monotonic() + 300
+        while c.get(f"/v1/jobs/{ids[0]}").json()["status"] == "queued" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ids.append(c.post("/v1/jobs", json={"document": "Short text.", "max_new_tokens": 4}).json()["id"])
         cancelled = c.post(f"/v1/jobs/{ids[1]}/cancel").json()
         assert cancelled["status"] == "cancelled"
         first = wait_for(c, ids[0])

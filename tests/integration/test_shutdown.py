@@ -10,7 +10,7 @@ import time
 
 import httpx
 import psutil
-from conftest import base_env, free_port
+from conftest import base_env, free_port, use_env
 
 DRAIN_S = 5.0
 
@@ -21,7 +21,7 @@ def test_sigterm_stops_the_api_and_all_its_children(tmp_path):
     env = base_env(tmp_path, NAMM_DATABASE__URL=f"sqlite:///{tmp_path / 'namm.db'}",
                    NAMM_BROKER__URL=f"sqla+sqlite:///{tmp_path / 'broker.db'}",
                    NAMM_API__DRAIN_TIMEOUT_S=str(DRAIN_S))
-    os.environ.update(env)
+    use_env(env)
     from service.core.migrate import upgrade
     from service.core.state import reset_process_state
 
@@ -96,7 +96,7 @@ def test_sigterm_under_load_answers_every_request_and_stops_within_the_drain_tim
                        NAMM_BROKER__URL=f"sqla+sqlite:///{tmp_path / 'broker.db'}",
                        NAMM_API__DRAIN_TIMEOUT_S=str(DRAIN_S),
                        NAMM_API__DRAIN_NOTICE_S=str(NOTICE_S))
-        os.environ.update(env)
+        use_env(env)
         from service.api.keys import get_or_create_tenant, issue_key
         from service.core.db import session_scope
         from service.core.migrate import upgrade

@@ -91,6 +91,7 @@ def test_the_api_serves_the_map_to_its_tenant_only(env, lm):
         assert "".join(p for p, _ in body["pieces"]) == DOC.strip()
         assert c.get(job["retention"], headers={"X-API-Key": other}).status_code == 404
         plain = _job(False)
-        assert c.get(f"/v1/jobs/{plain}/retention", headers={"X-API-Key": mine}).status_code == 404
+        refused = c.get(f"/v1/jobs/{plain}/retention", headers={"X-API-Key": mine})
+        assert refused.status_code == 409 and "retention: true" in refused.json()["detail"]
         page = c.get(f"/dashboard/jobs/{job_id}")
         assert page.status_code == 200 and "job.js" in page.text

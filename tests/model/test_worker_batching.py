@@ -107,3 +107,19 @@ def _claimed(job_id):
     from service.jobs.repository import ClaimedJob
 
     return ClaimedJob(id=job_id, tenant_id=1, text="", kind="answer", instruction=None, policy="full", budget=None)
+
+
+def test_a_batch_terminated_by_the_worker_leaves_its_jobs_to_run_again(env, lm):
+    """Celery terminates a task whose message it hands back (a lost broker connection with late
+    acks): the SystemExit raised in the child must not be recorded as the jobs' failure. They
+    stay running, and run again once their heartbeat is stale, as a job alone would."""
+    ids = _jobs([(DOCS[0], "surprisal", {}), (DOCS[1], "surprisal", {})])
+
+    def terminated(lm_, requests, **kwargs):
+        raise SystemExit(-15)
+
+    from workers.runner import run_job
+
+    with pytest.raises(SystemExit):
+        run_job(ids[0], load_model=lambda: lm, generate=namm.generate, generate_batch=terminated)
+    assert [(_row(i).status, _row(i).error) for i in ids] == [("running", None), ("running", None)]

@@ -69,8 +69,9 @@ def _requests():
 def test_every_answer_and_figure_equals_generate_one_at_a_time(tiny, monkeypatch):
     requests = _requests()
     steps = _count_steps(monkeypatch)
-    done = []
-    out = generate_batch(tiny, requests, max_batch=4, read_ahead=2, on_result=lambda i, o: done.append(i))
+    done, report = [], {}
+    out = generate_batch(tiny, requests, max_batch=4, read_ahead=2, on_result=lambda i, o: done.append(i),
+                         report=report)
     assert len(out) == len(requests) and sorted(done) == list(range(len(requests)))
     for request, outcome in zip(requests, out):
         _same_as_generate(tiny, request, outcome)
@@ -81,6 +82,8 @@ def test_every_answer_and_figure_equals_generate_one_at_a_time(tiny, monkeypatch
     assert len({tuple(s) for s, _ in steps}) > 3
     total_rows = sum(o.stats.tokens_out for o in out) - 2 * len(out)  # each answer's first token needs no step
     assert sum(sizes) >= total_rows
+    assert (report["decode_steps"], report["decode_rows"]) == (len(steps), sum(sizes))
+    assert report["read_chunks"] > len(requests) and report["decode_seconds"] > 0
 
 
 def test_query_aware_reindexed_and_truncated_requests_equal_generate(tiny):

@@ -109,16 +109,25 @@ def job_router() -> APIRouter:
                 summary="What the memory kept of the document",
                 description="For a job submitted with `retention: true`, once done: the "
                             "document as token pieces, each with the share (0..1) of layers and "
-                            "KV heads whose memory still held it when the questions were asked.")
+                            "KV heads whose memory still held it when the questions were asked.",
+                responses={404: {"description": "no such job"},
+                           409: {"description": "the job has no retention map (not asked for, "
+                                                "not done yet, or its document was cut)"}})
     def retention_route(job_id: JobId, tenant_id: TenantDep, jobs: JobsDep) -> RetentionOut:
         from service.models import Result
 
         job = jobs.get(tenant_id, job_id_or_404(job_id))
-        pieces = None if job is None else jobs.session.scalar(
-            select(Result.retention).where(Result.job_id == job.id))
-        if pieces is None:
-            raise HTTPException(404, "no retention map for this job (ask with retention: true; "
-                                     "it is kept once the job is done)")
+        if job is None:
+            raise HTTPException(404, "job not found")
+        pieces = jobs.session.scalar(select(Result.retention).where(Result.job_id == job.id))
+        if pieces is None:  # the job exists: a 404 would read as "no such job"
+            if not job.retention:
+                why = "it was not submitted with retention: true"
+            elif job.status != "done":
+                why = f"it is {job.status}; the map is kept once the job is done"
+            else:
+                why = "its document was cut to the model's context, so no map matches it"
+            raise HTTPException(409, f"no retention map for this job: {why}")
         shares = [share for _, share in pieces]
         return RetentionOut(job=job.id, policy=job.policy, budget=job.budget, tokens=len(pieces),
                             mean_share=sum(shares) / len(shares) if shares else 1.0, pieces=pieces)
