@@ -42,7 +42,7 @@ services:
 	bash .ci/services
 
 test: install services
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=30
 
 # The service on its embedded default (SQLite + a serverless broker, a real Celery worker and
 # beat, the default model); prints the URL and an API key, then runs a sample job.
