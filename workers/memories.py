@@ -94,7 +94,7 @@ def run_read(lm, job: ClaimedJob, progress: Callable | None = None) -> tuple[dic
     output = read_output(memory, time.perf_counter() - started)
     key = storage_key(job.memory_id, job.attempt)
     nbytes = _save(memory, key)
-    _remember(key, memory)
+    _remember(key, _as_stored(lm, memory, key, job.policy, job.budget))
     output.update(memory_bytes_stored=nbytes, memory_kv_bytes=memory.kv_bytes,
                   memory_full_cache_bytes=memory.full_kv_bytes)
     done = ReadDone(model=getattr(lm, "name", None) or "unknown", tokens=memory.tokens,
@@ -102,6 +102,28 @@ def run_read(lm, job: ClaimedJob, progress: Callable | None = None) -> tuple[dic
                     full_cache_bytes=memory.full_kv_bytes, storage_key=key,
                     kv_token_steps_full=output["kv_token_steps_full"])
     return output, done
+
+
+def _policy(lm, name: str, budget):
+    import namm
+
+    return namm.make_policy(name, None if budget is None else budget.number, model_name=lm.name)
+
+
+def _as_stored(lm, memory, key: str, policy: str, budget):
+    """`memory` as the store gives it back: itself where the storage is exact (the model's
+    dtype), else the file loaded again, so a question answered from RAM gets the tokens it
+    would get from the store (a compact storage rounds keys and values)."""
+    from namm.memory_file import DEFAULT_STORAGE
+
+    if (get_settings().memories.storage or DEFAULT_STORAGE) == memory.manifest.dtype:
+        return memory
+    try:
+        return memory_store().load(lm, key, policy=_policy(lm, policy, budget))
+    except (OSError, CorruptMemoryError, MemoryMismatchError) as exc:  # just written: the store failed
+        logger.error("memory %s does not load back: %s", key, exc)
+        raise StoreFailed("the document was read but its memory could not be read back from the store; "
+                          "retry later") from exc
 
 
 class StoreFailed(Exception):
@@ -113,7 +135,7 @@ def _save(memory, key: str) -> int:
     from safetensors import SafetensorError
 
     try:
-        return memory_store().save(memory, key)
+        return memory_store().save(memory, key, storage=get_settings().memories.storage)
     except (OSError, SafetensorError) as exc:  # namm.save_memory removed its temporary file
         logger.error("could not store memory %s: %s", key, exc)
         # safetensors says "Error while serializing: I/O error: No space left on device (...)"
@@ -128,8 +150,6 @@ class DocumentNotReadable(InputError):
 
 def _memory_for(lm, job: ClaimedJob, row) -> tuple[object, str, tuple[str, int] | None]:
     """(memory, where it came from, (new key, bytes) if it was rebuilt and stored again)."""
-    import namm
-
     key = row.storage_key
     if key:
         memory = _ram_cache().get(key)
@@ -137,9 +157,7 @@ def _memory_for(lm, job: ClaimedJob, row) -> tuple[object, str, tuple[str, int] 
             return memory, "ram", None
         try:
             # the row's policy and budget: a file stored under others is a mismatch
-            policy = namm.make_policy(row.policy, None if row.budget is None else row.budget.number,
-                                      model_name=lm.name)
-            memory = memory_store().load(lm, key, policy=policy)
+            memory = memory_store().load(lm, key, policy=_policy(lm, row.policy, row.budget))
             _remember(key, memory)
             return memory, "store", None
         except FileNotFoundError:
@@ -156,6 +174,7 @@ def _memory_for(lm, job: ClaimedJob, row) -> tuple[object, str, tuple[str, int] 
     new_key = storage_key(row.id, f"r{int(time.time() * 1000)}")
     try:
         nbytes = _save(memory, new_key)
+        memory = _as_stored(lm, memory, new_key, row.policy, row.budget)
     except StoreFailed:  # the question is still answered from the rebuilt memory
         return memory, f"memory rebuilt: {why} (not stored again: the store refused it)", None
     _remember(new_key, memory)

@@ -220,6 +220,9 @@ class MemorySettings(BaseModel):
     max_total_bytes: int | None = Field(None, ge=1)  # over it: least recently used files go
     max_tenant_bytes: int | None = Field(None, ge=1)  # one tenant's stored memories; over: 403
     ram_bytes: int = Field(512 * 1024 * 1024, ge=0)  # each worker keeps recent memories in RAM
+    # the dtype of stored keys and values; None: namm's default (float16: half float32's bytes,
+    # the same held-out score, docs/memories.md); "float32" is exact, "int8" a quarter
+    storage: Literal["float32", "float16", "bfloat16", "int8"] | None = None
 
 
 class Settings(BaseSettings):

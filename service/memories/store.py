@@ -37,16 +37,17 @@ class MemoryStore:
             raise ValueError(f"not a memory key: {key!r}")
         return f"{self.root}/{key}"
 
-    def save(self, memory, key: str) -> int:
-        """Write `memory` (a namm.DocumentMemory) under `key`; its size in bytes."""
+    def save(self, memory, key: str, storage: str | None = None) -> int:
+        """Write `memory` (a namm.DocumentMemory) under `key`, its keys and values in `storage`
+        (None: namm's default); its size in bytes."""
         from namm import save_memory
 
         if self.local:
-            save_memory(memory, self.path(key))
+            save_memory(memory, self.path(key), storage=storage)
             return os.path.getsize(self.path(key))
         with tempfile.TemporaryDirectory(prefix="namm-memory-") as staging:
             local = Path(staging) / key
-            save_memory(memory, local)
+            save_memory(memory, local, storage=storage)
             self.fs.put_file(str(local), self.path(key))
             return local.stat().st_size
 

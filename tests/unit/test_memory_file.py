@@ -56,7 +56,7 @@ def test_round_trip_is_exact(tiny, tmp_path, policy, budget, positions):
     memory = _read(tiny, policy, budget, positions)
     if policy != "full":
         assert memory.kv_bytes < memory.full_kv_bytes  # the budget really evicts
-    path = namm.save_memory(memory, tmp_path / "doc.mem")
+    path = namm.save_memory(memory, tmp_path / "doc.mem", storage="float32")
     loaded = namm.load_memory(tiny, path)
     assert loaded.manifest == memory.manifest and loaded.tokens == memory.tokens > 800
     assert loaded.positions == positions and loaded.kv_bytes == memory.kv_bytes
@@ -85,7 +85,7 @@ def test_namm_keeps_its_surprisal_record(tiny, tmp_path):
     assert memory.policy.needs_surprisal  # the shipped checkpoint weighs surprisal
     state = memory.cache.surprisal_log.state()
     assert state["values"].shape[1] == memory.tokens and "last_logits" in state
-    loaded = namm.load_memory(tiny, namm.save_memory(memory, tmp_path / "doc.mem"))
+    loaded = namm.load_memory(tiny, namm.save_memory(memory, tmp_path / "doc.mem", storage="float32"))
     assert all(torch.equal(v, loaded.cache.surprisal_log.state()[k]) for k, v in state.items())
 
 
@@ -102,7 +102,7 @@ def test_ask_answers_from_copies_and_generate_is_read_then_ask(tiny, tmp_path):
     # the figures of ask count the questions only: the document is not read again
     q_tokens = sum(len(tiny.tokenizer.encode(question_prompt(tiny.tokenizer, q))) for q in QUESTIONS)
     assert first.stats.tokens_in == q_tokens and once.stats.tokens_in == q_tokens + memory.tokens
-    loaded = namm.load_memory(tiny, namm.save_memory(memory, tmp_path / "m.mem"))
+    loaded = namm.load_memory(tiny, namm.save_memory(memory, tmp_path / "m.mem", storage="float32"))
     assert namm.ask(tiny, loaded, QUESTIONS, max_new_tokens=10).answers == first.answers
 
 
@@ -111,7 +111,7 @@ def test_a_policy_with_running_state_goes_on_from_the_saved_state(tiny, tmp_path
     memory = read_document(tiny, DOC, policy=NammPolicy(params=params.numpy(), budget=0.4), n_up=N_UP)
     assert not memory.policy.norm.frozen and memory.policy.norm.count > 0
     fresh = NammPolicy(params=params.numpy(), budget=0.4)  # a policy object: its settings must match
-    loaded = namm.load_memory(tiny, namm.save_memory(memory, tmp_path / "doc.mem"), policy=fresh)
+    loaded = namm.load_memory(tiny, namm.save_memory(memory, tmp_path / "doc.mem", storage="float32"), policy=fresh)
     assert loaded.policy is fresh and fresh.norm.count == 0  # put back before each question
     for q in QUESTIONS[:2]:
         assert _answer_ids(tiny, memory, q)[1] == _answer_ids(tiny, loaded, q)[1]
@@ -124,7 +124,7 @@ def test_a_policy_with_running_state_goes_on_from_the_saved_state(tiny, tmp_path
 @pytest.fixture(scope="module")
 def saved(tiny, tmp_path_factory):
     path = tmp_path_factory.mktemp("mem") / "doc.mem"
-    return namm.save_memory(_read(tiny, "snapkv", 0.3), path)
+    return namm.save_memory(_read(tiny, "snapkv", 0.3), path, storage="float32")
 
 
 class _OtherTokenizer(_ByteTokenizer):
@@ -252,7 +252,7 @@ def test_loading_never_unpickles(tiny, saved, monkeypatch):
 
 def test_save_is_atomic(tiny, tmp_path, monkeypatch):
     memory = _read(tiny, "streaming_llm", 48)
-    path = namm.save_memory(memory, tmp_path / "doc.mem")
+    path = namm.save_memory(memory, tmp_path / "doc.mem", storage="float32")
     good = path.read_bytes()
 
     def crash(tensors, filename, metadata=None):
@@ -262,7 +262,7 @@ def test_save_is_atomic(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr("namm.memory_file.save_file", crash)
     with pytest.raises(OSError, match="disk full"):
-        namm.save_memory(_read(tiny, "streaming_llm", 32), path)
+        namm.save_memory(_read(tiny, "streaming_llm", 32), path, storage="float32")
     assert path.read_bytes() == good and os.listdir(tmp_path) == ["doc.mem"]  # old file, no leftovers
 
 
