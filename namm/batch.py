@@ -60,7 +60,7 @@ from .attention import _batch_updated, _just_updated
 from .decoding import DEFAULT_DECODING, Decoding, loop_cut, next_token, token_words
 from .errors import ContextTooLongError
 from .generate import GenerationResult, GenerationStats, _add_work, _encode, _fit_context, _stop_ids
-from .memory import NammCache
+from .memory import NammCache, static_capacity
 from .models import LoadedModel
 from .policies import Policy, make_policy
 from .prompts import split_prompt
@@ -389,7 +389,6 @@ class _Batch:
         """Queue the next document read of `job`: the shared one (every question), or in query-aware
         mode the next question's own."""
         rope = self.lm.model.model.rotary_emb.inv_freq if job.where == "reindexed" else None
-        cache = NammCache(self.lm.model.config, job.policy, n_up=job.request.n_up, rope_inv_freq=rope)
         if job.shared:
             questions = list(range(len(job.runs)))
             ids = job.runs[0][0]
@@ -397,6 +396,8 @@ class _Batch:
             questions = [job.next_run]
             ids = job.runs[job.next_run][0]
             job.next_run += 1
+        cache = NammCache(self.lm.model.config, job.policy, n_up=job.request.n_up, rope_inv_freq=rope,
+                          capacity=static_capacity(job.policy, ids.shape[1], job.request.n_up))
         self.reading.append(_Read(job=job, ids=ids.to(self.lm.device), cache=cache, questions=questions))
 
     # -- reading --

@@ -24,7 +24,7 @@ from .decoding import Decoding
 from .errors import ContextTooLongError, MemoryMismatchError
 from .generate import (GenerationResult, GenerationStats, Progress, _add_work, _encode, _stop_ids, greedy_decode,
                        prefill)
-from .memory import NammCache
+from .memory import NammCache, static_capacity
 from .models import LoadedModel
 from .policies import Policy, make_policy
 from .prompts import document_prompt, question_prompt
@@ -203,7 +203,8 @@ def _positions(positions: str, evicts: bool, tokens: int, max_context: int) -> s
 def _read_ids(lm: LoadedModel, ids: torch.Tensor, policy: Policy, n_up: int, positions: str,
               progress: Progress | None = None) -> DocumentMemory:
     rope = lm.model.model.rotary_emb.inv_freq if positions == "reindexed" else None
-    cache = NammCache(lm.model.config, policy, n_up=n_up, rope_inv_freq=rope)
+    cache = NammCache(lm.model.config, policy, n_up=n_up, rope_inv_freq=rope,
+                      capacity=static_capacity(policy, ids.shape[1], n_up))
     prefill(lm, cache, ids, progress)
     cache.flush()  # the document is read: compress its tail before any question arrives
     state = {k: v.clone() for k, v in policy.memory_state().items()}

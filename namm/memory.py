@@ -31,7 +31,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 # the attention side lives in namm/attention.py; its public names are re-exported here
 from .attention import (ATTN_IMPLEMENTATION, _causal_block_mask, _just_updated, register_attention,  # noqa: F401
                         rotate_keys, window_attention)
-from .policies.base import Policy, UpdateContext
+from .policies.base import Policy, UpdateContext, budget_capacity
 from .surprisal import SurprisalLog
 
 
@@ -131,10 +131,16 @@ class NammLayer(CacheLayerMixin):
         return 64
 
     def _reserve(self, needed: int) -> None:
-        """Grow to `needed` slots plus headroom, so decoding does not reallocate every token."""
+        """Grow to `needed` slots plus headroom, so decoding does not reallocate every token. With
+        a static capacity (NammCache `capacity`) the first allocation takes all of it; growing
+        past it later (a question longer than an update interval) is counted in `regrowths`."""
         if needed <= self.keys.shape[2]:
             return
         cap = needed + self._headroom(self.seen + needed - self.length)
+        if self.cache.capacity is not None:
+            if self.keys.shape[2] > 0:
+                self.cache.regrowths += 1
+            cap = max(cap, self.cache.capacity)
         b, h, _, d = self.keys.shape
         keys = self.keys.new_empty((b, h, cap, d))
         values = self.values.new_empty((b, h, cap, self.values.shape[-1]))
@@ -220,7 +226,9 @@ class NammLayer(CacheLayerMixin):
         return window_attention(queries, ctx.keys, ctx.valid, scale)
 
     def _compact(self, keep: torch.Tensor) -> None:
-        """Gather kept slots (order preserved) into new, smaller tensors; pad heads to the longest."""
+        """Gather kept slots (order preserved) to the front; pad heads to the longest. With a
+        static capacity, in place (the freed slots are reused, nothing is reallocated); else into
+        new, smaller tensors."""
         s = self.length
         counts = keep.sum(dim=-1)
         kept = int(counts.max())
@@ -232,6 +240,9 @@ class NammLayer(CacheLayerMixin):
             idx = order.reshape(*order.shape, *([1] * (t.dim() - 3))).expand(b, h, kept, *t.shape[3:])
             return t[:, :, :s].gather(2, idx)
 
+        if self.cache.capacity is not None:
+            self._compact_in_place(gather, order, counts, kept)
+            return
         keys = self.keys.new_empty((b, h, cap, d))
         values = self.values.new_empty((b, h, cap, self.values.shape[-1]))
         valid = torch.zeros((b, h, cap), dtype=torch.bool, device=self.device)
@@ -249,6 +260,22 @@ class NammLayer(CacheLayerMixin):
         self.cache._use((kept - self.length) * self.slot_bytes)
         self.length = kept
         self.n_invalid = int((~valid[:, :, :kept]).sum())
+
+    def _compact_in_place(self, gather, order: torch.Tensor, counts: torch.Tensor, kept: int) -> None:
+        """`_compact` within the static buffers: the same kept slots, values and order."""
+        s = self.length
+        keys, values, positions = gather(self.keys), gather(self.values), gather(self.positions)
+        if self.rope_pos is not None:
+            new = torch.arange(kept, device=self.device)
+            keys = rotate_keys(keys, new[None, None, :] - self.rope_pos[:s][order], self.cache.rope_inv_freq)
+            self.rope_pos = new
+        self.keys[:, :, :kept], self.values[:, :, :kept], self.positions[:, :, :kept] = keys, values, positions
+        self.valid[:, :, :kept] = torch.arange(kept, device=self.device) < counts[..., None]
+        self.valid[:, :, kept:] = False
+        self.state = {name: gather(t) for name, t in self.state.items()}
+        self.cache._use((kept - self.length) * self.slot_bytes)
+        self.length = kept
+        self.n_invalid = int((~self.valid[:, :, :kept]).sum())
 
     # ---- statistics / snapshots ---------------------------------------------------------------
     def kept_entries(self) -> float:
@@ -289,6 +316,21 @@ class NammLayer(CacheLayerMixin):
         self.cache._use(self.length * self.slot_bytes - used_before)
 
 
+def static_capacity(policy: Policy, tokens: int, n_up: int) -> int | None:
+    """Slots per layer a memory with `policy` needs to read `tokens` tokens, then questions and
+    answers of up to one more update interval: the budget's cap there plus two intervals. Chunks
+    end where updates are due, but the update that ends a read (`flush`) falls between two such
+    boundaries, so the next update finds up to 2 x n_up - 1 new slots. None when the budget caps
+    nothing (full, or no budget). A fraction budget's cap grows with what is read: a memory that
+    reads far more than this after the document grows its storage (NammCache.regrowths)."""
+    if not policy.evicts:
+        return None
+    cap = budget_capacity(policy.budget, tokens + n_up)
+    if cap is None:
+        return None
+    return min(max(cap, policy.min_keep), tokens + n_up) + 2 * n_up
+
+
 class NammCache(Cache):
     """A KV cache that forgets: one `NammLayer` per decoder layer, all driven by one policy.
 
@@ -306,9 +348,12 @@ class NammCache(Cache):
     """
 
     def __init__(self, config, policy: Policy, n_up: int = 512,
-                 rope_inv_freq: torch.Tensor | None = None):
+                 rope_inv_freq: torch.Tensor | None = None, capacity: int | None = None):
         """`rope_inv_freq`: the model's rotary inverse frequencies, to re-index positions within
-        the kept cache (module docstring); None keeps every token at its original position."""
+        the kept cache (module docstring); None keeps every token at its original position.
+        `capacity`: slots per layer allocated once (`static_capacity`), for an evicting policy
+        whose budget is a cap: updates then compact in place and the storage never changes
+        shape; None grows storage as needed and reallocates at every eviction."""
         if n_up <= 0 or n_up % 16:
             raise ValueError(f"n_up must be a positive multiple of 16 (the STFT hop), got {n_up}")
         text_config = config.get_text_config(decoder=True)
@@ -326,6 +371,8 @@ class NammCache(Cache):
         self.update_log: list[list[int]] = []
         self.rope_inv_freq = None if rope_inv_freq is None else rope_inv_freq.detach().float()
         self.rope_base = 0
+        self.capacity = capacity if policy.evicts else None
+        self.regrowths = 0  # times a layer outgrew `capacity` (and was reallocated)
         # a policy that weighs each token's surprisal needs the logits of the forward that read
         # it: its updates wait for `after_forward` (same tokens, same cache: the result is the
         # one an update inside the forward would give, as chunks end where updates are due)
@@ -444,7 +491,8 @@ class NammCache(Cache):
         shape (so attention over it computes exactly what it computes over this one), the
         surprisal record included. What is read into the copy leaves this cache as it is.
         The work counters start at zero."""
-        new = NammCache(self.config, self.policy, n_up=self.n_up, rope_inv_freq=self.rope_inv_freq)
+        new = NammCache(self.config, self.policy, n_up=self.n_up, rope_inv_freq=self.rope_inv_freq,
+                        capacity=self.capacity)
         for layer, source in zip(new.layers, self.layers):
             layer.load(source.export(), clone=False)
         new.surprisal_log = self.surprisal_log.copy()

@@ -170,7 +170,8 @@ def _flatten(memory: DocumentMemory, storage: str = "float32") -> tuple[dict[str
         put(f"surprisal.{name}", t)
     for name, t in memory.policy_state.items():
         put(f"policy.{name}", t)
-    return tensors, {"layers": layers, "rope_base": cache.rope_base, "storage": storage}
+    return tensors, {"layers": layers, "rope_base": cache.rope_base, "storage": storage,
+                     "static_capacity": cache.capacity}
 
 
 def save_memory(memory: DocumentMemory, path: str | Path, storage: str | None = None) -> Path:
@@ -331,7 +332,8 @@ def _build(lm: LoadedModel, policy: Policy, manifest: Manifest, layout: dict,
         raise ValueError(f"storage {storage!r} in the layout, {manifest.storage!r} in the manifest")
     model_dtype = getattr(torch, manifest.dtype)
     rope = lm.model.model.rotary_emb.inv_freq if reindexed else None
-    cache = NammCache(lm.model.config, policy, n_up=manifest.n_up, rope_inv_freq=rope)
+    cache = NammCache(lm.model.config, policy, n_up=manifest.n_up, rope_inv_freq=rope,
+                      capacity=layout.get("static_capacity"))  # compacts as the reading process did
     if len(layout["layers"]) != len(cache.layers):
         raise ValueError(f"{len(layout['layers'])} layers saved, the model has {len(cache.layers)}")
     for i, (layer, entry, device) in enumerate(zip(cache.layers, layout["layers"],
