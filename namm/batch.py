@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .attention import _batch_updated, _just_updated
-from .decoding import DEFAULT_DECODING, Decoding, loop_cut, next_token, token_words
+from .decoding import DEFAULT_DECODING, Decoding, answer_cut, next_token, token_words
 from .errors import ContextTooLongError
 from .generate import GenerationResult, GenerationStats, _add_work, _encode, _fit_context, _stop_ids
 from .memory import NammCache, static_capacity
@@ -301,7 +301,7 @@ class _Batch:
         self.positions = positions
         self.on_result = on_result
         self.stop = _stop_ids(lm.tokenizer)
-        self.words = token_words(lm.tokenizer) if self.decoding.stop_on_loop else None
+        self.words = token_words(lm.tokenizer) if self.decoding.needs_words else None
         self.results: dict[int, Outcome] = {}
         self.waiting: deque[tuple[int, Any]] = deque()
         self.reading: deque[_Read] = deque()
@@ -474,7 +474,7 @@ class _Batch:
         if token in self.stop:
             return False
         ans.out.append(token)
-        cut = loop_cut(ans.out, self.decoding.stop_on_loop, self.words)
+        cut = answer_cut(ans.out, self.decoding, self.words)
         if cut is not None:  # the answer repeats itself: keep one copy, stop
             ans.out = ans.out[:cut]
             return False

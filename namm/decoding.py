@@ -1,10 +1,11 @@
-"""Greedy decoding that does not loop: the options, transformers' logits processors, and an
-early stop when the answer starts repeating itself.
+"""Greedy decoding that does not loop: the options, transformers' logits processors, and early
+stops when the answer starts repeating itself.
 
 Small models decoding greedily fall into loops on real documents ("You should use the GNU
-Lesser General Public License instead of this License." eight times). Three guards, all
-applied to the answer's own tokens only, never to the document or the question, so that
-copying a number or a name out of the document stays free:
+Lesser General Public License instead of this License." eight times), and into looser ones
+where a sentence comes back after others ("... a new version of FFI-C." four times in one
+summary). Four guards, all applied to the answer's own tokens only, never to the document or
+the question, so that copying a number or a name out of the document stays free:
 
 * ``repetition_penalty``: transformers' ``RepetitionPenaltyLogitsProcessor`` (CTRL,
   https://arxiv.org/abs/1909.05858): the logit of every token already in the answer is divided
@@ -14,12 +15,19 @@ copying a number or a name out of the document stays free:
 * ``stop_on_loop``: stop as soon as the end of the answer is two or more back-to-back copies of
   the same span that together cover at least this many tokens, and keep one copy. 0 is off.
   This one never changes a token before the loop; it only cuts the repeats (and their time).
+* ``stop_on_repeat``: stop as soon as a sentence or clause of at least this many words repeats
+  one earlier in the answer (up to case, spaces, line wraps and the punctuation around it),
+  before the repeat and the clauses leading into it. Units end at ``. ! ?``, ``,``, ``;``, and
+  at a line end after a list item, a heading, code or a colon (a line end inside wrapped prose
+  is a space). 0 is off. Like ``stop_on_loop`` it only cuts: the answer up to the cut is what
+  greedy decoding without it gives.
 
 The defaults were chosen on the validation split (docs/evaluation.md, "Decoding"), where they
 did not lower the full cache's scores.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -38,11 +46,14 @@ class Decoding:
             twice in the answer; 0 is off.
         stop_on_loop (int, default 12): stop when the answer ends in back-to-back copies of one
             span covering at least this many tokens, and keep one copy; 0 is off.
+        stop_on_repeat (int, default 4): stop before a sentence or clause of at least this many
+            words that repeats one earlier in the answer; 0 is off.
     """
 
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     stop_on_loop: int = 12
+    stop_on_repeat: int = 4
 
     def __post_init__(self) -> None:
         if not self.repetition_penalty > 0:
@@ -51,11 +62,18 @@ class Decoding:
             raise ValueError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
         if self.stop_on_loop < 0:
             raise ValueError(f"stop_on_loop must be >= 0, got {self.stop_on_loop}")
+        if self.stop_on_repeat < 0:
+            raise ValueError(f"stop_on_repeat must be >= 0, got {self.stop_on_repeat}")
 
     @classmethod
     def plain(cls) -> "Decoding":
         """Plain greedy decoding, no guard (token for token what ``model.generate`` does)."""
-        return cls(repetition_penalty=1.0, no_repeat_ngram_size=0, stop_on_loop=0)
+        return cls(repetition_penalty=1.0, no_repeat_ngram_size=0, stop_on_loop=0, stop_on_repeat=0)
+
+    @property
+    def needs_words(self) -> bool:
+        """Whether the stops read the text of tokens (``token_words``)."""
+        return bool(self.stop_on_loop or self.stop_on_repeat)
 
     def processors(self) -> LogitsProcessorList:
         procs = LogitsProcessorList()
@@ -82,11 +100,18 @@ class TokenWords:
 
     ``twins(a, b)``: two different tokens of one word, up to case and spaces (``The`` opening
     the answer, `` The`` opening its repeat). ``ends_unit(t)``: the token ends a line or a
-    sentence, a natural end for the copy that is kept.
+    sentence, a natural end for the copy that is kept. ``piece(t)``, ``text(ts)``: the text of a
+    token, of tokens.
     """
 
     def __init__(self, tokenizer):
         self._decode = lru_cache(maxsize=8192)(lambda t: tokenizer.decode([t]))
+
+    def piece(self, token: int) -> str:
+        return self._decode(token)
+
+    def text(self, tokens) -> str:
+        return "".join(self._decode(t) for t in tokens)
 
     def twins(self, a: int, b: int) -> bool:
         word = self._decode(a).strip().lower()
@@ -99,6 +124,108 @@ class TokenWords:
 
 def token_words(tokenizer) -> TokenWords | None:
     return TokenWords(tokenizer) if tokenizer is not None and hasattr(tokenizer, "decode") else None
+
+
+def answer_cut(tokens: list[int], decoding: Decoding, words: TokenWords | None) -> int | None:
+    """Where the stops of ``decoding`` cut ``tokens`` (checked after every new token), else None."""
+    cut = loop_cut(tokens, decoding.stop_on_loop, words)
+    if cut is None and words is not None:
+        cut = repeat_cut(tokens, decoding.stop_on_repeat, words)
+    return cut
+
+
+_EDGES = " \t\r\n.,;:!?-*\"'`()[]"
+# a line that ends a unit however it ends: a list item, a heading, a quote, code or indented text
+_LINE_UNIT = re.compile(r"\s*(?:[-*+\u2022]\s|\d+[.)]\s|#|>|```)|\s{2,}\S")
+_CLOSERS = "\"')]*`"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A sentence or clause of an answer: tokens [start, end); ``clause`` when a ``,`` or ``;``
+    ends it (a sentence, a line or a list item otherwise)."""
+
+    start: int
+    end: int
+    clause: bool
+
+
+def _unit_key(text: str) -> tuple[str, int]:
+    """A unit's text up to case, spaces, line wraps and the punctuation around it, and its
+    word count."""
+    words = text.lower().strip(_EDGES).split()
+    return " ".join(words), sum(any(c.isalnum() for c in w) for w in words)
+
+
+def _unit_ends(text: str) -> list[tuple[int, bool]]:
+    """(character index, is a clause end) of every unit end in ``text``. A line end inside
+    prose that wraps like a PDF ("used to generate\nthe file") is a space, not an end."""
+    ends, line_start = [], 0
+    for i, c in enumerate(text):
+        after = text[i + 1:i + 2]
+        if c in ".!?" and (not after or after.isspace() or after in _CLOSERS):
+            ends.append((i, False))  # "3.14" and "e.g.x" are no ends
+        elif c in ",;" and (not after or after.isspace()):
+            ends.append((i, True))  # "1,000" is none
+        elif c == "\n":
+            line = text[line_start:i]
+            if not line.strip() or after == "\n" or _LINE_UNIT.match(line) or line.rstrip().endswith(":"):
+                ends.append((i, False))
+            line_start = i + 1
+    return ends
+
+
+def answer_units(tokens: list[int], words: TokenWords) -> list[Unit]:
+    """The answer's sentences and clauses (``_unit_ends``), each as the tokens holding it; an
+    unfinished last unit is left out."""
+    pieces = [words.piece(t) for t in tokens]
+    token_of, offset = [], 0  # the token holding each character
+    for k, piece in enumerate(pieces):
+        token_of.extend([k] * len(piece))
+        offset += len(piece)
+    units, start = [], 0
+    for i, clause in _unit_ends("".join(pieces)):
+        end = token_of[i] + 1
+        if end > start:
+            units.append(Unit(start, end, clause))
+            start = end
+    return units
+
+
+def repeated_units(tokens: list[int], min_words: int, words: TokenWords) -> list[Unit]:
+    """The units (``answer_units``) of at least ``min_words`` words whose text repeats an
+    earlier unit's. Also how the evaluation counts repeated sentences."""
+    seen, repeats = set(), []
+    for unit in answer_units(tokens, words):
+        key, n_words = _unit_key(words.text(tokens[unit.start:unit.end]))
+        if n_words < max(min_words, 1):
+            continue
+        if key in seen:
+            repeats.append(unit)
+        seen.add(key)
+    return repeats
+
+
+def repeat_cut(tokens: list[int], min_words: int, words: TokenWords) -> int | None:
+    """Where to cut ``tokens`` if a unit repeats an earlier one, else None. Off when
+    ``min_words`` is 0.
+
+    The cut is before the first repeated unit, and before the clauses that open its sentence
+    ("... agreement. The document also covers its use, <repeated clause>," keeps "...
+    agreement."): they lead into the repeat, and an answer is not left ending on a comma.
+    Checked after every token whose text may end a unit, so the answer stops at the first
+    repeat and what is kept has none.
+    """
+    if min_words <= 0 or not tokens or not any(c in words.piece(tokens[-1]) for c in ".!?,;\n"):
+        return None
+    repeats = repeated_units(tokens, min_words, words)
+    if not repeats:
+        return None
+    units = answer_units(tokens, words)
+    k = units.index(repeats[0])
+    while k > 0 and units[k - 1].clause and units[k - 1].start > 0:
+        k -= 1
+    return units[k].start
 
 
 def loop_cut(tokens: list[int], min_tokens: int, words: TokenWords | None = None) -> int | None:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .decoding import DEFAULT_DECODING, Decoding, loop_cut, next_token, token_words
+from .decoding import DEFAULT_DECODING, Decoding, answer_cut, next_token, token_words
 from .errors import ContextTooLongError
 from .memory import NammCache
 from .models import LoadedModel
@@ -114,7 +114,7 @@ def greedy_decode(lm: LoadedModel, cache: NammCache, first_logits: torch.Tensor,
     `prefix`: answer tokens already emitted (and read by the cache); `first_logits` follow them."""
     decoding = DEFAULT_DECODING if decoding is None else decoding
     processors = decoding.processors()
-    words = token_words(getattr(lm, "tokenizer", None)) if decoding.stop_on_loop else None
+    words = token_words(getattr(lm, "tokenizer", None)) if decoding.needs_words else None
     out: list[int] = list(prefix)
     logits = first_logits
     while len(out) < max_new_tokens:
@@ -122,7 +122,7 @@ def greedy_decode(lm: LoadedModel, cache: NammCache, first_logits: torch.Tensor,
         if token in stop_ids:
             break
         out.append(token)
-        cut = loop_cut(out, decoding.stop_on_loop, words)
+        cut = answer_cut(out, decoding, words)
         if cut is not None:  # the answer repeats itself: keep one copy, stop
             return out[:cut]
         if len(out) == max_new_tokens:

@@ -28,15 +28,16 @@ from namm.tasks.metrics import score_answer
 # the settings compared, named by what they add to plain greedy decoding
 SETTINGS = {
     "plain": Decoding.plain(),
-    "stop12": Decoding(stop_on_loop=12),
-    "stop12+rp1.05": Decoding(repetition_penalty=1.05, stop_on_loop=12),
-    "stop12+rp1.1": Decoding(repetition_penalty=1.1, stop_on_loop=12),
-    "stop12+ng4": Decoding(no_repeat_ngram_size=4, stop_on_loop=12),
-    "stop12+ng8": Decoding(no_repeat_ngram_size=8, stop_on_loop=12),
+    "stop12": Decoding(stop_on_loop=12, stop_on_repeat=0),
+    "stop12+rep4": Decoding(stop_on_loop=12, stop_on_repeat=4),
+    "stop12+rp1.05": Decoding(repetition_penalty=1.05, stop_on_loop=12, stop_on_repeat=0),
+    "stop12+rp1.1": Decoding(repetition_penalty=1.1, stop_on_loop=12, stop_on_repeat=0),
+    "stop12+ng4": Decoding(no_repeat_ngram_size=4, stop_on_loop=12, stop_on_repeat=0),
+    "stop12+ng8": Decoding(no_repeat_ngram_size=8, stop_on_loop=12, stop_on_repeat=0),
 }
 # compared by default: rp1.1 and ng4 cut numbers short on validation prompts at 1k (a
 # penalised or banned repeated digit: "3681751" -> "368175", "1000000" -> "100001")
-COMPARED = ("plain", "stop12", "stop12+rp1.05", "stop12+ng8")
+COMPARED = ("plain", "stop12", "stop12+rep4", "stop12+rp1.05", "stop12+ng8")
 
 
 def default_setting(names: list[str]) -> str:
@@ -65,7 +66,7 @@ def decode_settings(lm, cache, snap, q_ids, mnt: int, stop: set[int], settings: 
     again from the snapshot ``snap`` of the document, in one batched forward)."""
     import torch
 
-    from namm.decoding import loop_cut, next_token, token_words
+    from namm.decoding import answer_cut, next_token, token_words
     from namm.generate import greedy_decode, prefill
 
     cache.restore(snap)
@@ -89,7 +90,7 @@ def decode_settings(lm, cache, snap, q_ids, mnt: int, stop: set[int], settings: 
             if token in stop:
                 break
             out.append(token)
-            cut = loop_cut(out, decoding.stop_on_loop, words)
+            cut = answer_cut(out, decoding, words)
             if cut is not None:
                 out = out[:cut]
                 break

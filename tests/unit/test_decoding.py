@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from namm.decoding import DEFAULT_DECODING, Decoding, loop_cut, next_token, token_words
+from namm.decoding import DEFAULT_DECODING, Decoding, loop_cut, next_token, repeat_cut, repeated_units, token_words
 from namm.generate import greedy_decode
 
 V = 64
@@ -151,3 +151,105 @@ def test_no_repeat_ngrams_break_a_loop_in_the_answer():
 def test_bad_options_are_refused(bad):
     with pytest.raises(ValueError):
         Decoding(**bad)
+
+
+# --- a sentence or clause that comes back after others (stop_on_repeat) ---
+
+class WordTokenizer:
+    """A stand-in tokenizer: one token per word or punctuation mark, each with its text."""
+
+    def __init__(self, text: str):
+        import re
+
+        self.pieces = re.findall(r" ?[\w-]+|[.,;:!?]|\n", text)
+        self.vocab = {p: i for i, p in enumerate(dict.fromkeys(self.pieces), start=2)}
+        self.text = {i: p for p, i in self.vocab.items()}
+
+    def ids(self, text: str) -> list[int]:
+        import re
+
+        return [self.vocab[p] for p in re.findall(r" ?[\w-]+|[.,;:!?]|\n", text)]
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(self.text.get(i, "") for i in ids)
+
+
+SUMMARY = ("The licence is free. It adds a new version of FFI-C. You may copy it, change it, and share it. "
+           "It adds a new version of FFI-C. Nothing else.")
+
+
+def first_repeat_cut(tokens, words, min_words=4):
+    for n in range(1, len(tokens) + 1):
+        cut = repeat_cut(tokens[:n], min_words, words)
+        if cut is not None:
+            return n, cut
+    return None
+
+
+def test_a_sentence_repeated_after_another_stops_the_answer_before_the_repeat():
+    tok = WordTokenizer(SUMMARY)
+    words = token_words(tok)
+    tokens = tok.ids(SUMMARY)
+    seen, cut = first_repeat_cut(tokens, words)
+    assert tok.decode(tokens[:cut]) == ("The licence is free. It adds a new version of FFI-C. "
+                                        "You may copy it, change it, and share it.")
+    assert tok.decode(tokens[:seen]).endswith("share it. It adds a new version of FFI-C.")  # caught at its end
+    assert [tok.decode(tokens[u.start:u.end]) for u in repeated_units(tokens, 4, words)] == [" It adds a new version of FFI-C."]
+
+
+@pytest.mark.parametrize("text, kept", [
+    # a clause in another case and punctuation; the clause leading into it goes with it
+    ("It adds a new version of FFI-C, which is fast. Then, it adds a new version of FFI-C; again.",
+     "It adds a new version of FFI-C, which is fast."),
+    # the repeat's first clause is too short to count alone: it goes too
+    ("The man, who was hired last week, is tall.\nThe man, who was hired last week, is tall.",
+     "The man, who was hired last week, is tall."),
+    # prose wrapped like a PDF: a line end inside a sentence is a space
+    ("The files are used to generate\nthe mime file. They are read first. The files are\nused to generate the mime file.",
+     "The files are used to generate\nthe mime file. They are read first."),
+    # list items end at their line end
+    ("Steps:\n- copy the source files here\n- build it\n- copy the source files here\n",
+     "Steps:\n- copy the source files here\n- build it\n"),
+])
+def test_repeated_clauses_lines_and_wrapped_sentences_are_cut(text, kept):
+    tok = WordTokenizer(text)
+    tokens = tok.ids(text)
+    _, cut = first_repeat_cut(tokens, token_words(tok))
+    assert tok.decode(tokens[:cut]) == kept
+
+
+@pytest.mark.parametrize("text", [
+    "The special magic numbers are 1186905, 1186905, 22 and 1186905.",  # short units: values
+    "- yes.\n- no.\n- yes.\n- yes.\n",  # list items under the minimum
+    "The pass key is 67746. The pass key is 67745.",  # one word differs
+    "The function returns the value of x",  # an unfinished unit is never checked
+    "Version 3.14 of the tool. Version 3.15 of the tool.",  # a decimal point ends nothing
+    "It uses the first value, then the second value, then the third value.",
+])
+def test_short_or_different_units_never_stop_an_answer(text):
+    tok = WordTokenizer(text)
+    assert first_repeat_cut(tok.ids(text), token_words(tok)) is None
+
+
+def test_greedy_decode_stops_before_a_repeated_sentence_and_plain_decoding_does_not():
+    tok = WordTokenizer(SUMMARY)
+    answer = tok.ids(SUMMARY)
+
+    class Scripted(ScriptedLM):
+        tokenizer = tok
+
+    def run(decoding):
+        lm = Scripted(lambda out: answer[len(out)] if len(out) < len(answer) else 1)
+        return greedy_decode(lm, None, lm.logits(), 60, {1}, decoding)
+
+    plain, guarded = run(Decoding.plain()), run(DEFAULT_DECODING)
+    assert plain == answer
+    assert guarded == answer[:len(guarded)] and tok.decode(guarded).endswith("and share it.")
+    assert run(Decoding(stop_on_repeat=0)) == answer  # off means off
+    assert run(Decoding(stop_on_repeat=20)) == answer  # the repeat has 7 words
+
+
+def test_plain_has_no_repeat_stop_and_a_negative_minimum_is_refused():
+    assert Decoding.plain().stop_on_repeat == 0 and not Decoding.plain().needs_words
+    with pytest.raises(ValueError, match="stop_on_repeat"):
+        Decoding(stop_on_repeat=-1)
