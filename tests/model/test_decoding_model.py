@@ -38,3 +38,26 @@ def test_the_demo_question_is_answered_with_the_full_cache_and_the_shipped_memor
     assert SAMPLE_ANSWER in res.text
     if policy == "surprisal":  # at its default budget, with the question on top
         assert res.stats.kv_kept_fraction < 0.31
+
+
+def test_a_real_summary_that_repeats_its_sentences_stops_at_the_first_repeat(lm):
+    """The first 2,048 tokens of Python's textwrap.py, summarised from a full-cache memory: plain
+    greedy decoding (and the loop stop alone) says the same sentence again, re-wrapped on other
+    line ends; the default stops before it, and keeps a prefix of the plain summary."""
+    from namm.decoding import repeated_units, token_words
+    from namm.tasks.sources import stdlib_dir
+
+    source = open(f"{stdlib_dir()}/textwrap.py", encoding="utf-8").read()
+    text = lm.tokenizer.decode(lm.tokenizer.encode(source, add_special_tokens=False)[:2048])
+    memory = namm.read_document(lm, text, policy="full")
+    words = token_words(lm.tokenizer)
+
+    def summary(decoding):
+        answer = namm.ask(lm, memory, max_new_tokens=120, decoding=decoding).answers[0]
+        return answer, repeated_units(lm.tokenizer.encode(answer, add_special_tokens=False), 4, words)
+
+    loop_only, loop_only_repeats = summary(Decoding(stop_on_repeat=0))
+    guarded, guarded_repeats = summary(None)
+    assert len(loop_only_repeats) >= 1, loop_only
+    assert guarded_repeats == [] and guarded and loop_only.startswith(guarded)
+    assert len(guarded) < len(loop_only)
