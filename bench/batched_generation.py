@@ -10,7 +10,7 @@ each with short questions and a summary instruction, answered by:
   transformers dynamic      model.generate with its DynamicCache (SDPA), the document read once
                             per document and the cache copied for each question
   transformers static+compile   model.generate with a StaticCache and torch.compile (inductor)
-                            of the decoding step (--compile; its compilation is timed apart)
+                            of the decoding step (the hf_compile run of --runs; its compilation is timed apart)
 
 Every run decodes plain greedy (Decoding.plain(): no loop guard, so every run does the same
 kind of work and transformers' generate is comparable), up to --max-new-tokens per prompt.
