@@ -75,10 +75,12 @@ def evaluation_answers(lm, path: Path) -> list[dict]:
         text_after = lm.tokenizer.decode(after, skip_special_tokens=True).strip()
         g = groups[(row["policy"], row["budget"])]
         g["answers"] += 1
-        g["repeats_before"] += len(repeated_units(tokens, MIN_WORDS, words))
-        g["repeats_after"] += len(repeated_units(after, MIN_WORDS, words))
-        g["with_repeat_before"] += bool(repeated_units(tokens, MIN_WORDS, words))
-        g["with_repeat_after"] += bool(repeated_units(after, MIN_WORDS, words))
+        repeats_before = len(repeated_units(tokens, MIN_WORDS, words))
+        repeats_after = len(repeated_units(after, MIN_WORDS, words))
+        g["repeats_before"] += repeats_before
+        g["repeats_after"] += repeats_after
+        g["with_repeat_before"] += repeats_before > 0
+        g["with_repeat_after"] += repeats_after > 0
         g["cut"] += len(after) < len(tokens)
         before_score = score_answer(row["prediction"], sample.answers, sample.metric)
         after_score = score_answer(text_after, sample.answers, sample.metric)

@@ -192,11 +192,12 @@ def answer_units(tokens: list[int], words: TokenWords) -> list[Unit]:
     return units
 
 
-def repeated_units(tokens: list[int], min_words: int, words: TokenWords) -> list[Unit]:
-    """The units (``answer_units``) of at least ``min_words`` words whose text repeats an
-    earlier unit's. Also how the evaluation counts repeated sentences."""
+def repeated_units(tokens: list[int], min_words: int, words: TokenWords,
+                   units: list[Unit] | None = None) -> list[Unit]:
+    """The units (``answer_units``, or ``units`` already found) of at least ``min_words`` words
+    whose text repeats an earlier unit's. Also how the evaluation counts repeated sentences."""
     seen, repeats = set(), []
-    for unit in answer_units(tokens, words):
+    for unit in answer_units(tokens, words) if units is None else units:
         key, n_words = _unit_key(words.text(tokens[unit.start:unit.end]))
         if n_words < max(min_words, 1):
             continue
@@ -218,10 +219,10 @@ def repeat_cut(tokens: list[int], min_words: int, words: TokenWords) -> int | No
     """
     if min_words <= 0 or not tokens or not any(c in words.piece(tokens[-1]) for c in ".!?,;\n"):
         return None
-    repeats = repeated_units(tokens, min_words, words)
+    units = answer_units(tokens, words)
+    repeats = repeated_units(tokens, min_words, words, units)
     if not repeats:
         return None
-    units = answer_units(tokens, words)
     k = units.index(repeats[0])
     while k > 0 and units[k - 1].clause and units[k - 1].start > 0:
         k -= 1
