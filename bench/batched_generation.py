@@ -42,10 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import namm  # noqa: E402
 from namm.batch import batched_step, generate_batch, packed_linears  # noqa: E402
 from namm.decoding import Decoding  # noqa: E402
-from namm.generate import _encode, _stop_ids, prefill  # noqa: E402
+from namm.generate import prefill  # noqa: E402
 from namm.memory import ATTN_IMPLEMENTATION, NammCache  # noqa: E402
 from namm.policies import make_policy  # noqa: E402
-from namm.prompts import split_prompt  # noqa: E402
+from namm.prompts import encode_text, split_prompt, stop_token_ids  # noqa: E402
 from namm.spec import GenerationRequest  # noqa: E402
 
 TASKS = ("doc_qa", "niah_single", "variable_tracking", "passkey", "code_constant", "niah_multikey")
@@ -119,14 +119,14 @@ def run_transformers(lm, docs, static: bool, compile_step: bool) -> dict:
     from transformers import DynamicCache, GenerationConfig, StaticCache
 
     tok, model = lm.tokenizer, lm.model
-    stop = sorted(_stop_ids(tok))
+    stop = sorted(stop_token_ids(tok))
     model.set_attn_implementation("sdpa")
     try:
         runs = []
         for d in docs:
             parts = [split_prompt(tok, d["context"], q) for q in d["questions"]]
-            ctx = _encode(tok, parts[0].context).to(lm.device)
-            runs.append((ctx, [_encode(tok, p.question).to(lm.device) for p in parts], d["max_new_tokens"]))
+            ctx = encode_text(tok, parts[0].context).to(lm.device)
+            runs.append((ctx, [encode_text(tok, p.question).to(lm.device) for p in parts], d["max_new_tokens"]))
         longest = max(c.shape[1] + max(q.shape[1] for q in qs) + m for c, qs, m in runs)
         cfg = GenerationConfig(do_sample=False, eos_token_id=stop, pad_token_id=stop[0], max_new_tokens=1)
         if compile_step:
@@ -203,9 +203,9 @@ def decode_only(lm, docs, policy: str, rows: int, steps: int) -> dict:
         cache = NammCache(lm.model.config, pol, n_up=request.n_up)
         tok = lm.tokenizer
         part = split_prompt(tok, d["context"], d["questions"][-1])
-        prefill(lm, cache, _encode(tok, part.context))
+        prefill(lm, cache, encode_text(tok, part.context))
         cache.flush()
-        logits = prefill(lm, cache, _encode(tok, part.question))
+        logits = prefill(lm, cache, encode_text(tok, part.question))
         caches.append(cache)
         firsts.append(int(logits[0].argmax()))
     kept = sum(c.kept_fraction() for c in caches) / len(caches)

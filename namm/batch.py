@@ -59,11 +59,11 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from .attention import _batch_updated, _just_updated
 from .decoding import DEFAULT_DECODING, Decoding, answer_cut, next_token, token_words
 from .errors import ContextTooLongError
-from .generate import GenerationResult, GenerationStats, _add_work, _encode, _fit_context, _stop_ids
+from .generate import GenerationResult, GenerationStats, _add_work, _fit_context
 from .memory import NammCache, static_capacity
 from .models import LoadedModel
 from .policies import Policy, make_policy
-from .prompts import split_prompt
+from .prompts import encode_text, split_prompt, stop_token_ids
 from .spec import GenerationRequest
 
 Outcome = GenerationResult | Exception
@@ -300,7 +300,7 @@ class _Batch:
         self.decoding = DEFAULT_DECODING if decoding is None else decoding
         self.positions = positions
         self.on_result = on_result
-        self.stop = _stop_ids(lm.tokenizer)
+        self.stop = stop_token_ids(lm.tokenizer)
         self.words = token_words(lm.tokenizer) if self.decoding.needs_words else None
         self.results: dict[int, Outcome] = {}
         self.waiting: deque[tuple[int, Any]] = deque()
@@ -360,8 +360,8 @@ class _Batch:
         parts = [split_prompt(tok, request.context, q, instruction, query_aware=request.query_aware)
                  for q in questions]
         shared = not request.query_aware
-        shared_ctx = _encode(tok, parts[0].context) if shared else None
-        runs = [[shared_ctx if shared else _encode(tok, p.context), _encode(tok, p.question)] for p in parts]
+        shared_ctx = encode_text(tok, parts[0].context) if shared else None
+        runs = [[shared_ctx if shared else encode_text(tok, p.context), encode_text(tok, p.question)] for p in parts]
         if not pol.evicts:
             for run in runs:
                 cut = _fit_context(run[0], run[1].shape[1], max_new, lm.max_context)

@@ -22,12 +22,11 @@ import torch
 
 from .decoding import Decoding
 from .errors import ContextTooLongError, MemoryMismatchError
-from .generate import (GenerationResult, GenerationStats, Progress, _add_work, _encode, _stop_ids, greedy_decode,
-                       prefill)
+from .generate import GenerationResult, GenerationStats, Progress, _add_work, greedy_decode, prefill
 from .memory import NammCache, static_capacity
 from .models import LoadedModel
 from .policies import Policy, make_policy
-from .prompts import document_prompt, question_prompt
+from .prompts import document_prompt, encode_text, question_prompt, stop_token_ids
 from .spec import DEFAULT_POLICY, Budget, GenerationRequest
 
 FORMAT = "namm-memory"
@@ -223,7 +222,7 @@ def read_document(lm: LoadedModel, document: str, *, policy: str | Policy = DEFA
     document longer than the model's context."""
     request = GenerationRequest(context=document, policy=policy, budget=budget, n_up=n_up)
     pol = make_policy(request.policy, request.budget, model_name=lm.name)
-    ids = _encode(lm.tokenizer, document_prompt(lm.tokenizer, request.context))
+    ids = encode_text(lm.tokenizer, document_prompt(lm.tokenizer, request.context))
     if not pol.evicts and ids.shape[1] >= lm.max_context:
         raise ContextTooLongError(
             f"the document has {ids.shape[1]} tokens but {lm.name} has a {lm.max_context}-token context and the "
@@ -287,10 +286,10 @@ def ask(lm: LoadedModel, memory: DocumentMemory, questions: str | Sequence[str] 
     started = time.perf_counter()
     tok = lm.tokenizer
     stats = GenerationStats()
-    stop = _stop_ids(tok)
+    stop = stop_token_ids(tok)
     answers = []
     for i, question in enumerate(questions):
-        q_ids = _encode(tok, question_prompt(tok, question, instruction))
+        q_ids = encode_text(tok, question_prompt(tok, question, instruction))
         if not memory.policy.evicts and memory.tokens + q_ids.shape[1] + request.max_new_tokens > lm.max_context:
             raise ContextTooLongError(
                 f"the memory holds {memory.tokens} tokens; with the question ({q_ids.shape[1]}) and "

@@ -18,7 +18,7 @@ from .errors import ContextTooLongError
 from .memory import NammCache
 from .models import LoadedModel
 from .policies import Policy, make_policy
-from .prompts import split_prompt
+from .prompts import encode_text, split_prompt, stop_token_ids
 from .spec import DEFAULT_POLICY, Budget, GenerationRequest
 
 Progress = Callable[[int, int], None]
@@ -75,15 +75,6 @@ class GenerationResult:
                 **asdict(self.stats)}
 
 
-def _stop_ids(tokenizer) -> set[int]:
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    for tok in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>"):
-        tid = tokenizer.convert_tokens_to_ids(tok)
-        if isinstance(tid, int) and tid != getattr(tokenizer, "unk_token_id", None) and tid >= 0:
-            ids.add(tid)
-    return ids
-
-
 @torch.no_grad()
 def prefill(lm: LoadedModel, cache: NammCache, input_ids: torch.Tensor,
             progress: Progress | None = None) -> torch.Tensor:
@@ -135,10 +126,6 @@ def greedy_decode(lm: LoadedModel, cache: NammCache, first_logits: torch.Tensor,
     return out
 
 
-def _encode(tokenizer, text: str) -> torch.Tensor:
-    return torch.tensor([tokenizer.encode(text, add_special_tokens=False)], dtype=torch.long)
-
-
 def _fit_context(ctx_ids: torch.Tensor, q_len: int, max_new_tokens: int, max_context: int) -> torch.Tensor | None:
     """The context cut so the whole exchange fits the model's context, or None if it already fits."""
     excess = ctx_ids.shape[1] + q_len + max_new_tokens - max_context
@@ -185,10 +172,10 @@ def generate(lm: LoadedModel, context: str | GenerationRequest, questions: str |
     # query-aware: each question comes before its own copy of the document
     shared = not query_aware
     runs = []
-    shared_ctx = _encode(tok, parts[0].context) if shared else None
+    shared_ctx = encode_text(tok, parts[0].context) if shared else None
     for part in parts:
-        ctx_ids = shared_ctx if shared else _encode(tok, part.context)
-        runs.append([ctx_ids, _encode(tok, part.question)])
+        ctx_ids = shared_ctx if shared else encode_text(tok, part.context)
+        runs.append([ctx_ids, encode_text(tok, part.question)])
     if not pol.evicts:  # only a memory that forgets can read past the model's context
         for run in runs:
             cut = _fit_context(run[0], run[1].shape[1], max_new_tokens, lm.max_context)
@@ -213,7 +200,7 @@ def generate(lm: LoadedModel, context: str | GenerationRequest, questions: str |
 
     longest = max(r[0].shape[1] + r[1].shape[1] for r in runs) + max_new_tokens
     where = _positions(positions, pol.evicts, longest, lm.max_context)
-    stop = _stop_ids(tok)
+    stop = stop_token_ids(tok)
     answers: list[str] = []
     memory = None
     for i, (ctx_ids, q_ids) in enumerate(runs):

@@ -41,3 +41,20 @@ def document_prompt(tokenizer, document: str) -> str:
 def question_prompt(tokenizer, question: str, instruction: str | None = None) -> str:
     """The question part that follows `document_prompt` (what each question appends)."""
     return split_prompt(tokenizer, "", question, instruction).question
+
+
+def encode_text(tokenizer, text: str):
+    """[1, T] token ids of a rendered prompt part (no special tokens added: the template has them)."""
+    import torch  # here, not at the top: the prompt template is usable without torch
+
+    return torch.tensor([tokenizer.encode(text, add_special_tokens=False)], dtype=torch.long)
+
+
+def stop_token_ids(tokenizer) -> set[int]:
+    """The ids that end an answer: the tokenizer's eos and the chat templates' end-of-turn tokens."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for tok in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>"):
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(tid, int) and tid != getattr(tokenizer, "unk_token_id", None) and tid >= 0:
+            ids.add(tid)
+    return ids

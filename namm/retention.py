@@ -115,12 +115,11 @@ def document_retention(memory, document: str) -> RetentionMap:
     `document`, not yet handed to a single question). The prompt is encoded again as
     `read_document` encoded it; only the document's tokens are mapped (the chat template's
     header and trailer are left out, and a token straddling them is cut to the document's text)."""
-    from .generate import _encode
-    from .prompts import document_prompt
+    from .prompts import document_prompt, encode_text
 
     tok = memory.lm.tokenizer
     prompt = document_prompt(tok, document)
-    ids = _encode(tok, prompt)[0].tolist()
+    ids = encode_text(tok, prompt)[0].tolist()
     if len(ids) != memory.tokens:
         raise ValueError(f"the memory read {memory.tokens} tokens but this document's prompt has {len(ids)}: "
                          "not the document it was read from")

@@ -87,8 +87,7 @@ class TaskFitness:
         import torch
 
         from namm.evaluation import ReferenceCache, evaluate
-        from namm.generate import _encode
-        from namm.prompts import split_prompt
+        from namm.prompts import encode_text, split_prompt
         from namm.tasks import make_samples
 
         samples = make_samples(tasks, lengths, n_per_task, split, start=start)
@@ -106,7 +105,7 @@ class TaskFitness:
             parts = split_prompt(tok, s.context, s.question, None, query_aware=False)
             mnt = self.cfg.max_new_tokens or s.meta.get("max_new_tokens") or 32
             ref = tok.encode(r.reference, add_special_tokens=False)[:mnt] or [tok.eos_token_id]
-            out.append(_Prompt(s, _encode(tok, parts.context), _encode(tok, parts.question),
+            out.append(_Prompt(s, encode_text(tok, parts.context), encode_text(tok, parts.question),
                                torch.tensor([ref]), r.full_score, mnt))
         kept = {t: sum(p.sample.task == t for p in out) for t in tasks}
         log(f"{split}: {len(out)} of {len(samples)} prompts kept (full cache right): {kept}")
@@ -178,7 +177,7 @@ class TaskFitness:
         answer, with the candidate-free first chunk restored from its snapshot."""
         import torch
 
-        from namm.generate import _stop_ids, greedy_decode, prefill
+        from namm.generate import stop_token_ids, greedy_decode, prefill
         from namm.memory import NammCache
         from namm.tasks import score_answer
 
@@ -208,7 +207,7 @@ class TaskFitness:
                 lp = torch.cat([x.reshape(-1, x.shape[-1]) for x in lp]).float()
                 fidelity = float(lp.gather(1, ref[0][:, None]).mean().exp())
                 cache.restore(snap)
-            ids = greedy_decode(lm, cache, logits, p.max_new_tokens, _stop_ids(lm.tokenizer))
+            ids = greedy_decode(lm, cache, logits, p.max_new_tokens, stop_token_ids(lm.tokenizer))
         text = lm.tokenizer.decode(ids, skip_special_tokens=True).strip()
         return text, score_answer(text, p.sample.answers, p.sample.metric), kept, fidelity
 

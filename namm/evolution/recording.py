@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from namm.generate import _encode, _stop_ids, greedy_decode, prefill
+from namm.generate import greedy_decode, prefill
 from namm.memory import NammCache, window_attention
 from namm.policies.namm import NammPolicy
-from namm.prompts import split_prompt
+from namm.prompts import encode_text, split_prompt, stop_token_ids
 from namm.tasks import Sample, score_answer
 
 
@@ -80,7 +80,7 @@ def record_prompt(lm, sample: Sample, rows: int | None = 128, n_up: int = 512) -
     started = time.perf_counter()
     tok = lm.tokenizer
     parts = split_prompt(tok, sample.context, sample.question, None, query_aware=False)
-    ctx_ids, q_ids = _encode(tok, parts.context), _encode(tok, parts.question)
+    ctx_ids, q_ids = encode_text(tok, parts.context), encode_text(tok, parts.question)
     policy = RecordingNamm(rows)
     cache = NammCache(lm.model.config, policy, n_up=n_up)
     prefill(lm, cache, ctx_ids)
@@ -89,7 +89,7 @@ def record_prompt(lm, sample: Sample, rows: int | None = 128, n_up: int = 512) -
     cache.n_up = 1 << 30  # no more updates: the question and answer only read the document
     max_new = sample.meta.get("max_new_tokens") or 32
     logits = lm.model(input_ids=q_ids.to(lm.device), past_key_values=cache, use_cache=True).logits[:, -1]
-    out = greedy_decode(lm, cache, logits, max_new, _stop_ids(tok))
+    out = greedy_decode(lm, cache, logits, max_new, stop_token_ids(tok))
     prediction = tok.decode(out, skip_special_tokens=True).strip()
     correct = score_answer(prediction, sample.answers, sample.metric)
 

@@ -39,12 +39,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from namm.generate import _encode, _stop_ids, greedy_decode
+from namm.generate import greedy_decode
 from namm.memory import NammCache
 from namm.policies import make_policy
 from namm.policies.base import UpdateContext
 from namm.policies.namm import NammPolicy
-from namm.prompts import split_prompt
+from namm.prompts import encode_text, split_prompt, stop_token_ids
 from namm.surprisal import SurprisalLog
 
 from .optimizer import append_log_row, checkpoint_optimizer, load_optimizer, resume_or_start, save_run_state
@@ -132,7 +132,7 @@ def prompt_ids(tok, task: str, length: int, split: str, index: int):
     sample = make_sample(task, length, split, index)
     parts = split_prompt(tok, sample.context, sample.question, None, query_aware=False)
     gold_ids = torch.tensor([tok.encode(sample.gold_text, add_special_tokens=False)[:32]])
-    return sample, _encode(tok, parts.context), _encode(tok, parts.question), gold_ids
+    return sample, encode_text(tok, parts.context), encode_text(tok, parts.question), gold_ids
 
 
 @torch.no_grad()
@@ -149,7 +149,7 @@ def record(lm, task: str, length: int, split: str, index: int) -> PoolPrompt:
     full_lp = answer_log_prob(logits[-gold_ids.shape[1] - 1:-1], gold_ids)  # row i predicts token i
     cache.restore(snap)
     first = lm.model(input_ids=q_ids.to(lm.device), past_key_values=cache, use_cache=True).logits[:, -1]
-    out = greedy_decode(lm, cache, first, spec.max_new_tokens, _stop_ids(tok))
+    out = greedy_decode(lm, cache, first, spec.max_new_tokens, stop_token_ids(tok))
     prediction = tok.decode(out, skip_special_tokens=True).strip()
     return PoolPrompt(task, length, index, ctx_ids, q_ids, gold_ids, surprisal.to(torch.float16),
                       float(score_answer(prediction, sample.answers, sample.metric)), prediction, full_lp)

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 import torch
 
 from namm.features import RunningNorm, scorer_inputs
-from namm.generate import _encode, continuation_logits, prefill
+from namm.generate import continuation_logits, prefill
 from namm.memory import NammCache
 from namm.policies import make_policy
 from namm.policies.base import UpdateContext
 from namm.policies.namm import NammPolicy
-from namm.prompts import split_prompt
+from namm.prompts import encode_text, split_prompt
 from namm.tasks import Sample
 
 from .recording import Recording
@@ -64,7 +64,7 @@ def prompt_refs(lm, rec: Recording) -> PromptRefs:
         ids = tok.encode(text, add_special_tokens=False)[:32]
         if ids:
             answers.append(torch.tensor([ids]))
-    return PromptRefs(_encode(tok, parts.context), _encode(tok, parts.question), answers, [])
+    return PromptRefs(encode_text(tok, parts.context), encode_text(tok, parts.question), answers, [])
 
 
 def answer_log_prob(logits: torch.Tensor, answer: torch.Tensor) -> float:

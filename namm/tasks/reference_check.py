@@ -110,14 +110,14 @@ def answer_with_settings(lm, sample, settings: dict[str, Decoding]) -> dict:
     """The full cache's answer to ``sample`` under every setting, from one read of the document."""
     import torch
 
-    from namm.generate import _encode, _stop_ids, prefill
+    from namm.generate import prefill
     from namm.memory import NammCache
     from namm.policies import make_policy
-    from namm.prompts import split_prompt
+    from namm.prompts import encode_text, split_prompt, stop_token_ids
 
     tok = lm.tokenizer
     parts = split_prompt(tok, sample.context, sample.question)
-    ctx, q = _encode(tok, parts.context), _encode(tok, parts.question)
+    ctx, q = encode_text(tok, parts.context), encode_text(tok, parts.question)
     mnt = sample.meta["max_new_tokens"]
     cache = NammCache(lm.model.config, make_policy("full", None, model_name=lm.name), n_up=512)
     t0 = time.perf_counter()
@@ -126,7 +126,7 @@ def answer_with_settings(lm, sample, settings: dict[str, Decoding]) -> dict:
         cache.flush()
         snap = cache.snapshot()
         read = time.perf_counter() - t0
-        ids = decode_settings(lm, cache, snap, q, mnt, _stop_ids(tok), settings)
+        ids = decode_settings(lm, cache, snap, q, mnt, stop_token_ids(tok), settings)
     out = {"tokens_in": ctx.shape[1] + q.shape[1], "seconds_read": round(read, 2),
            "seconds_decode": round(time.perf_counter() - t0 - read, 2), "answers": {}}
     for name, answer in ids.items():

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import namm
-from namm.generate import _encode, _stop_ids, greedy_decode, prefill
-from namm.prompts import question_prompt
+from namm.generate import greedy_decode, prefill
+from namm.prompts import encode_text, question_prompt, stop_token_ids
 
 pytestmark = pytest.mark.model
 
@@ -33,8 +33,8 @@ def _answers(lm, memory):
     out = []
     for q in QUESTIONS:
         cache = memory.fork()
-        logits = prefill(lm, cache, _encode(lm.tokenizer, question_prompt(lm.tokenizer, q)))
-        out.append(greedy_decode(lm, cache, logits, MAX_NEW, _stop_ids(lm.tokenizer)))
+        logits = prefill(lm, cache, encode_text(lm.tokenizer, question_prompt(lm.tokenizer, q)))
+        out.append(greedy_decode(lm, cache, logits, MAX_NEW, stop_token_ids(lm.tokenizer)))
     return out
 
 
@@ -67,7 +67,7 @@ def shipped(lm, tmp_path_factory):
 @torch.no_grad()
 def _first_logits(lm, memory, question):
     cache = memory.fork()
-    return prefill(lm, cache, _encode(lm.tokenizer, question_prompt(lm.tokenizer, question)))
+    return prefill(lm, cache, encode_text(lm.tokenizer, question_prompt(lm.tokenizer, question)))
 
 
 # per storage: how far an element may move (float16 / bfloat16: round to nearest, relative; int8:

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import namm
-from namm.generate import _encode, greedy_decode, prefill, _stop_ids
+from namm.generate import greedy_decode, prefill
 from namm.memory import ATTN_IMPLEMENTATION, NammCache
 from namm.policies import make_policy
 from namm.policies.namm import NammPolicy
-from namm.prompts import split_prompt
+from namm.prompts import encode_text, split_prompt, stop_token_ids
 
 from exactness import MaskOnlyCache, PositionHashPolicy, RecordingPolicy, chunked_logits, masked_reference_logits
 
@@ -27,7 +27,7 @@ QUESTION = "What is the access code for the vault?"
 
 def _prompt_ids(lm):
     parts = split_prompt(lm.tokenizer, DOC, QUESTION)
-    return torch.cat([_encode(lm.tokenizer, parts.context), _encode(lm.tokenizer, parts.question)], dim=1)
+    return torch.cat([encode_text(lm.tokenizer, parts.context), encode_text(lm.tokenizer, parts.question)], dim=1)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def reference_tokens(lm):
 def _our_tokens(lm, ids, policy):
     cache = NammCache(lm.model.config, policy, n_up=512)
     logits = prefill(lm, cache, ids)
-    return greedy_decode(lm, cache, logits, 24, _stop_ids(lm.tokenizer)), cache
+    return greedy_decode(lm, cache, logits, 24, stop_token_ids(lm.tokenizer)), cache
 
 
 @pytest.mark.parametrize("policy", [make_policy("full"), NammPolicy(params=np.zeros(NammPolicy.num_params()))],
@@ -54,7 +54,7 @@ def _our_tokens(lm, ids, policy):
 def test_keep_everything_matches_plain_generate_token_for_token(lm, reference_tokens, policy):
     ids, ref = reference_tokens
     ours, cache = _our_tokens(lm, ids, policy)
-    stop = _stop_ids(lm.tokenizer)
+    stop = stop_token_ids(lm.tokenizer)
     assert ours == [t for t in ref if t not in stop][: len(ours)] and len(ours) >= min(len(ref) - 1, 20)
     if policy.name == "namm":
         assert cache.layers[0].seen > 1024 and cache.kept_fraction() == 1.0

@@ -14,10 +14,10 @@ import namm
 from namm import CorruptMemoryError, MemoryMismatchError
 from namm.document_memory import FORMAT_VERSION, read_document
 from namm.fingerprints import SAMPLE_ELEMENTS, model_hash, policy_hash, tokenizer_hash
-from namm.generate import _encode, _stop_ids, greedy_decode, prefill
+from namm.generate import greedy_decode, prefill
 from namm.policies import make_policy
 from namm.policies.namm import NammPolicy
-from namm.prompts import question_prompt
+from namm.prompts import encode_text, question_prompt, stop_token_ids
 
 from tiny_llama import _ByteTokenizer, tiny_llama3
 
@@ -39,11 +39,11 @@ def _read(lm, policy, budget, positions="original"):
 def _answer_ids(lm, memory, question, max_new_tokens=12):
     """The first logits after the question and the greedy answer's token ids, on a fresh copy."""
     cache = memory.fork()
-    logits = prefill(lm, cache, _encode(lm.tokenizer, question_prompt(lm.tokenizer, question)))
+    logits = prefill(lm, cache, encode_text(lm.tokenizer, question_prompt(lm.tokenizer, question)))
     # plain greedy on a random model: the loop guards would cut its babble at different points
     from namm.decoding import Decoding
 
-    ids = greedy_decode(lm, cache, logits, max_new_tokens, _stop_ids(lm.tokenizer), Decoding.plain())
+    ids = greedy_decode(lm, cache, logits, max_new_tokens, stop_token_ids(lm.tokenizer), Decoding.plain())
     return logits, ids
 
 

@@ -52,9 +52,10 @@ def test_questions_fit_a_token_budget_and_a_long_one_grows_a_fraction_budget(tin
     slots: a token budget's memory holds any question in its capacity. A fraction budget's cap
     grows with the tokens read, so a question far longer than an interval grows the storage
     (counted), and the answers still come."""
-    from namm.generate import _encode, prefill
+    from namm.generate import prefill
+    from namm.prompts import encode_text
 
-    question = _encode(tiny.tokenizer, "Which shelf holds item 12? " * 20)  # 540 tokens
+    question = encode_text(tiny.tokenizer, "Which shelf holds item 12? " * 20)  # 540 tokens
     for budget, grows in ((40, False), (0.3, True)):
         memory = namm.read_document(tiny, DOC, policy="recency", budget=budget, n_up=N_UP)
         cache = memory.cache.copy()
