@@ -40,7 +40,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import namm  # noqa: E402
-from namm.batch import batched_step, generate_batch, packed_linears  # noqa: E402
+from namm.batch import generate_batch  # noqa: E402
+from namm.batched_step import batched_step, packed_linears  # noqa: E402
 from namm.decoding import Decoding  # noqa: E402
 from namm.generate import prefill  # noqa: E402
 from namm.memory import ATTN_IMPLEMENTATION, NammCache  # noqa: E402

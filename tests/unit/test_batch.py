@@ -3,11 +3,11 @@ figures equal namm.generate's one at a time, the batch really batches (rows join
 and one request's error fails that request only."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 import namm
 from namm import batch as batch_mod
-from namm.batch import PackedLinears, RowsCache, generate_batch
+from namm.batch import generate_batch
+from namm.batched_step import PackedLinears, RowsCache
 from namm.errors import ContextTooLongError, EmptyInputError, RequestError
 from namm.memory import NammCache
 from namm.policies import make_policy
