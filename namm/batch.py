@@ -232,8 +232,7 @@ class _Batch:
         and the questions waiting for this memory join the queue."""
         t0 = time.perf_counter()
         cache, ids = read.cache, read.ids
-        step = cache.n_up - (cache.tokens_read() % cache.n_up)
-        chunk = ids[:, read.pos: read.pos + step]
+        chunk = ids[:, read.pos: read.pos + cache.next_chunk()]
         keep = 0 if cache.wants_logits else 1
         out = self.lm.model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=keep)
         cache.after_forward(chunk, out.logits)

@@ -78,14 +78,13 @@ class GenerationResult:
 @torch.no_grad()
 def prefill(lm: LoadedModel, cache: NammCache, input_ids: torch.Tensor,
             progress: Progress | None = None) -> torch.Tensor:
-    """Feed `input_ids` [B, T] in chunks that end on update boundaries; return the last logits [B, V]."""
+    """Feed `input_ids` [B, T] in chunks that end on update boundaries (`NammCache.next_chunk`);
+    return the last logits [B, V]."""
     ids = input_ids.to(lm.device)
     n = ids.shape[1]
     pos, logits = 0, None
     while pos < n:
-        seen = cache.tokens_read()
-        step = cache.n_up - (seen % cache.n_up)  # stop exactly where the next update is due
-        chunk = ids[:, pos: pos + step]
+        chunk = ids[:, pos: pos + cache.next_chunk()]  # ends exactly where the next update is due
         # a policy weighing surprisal needs every position's logits (the LM head over the chunk)
         keep = 0 if cache.wants_logits else 1
         out = lm.model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=keep)

@@ -34,6 +34,9 @@ from .attention import (ATTN_IMPLEMENTATION, _causal_block_mask, _just_updated, 
 from .policies.base import Policy, UpdateContext, budget_capacity
 from .surprisal import SurprisalLog
 
+# tokens per reading forward for a policy that never evicts (NammCache.next_chunk)
+FULL_CACHE_CHUNK = 4096
+
 
 class NammLayer(CacheLayerMixin):
     is_sliding = False
@@ -390,6 +393,16 @@ class NammCache(Cache):
     def tokens_read(self) -> int:
         """Logical tokens read (what update intervals count), whatever the position mode."""
         return self.layers[0].seen
+
+    def next_chunk(self) -> int:
+        """How many tokens the next reading forward may take: up to where the next update is due,
+        or, for a policy that never evicts, up to `FULL_CACHE_CHUNK` (fewer, larger forwards: a
+        3,100-token document read in one forward took 0.90-0.95x the time of six 512-token chunks
+        on the CPU default, which is most of the gap to transformers' own generate; the cap keeps
+        the activations of one forward bounded on long documents)."""
+        if not self.policy.evicts:
+            return FULL_CACHE_CHUNK
+        return self.n_up - (self.tokens_read() % self.n_up)
 
     def _account(self, delta: int) -> None:
         self.current_bytes += delta
