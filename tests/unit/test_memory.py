@@ -173,3 +173,29 @@ def test_full_cache_peak_equals_the_full_cache_figure(tiny):
     e = evicting.stats
     assert e.kv_bytes_peak < e.kv_bytes_full_peak and e.kv_token_steps < e.kv_token_steps_full
     assert e.kv_updates and all(after <= 16 for _, _, after in e.kv_updates)
+
+
+def test_reading_chunks_end_at_updates_and_a_full_cache_reads_in_large_chunks(tiny):
+    """An evicting memory's forwards end where its next update is due; a memory that never evicts
+    reads FULL_CACHE_CHUNK tokens per forward, with the same logits as 512-token chunks."""
+    from namm.generate import prefill
+    from namm.memory import FULL_CACHE_CHUNK
+
+    ids = random_ids(FULL_CACHE_CHUNK + 300, seed=11)
+    sizes = []
+    hook = tiny.model.register_forward_pre_hook(lambda _m, _a, kw: sizes.append(kw["input_ids"].shape[1]),
+                                                with_kwargs=True)
+    try:
+        recency = NammCache(tiny.model.config, make_policy("recency", 0.5), n_up=512)
+        prefill(tiny, recency, ids[:, :700])
+        assert sizes == [512, 188] and recency.next_chunk() == 512 - 188
+        sizes.clear()
+        full = NammCache(tiny.model.config, make_policy("full"), n_up=512)
+        last = prefill(tiny, full, ids)
+        assert sizes == [FULL_CACHE_CHUNK, 300] and full.tokens_read() == ids.shape[1]
+    finally:
+        hook.remove()
+    small = NammCache(tiny.model.config, make_policy("full"), n_up=512)
+    for start in range(0, ids.shape[1], 512):
+        out = tiny.model(input_ids=ids[:, start:start + 512], past_key_values=small, use_cache=True)
+    assert torch.allclose(last, out.logits[:, -1], atol=1e-4)
