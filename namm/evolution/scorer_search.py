@@ -16,6 +16,8 @@ zero the score is a linear function of the 17 spectrogram bins and the recency e
     python -m namm.evolution.scorer_search evolve --pool runs/spool/train --params head --out docs/results/scorer-cma-head
     # the mean as a NAMM file (the shipped file's settings, the evolved scorer), validated closed loop
     python -m namm.evolution.scorer_search export --state docs/results/scorer-cma-head/state.pt --out runs/namm-head.pt
+    # or a candidate the correlation run scored closed loop
+    python -m namm.evolution.scorer_search export --correlation docs/results/scorer-cma-head/correlation.json --candidate 1 --out runs/namm-c1.pt
 
 Fitness is surprisal_search's open-loop teacher-forced surrogate with a keep-mask per layer and
 KV head: each prompt's document is read once per generation by the full cache while the window
@@ -167,10 +169,15 @@ def candidate_policy(checkpoint: str | Path, budget: float, params: np.ndarray) 
     return pol
 
 
+def correlation_candidates(n: int, sigma: float, dim: int, seed: int) -> list[np.ndarray]:
+    """The zero vector, then n - 1 random draws around it (what `correlation` scores)."""
+    rng = np.random.default_rng(seed)
+    return [np.zeros(dim)] + [rng.normal(0, sigma, dim) for _ in range(n - 1)]
+
+
 def correlation(lm, checkpoint, prompts, n: int, sigma: float, budget: float, indices: np.ndarray, seed: int,
                 log=print) -> dict:
-    rng = np.random.default_rng(seed)
-    xs = [np.zeros(len(indices))] + [rng.normal(0, sigma, len(indices)) for _ in range(n - 1)]
+    xs = correlation_candidates(n, sigma, len(indices), seed)
     params = [full_params(x, indices) for x in xs]
     t0 = time.perf_counter()
     sur = surrogate_fitness(lm, prompts, params, base_policy(checkpoint, budget))
@@ -180,7 +187,7 @@ def correlation(lm, checkpoint, prompts, n: int, sigma: float, budget: float, in
         real.append(closed_loop_fitness(lm, [p.refs() for p in prompts], candidate_policy(checkpoint, budget, x)))
         log(f"candidate {k}: surrogate {sur[k]:.4f}, closed loop {real[-1]:.4f}")
     t_real = time.perf_counter() - t0 - t_sur
-    return {"candidates": n, "prompts": len(prompts), "budget": budget, "sigma": sigma, "params": len(indices),
+    return {"candidates": n, "prompts": len(prompts), "budget": budget, "sigma": sigma, "params": len(indices), "seed": seed,
             "spearman": spearman(sur, real), "pearson": float(np.corrcoef(sur, real)[0, 1]),
             "surrogate_s_per_candidate": t_sur / n, "closed_loop_s_per_candidate": t_real / n,
             "surrogate": sur, "closed_loop": real}
@@ -222,14 +229,32 @@ def evolve(lm, checkpoint, pool: Path, out: Path, subspace: str, generations: in
 
 
 def export(checkpoint, state_path: Path, out: Path) -> NammPolicy:
+    """The optimiser's mean as a NAMM file: the channel's checkpoint with the evolved scorer."""
     state = torch.load(state_path, weights_only=False)
     opt = load_optimizer(state["optimizer"])
     params = full_params(opt.mean, np.asarray(state["indices"]))
+    return _write(checkpoint, params, out, {
+        "method": f"cma-es over the scorer ({state['params']}) on top of the surprisal channel, open-loop "
+                  "teacher-forced surrogate", "generation": state["generation"], "budget": state["budget"]})
+
+
+def export_candidate(checkpoint, correlation_path: Path, k: int, out: Path) -> NammPolicy:
+    """Candidate k of a `correlation` run (scored closed loop there) as a NAMM file."""
+    res = json.loads(correlation_path.read_text())
+    if not 0 < k < res["candidates"]:
+        raise ValueError(f"--candidate must be in 1..{res['candidates'] - 1}, got {k}")
+    indices = subspace_indices("head" if res["params"] == 26 else "all")
+    x = correlation_candidates(res["candidates"], res["sigma"], len(indices), res.get("seed", 0))[k]
+    return _write(checkpoint, full_params(x, indices), out, {
+        "method": "random candidate around the zero scorer, chosen by its closed-loop fitness on train prompts",
+        "correlation": str(correlation_path), "candidate": k, "closed_loop": res["closed_loop"][k],
+        "closed_loop_zero_scorer": res["closed_loop"][0], "budget": res["budget"]})
+
+
+def _write(checkpoint, params: np.ndarray, out: Path, training: dict) -> NammPolicy:
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     ckpt["params"] = torch.from_numpy(params)
-    ckpt["training"] = {"method": f"cma-es over the scorer ({state['params']}) on top of the surprisal channel, "
-                                  "open-loop teacher-forced surrogate", "generation": state["generation"],
-                        "budget": state["budget"], "base": ckpt.get("training")}
+    ckpt["training"] = {**training, "base": ckpt.get("training")}
     torch.save(ckpt, out)
     return NammPolicy.from_checkpoint(out)
 
@@ -243,7 +268,9 @@ def main(argv=None) -> int:
         s = sub.add_parser(name)
         s.add_argument("--checkpoint", default=None, help="the surprisal channel's file (default: the shipped one)")
         if name == "export":
-            s.add_argument("--state", required=True)
+            s.add_argument("--state", help="a run's state.pt: its mean")
+            s.add_argument("--correlation", help="a correlation.json: its candidate --candidate")
+            s.add_argument("--candidate", type=int, default=None)
             s.add_argument("--out", required=True)
             continue
         s.add_argument("--threads", type=int, default=1)
@@ -265,7 +292,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     checkpoint = args.checkpoint or default_checkpoint(None)
     if args.cmd == "export":
-        pol = export(checkpoint, Path(args.state), Path(args.out))
+        if bool(args.state) == bool(args.correlation) or bool(args.correlation) != (args.candidate is not None):
+            p.error("export: give --state, or --correlation with --candidate")
+        try:
+            pol = export(checkpoint, Path(args.state), Path(args.out)) if args.state else \
+                export_candidate(checkpoint, Path(args.correlation), args.candidate, Path(args.out))
+        except ValueError as err:
+            p.error(str(err))
         print(json.dumps({"out": args.out, "trained_scorer": pol.has_trained_scorer}))
         return 0
     if not 0.0 < args.budget <= 1.0:

@@ -2,6 +2,8 @@
 (namm/evolution/scorer_search.py): the zero scorer is the surprisal channel, the replayed per-layer
 masks and the surrogate equal the real cache when the document is read before the only eviction,
 and a run resumes; on a tiny random Llama 3 (the real model's runs are commands, not tests)."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -125,3 +127,15 @@ def test_a_run_resumes_and_exports_a_namm_file(tiny, channel, tmp_path):
     assert pol.has_trained_scorer and pol.surprise_mix == {"max:9": 1.0, "max:1": 0.05} and pol.recent == 0.2
     assert scorer.unflatten(pol.params)["wq"].abs().sum() == 0  # only the head evolved
     assert make_policy("namm", checkpoint=out).has_trained_scorer
+
+
+def test_a_candidate_scored_closed_loop_exports_as_drawn(channel, tmp_path):
+    corr = tmp_path / "correlation.json"
+    corr.write_text(json.dumps({"candidates": 3, "sigma": 0.5, "params": 26, "seed": 4, "budget": 0.3,
+                                "closed_loop": [0.7, 0.8, 0.6]}))
+    pol = ss.export_candidate(channel, corr, 1, tmp_path / "c1.pt")
+    want = ss.correlation_candidates(3, 0.5, 26, 4)[1]
+    np.testing.assert_allclose(pol.params.numpy()[ss.subspace_indices("head")], want, rtol=1e-6)
+    assert pol.surprise_mix == {"max:9": 1.0, "max:1": 0.05}
+    with pytest.raises(ValueError, match="candidate"):
+        ss.export_candidate(channel, corr, 0, tmp_path / "c0.pt")  # the zero scorer is not a NAMM
