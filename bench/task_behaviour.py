@@ -123,6 +123,7 @@ def main(argv=None) -> int:
     p.add_argument("--docs", type=int, default=4, help="documents of each kind (test split)")
     p.add_argument("--tokens", type=int, default=1536, help="about this many tokens per document")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--namm-checkpoint", default=None, help="the NAMM file `namm` reads (default: the shipped one)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -139,8 +140,11 @@ def main(argv=None) -> int:
         print("| policy | " + " | ".join(kinds) + " | paper's behaviour? |")
         print("|---" * (len(kinds) + 2) + "|")
         for policy in args.policies.split(","):
+            chosen = policy
+            if policy == "namm" and args.namm_checkpoint:  # an evolved file that does not ship
+                chosen = namm.make_policy("namm", budget, checkpoint=args.namm_checkpoint, model_name=lm.name)
             try:
-                ev = evicted_by_kind(lm, texts, kinds_of, kinds, policy, budget)
+                ev = evicted_by_kind(lm, texts, kinds_of, kinds, chosen, budget)
             except NoTrainedScorerError:
                 print(f"| {policy} | " + " | ".join("-" for _ in kinds) + " | not evaluated: no trained scorer ships |")
                 continue
