@@ -17,9 +17,12 @@ token's position is at most that. Every position then stays below the cache's si
 update interval, however long the input. One rotation position per slot serves every head
 (heads share slot indices; padding slots are masked).
 
-The attention implementation `namm_sdpa` (namm/attention.py) runs SDPA with a mask built from those flags, records
-the window's post-RoPE queries, and every `n_up` tokens hands the layer to its policy right after
-the layer's attention, so prefill and decoding evict on the same schedule.
+The attention implementation `namm_sdpa` (namm/attention.py) runs SDPA with a mask built from those
+flags, shows the forward's post-RoPE queries to the policy's signals, and every `n_up` tokens hands
+the layer to its policy right after the layer's attention, so prefill and decoding evict on the
+same schedule. What a policy reads besides the cache (the window's attention, each token's
+surprisal) reaches it through one hook, its signals (namm/signals.py): the cache calls them all
+alike and knows no policy by name.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from .attention import (ATTN_IMPLEMENTATION, _causal_block_mask, _just_updated, register_attention,  # noqa: F401
                         rotate_keys, window_attention)
 from .policies.base import Policy, UpdateContext, budget_capacity
-from .surprisal import SurprisalLog
+from .signals import Signal
 
 # tokens per reading forward for a policy that never evicts (NammCache.next_chunk)
 FULL_CACHE_CHUNK = 4096
@@ -174,20 +177,13 @@ class NammLayer(CacheLayerMixin):
         if not policy.evicts:
             return
         self.scale = scale
-        if policy.needs_attention:
-            self.pending_queries.append(query.detach())
-            keep_rows = policy.attention_rows or (self.cache.n_up + query.shape[2])
-            self._trim_pending(keep_rows)
-        # deferred (surprisal) mode waits for `after_forward`; a caller that never hands the
-        # logits over still gets its cache bounded, one interval late
+        for signal in self.cache.signals:
+            signal.observe_attention(self, query, scale)
+        # deferred updates (a signal reads the logits) wait for `after_forward`; a caller that
+        # never hands the logits over still gets its cache bounded, one interval late
         due = 2 * self.cache.n_up if self.cache.defer_updates else self.cache.n_up
         if self.since_update >= due:
             self.run_update()
-
-    def _trim_pending(self, rows: int) -> None:
-        total = sum(q.shape[2] for q in self.pending_queries)
-        while total > rows and len(self.pending_queries) > 1 and total - self.pending_queries[0].shape[2] >= rows:
-            total -= self.pending_queries.pop(0).shape[2]
 
     # ---- eviction -----------------------------------------------------------------------------
     def run_update(self) -> None:
@@ -202,11 +198,11 @@ class NammLayer(CacheLayerMixin):
         ctx = UpdateContext(
             layer_idx=self.layer_idx, keys=self.keys[:, :, :s], values=self.values[:, :, :s],
             positions=self.positions[:, :, :s], valid=self.valid[:, :, :s], seen=self.seen,
-            n_new=self.since_update, state=self.state, surprisal=self.cache.surprisal,
-            token_ids=self.cache.surprisal_log.ids,
+            n_new=self.since_update, state=self.state,
         )
-        if policy.needs_attention:
-            ctx.attn = self._window_attention(policy, ctx)
+        for signal in self.cache.signals:
+            for name, value in signal.read(self, ctx).items():
+                setattr(ctx, name, value)
         keep = policy.select(ctx) & ctx.valid
         self.state = ctx.state
         before = self.valid_count
@@ -215,18 +211,10 @@ class NammLayer(CacheLayerMixin):
             self.valid_count = int(keep.sum())
         self.cache._log_update(self, before)
         self.since_update = 0
-        self.pending_queries = []
+        for signal in self.cache.signals:
+            signal.updated(self)
         self.cache.policy_seconds += time.perf_counter() - started
         self.cache.n_updates += 1
-
-    def _window_attention(self, policy: Policy, ctx: UpdateContext) -> torch.Tensor:
-        queries = torch.cat(self.pending_queries, dim=2)
-        rows = min(self.since_update, queries.shape[2])
-        if policy.attention_rows is not None:
-            rows = min(rows, policy.attention_rows)
-        queries = queries[:, :, -rows:]
-        scale = self.scale if self.scale is not None else queries.shape[-1] ** -0.5
-        return window_attention(queries, ctx.keys, ctx.valid, scale)
 
     def _compact(self, keep: torch.Tensor) -> None:
         """Gather kept slots (order preserved) to the front; pad heads to the longest. With a
@@ -376,11 +364,10 @@ class NammCache(Cache):
         self.rope_base = 0
         self.capacity = capacity if policy.evicts else None
         self.regrowths = 0  # times a layer outgrew `capacity` (and was reallocated)
-        # a policy that weighs each token's surprisal needs the logits of the forward that read
-        # it: its updates wait for `after_forward` (same tokens, same cache: the result is the
-        # one an update inside the forward would give, as chunks end where updates are due)
-        self.defer_updates = bool(getattr(policy, "needs_surprisal", False)) and policy.evicts
-        self.surprisal_log = SurprisalLog()  # filled in deferred mode only
+        # what the policy reads besides the cache (namm/signals.py); one that reads the logits
+        # defers the updates to `after_forward`
+        self.signals: list[Signal] = policy.make_signals(n_up)
+        self.defer_updates = any(signal.needs_logits for signal in self.signals)
         n_layers = text_config.num_hidden_layers
         self.kv_heads = text_config.num_key_value_heads
         self.head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
@@ -443,10 +430,9 @@ class NammCache(Cache):
         self.policy_seconds, self.n_updates = 0.0, 0
         return work
 
-    @property
-    def surprisal(self) -> torch.Tensor | None:
-        """[B, tokens read]: each token's surprisal in nats (deferred mode; None otherwise)."""
-        return self.surprisal_log.values
+    def signal(self, name: str) -> Signal | None:
+        """The policy's signal called `name` (e.g. "surprisal"), None when it reads no such thing."""
+        return next((signal for signal in self.signals if signal.name == name), None)
 
     @property
     def wants_logits(self) -> bool:
@@ -454,17 +440,19 @@ class NammCache(Cache):
         return self.defer_updates
 
     def after_forward(self, input_ids: torch.Tensor, logits: torch.Tensor) -> None:
-        """After a forward over `input_ids` [B, T] with `logits` [B, T, V]: record each token's
-        surprisal (-log p of the token given what was read before it), then run the updates that
-        came due during the forward. No-op unless updates are deferred."""
-        if not self.defer_updates:
+        """Every caller's one call after a forward over `input_ids` [B, T] with `logits` [B, T, V]
+        (all positions when `wants_logits`, else the last one is enough): the signals observe
+        it, then the updates that came due during the forward run (deferred mode)."""
+        if not self.signals:
             return
-        started = time.perf_counter()  # the surprisal is the policy's work (the LM head is the forward's)
-        self.surprisal_log.record(input_ids, logits)
+        started = time.perf_counter()  # what the signals compute is the policy's work
+        for signal in self.signals:
+            signal.observe_forward(input_ids, logits)
         self.policy_seconds += time.perf_counter() - started
-        for layer in self.layers:
-            if layer.since_update >= self.n_up:
-                layer.run_update()
+        if self.defer_updates:
+            for layer in self.layers:
+                if layer.since_update >= self.n_up:
+                    layer.run_update()
 
     def flush(self) -> None:
         """Run a policy update now on every layer (e.g. once a whole document has been read)."""
@@ -497,17 +485,18 @@ class NammCache(Cache):
     def restore(self, snap: list[dict]) -> None:
         for layer, s in zip(self.layers, snap):
             layer.load(s)
-        self.surprisal_log.truncate(self.layers[0].seen)  # tokens read after the snapshot are forgotten
+        for signal in self.signals:  # what was read after the snapshot is forgotten
+            signal.truncate(self.layers[0].seen)
 
     def copy(self) -> "NammCache":
         """An independent copy with the same policy: every tensor cloned at the same storage
         shape (so attention over it computes exactly what it computes over this one), the
-        surprisal record included. What is read into the copy leaves this cache as it is.
+        signals' records included. What is read into the copy leaves this cache as it is.
         The work counters start at zero."""
         new = NammCache(self.config, self.policy, n_up=self.n_up, rope_inv_freq=self.rope_inv_freq,
                         capacity=self.capacity)
         for layer, source in zip(new.layers, self.layers):
             layer.load(source.export(), clone=False)
-        new.surprisal_log = self.surprisal_log.copy()
+        new.signals = [signal.copy() for signal in self.signals]
         new.rope_base = self.rope_base
         return new

@@ -10,7 +10,8 @@ Layout (format version 2). Tensors, each as the cache holds it (slots in use onl
   layers.<i>.rope_pos            [length]              re-indexed positions only
   layers.<i>.state.<name>        [B, H_kv, <=length, ...] the policy's per-slot state (NAMM's EMA)
   layers.<i>.pending.<j>         queries awaiting an update (none after reading, kept if any)
-  surprisal.values / .ids / .last_logits  the surprisal record (policies that weigh surprisal)
+  <signal>.<key>                 the record of each signal the policy reads (namm/signals.py):
+                                 surprisal.values / .ids / .last_logits for the surprisal
   policy.<name>                  the policy's `memory_state()` (a running norm, a generator)
 and in the header's metadata (strings, as safetensors keeps them):
   format        "namm-memory"      format_version  "2"
@@ -55,7 +56,6 @@ from .memory import NammCache
 from .models import LoadedModel
 from .policies import Policy, make_policy
 from .spec import Budget, policy_name
-from .surprisal import SurprisalLog
 
 # the storage dtypes of keys and values (module docstring). The default for a float32 model:
 # measured by bench/memory_storage.py (docs/memories.md, "Compact storage"); a model already in
@@ -166,8 +166,9 @@ def _flatten(memory: DocumentMemory, storage: str = "float32") -> tuple[dict[str
             put(f"layers.{i}.state.{name}", t)
         for j, q in enumerate(layer.pending_queries):
             put(f"layers.{i}.pending.{j}", q)
-    for name, t in cache.surprisal_log.state().items():
-        put(f"surprisal.{name}", t)
+    for signal in cache.signals:
+        for name, t in signal.state().items():
+            put(f"{signal.name}.{name}", t)
     for name, t in memory.policy_state.items():
         put(f"policy.{name}", t)
     return tensors, {"layers": layers, "rope_base": cache.rope_base, "storage": storage,
@@ -366,8 +367,9 @@ def _build(lm: LoadedModel, policy: Policy, manifest: Manifest, layout: dict,
         raise ValueError(f"the layers read {cache.tokens_read()} tokens, the manifest says {manifest.tokens}")
     out = lm.model.get_output_embeddings()
     log_device = out.weight.device if out is not None else lm.device
-    cache.surprisal_log = SurprisalLog.from_state(
-        {k.removeprefix("surprisal."): t.to(log_device) for k, t in tensors.items() if k.startswith("surprisal.")})
+    for signal in cache.signals:
+        prefix = f"{signal.name}."
+        signal.load_state({k.removeprefix(prefix): t.to(log_device) for k, t in tensors.items() if k.startswith(prefix)})
     policy_state = {k.removeprefix("policy."): t for k, t in tensors.items() if k.startswith("policy.")}
     return DocumentMemory(cache=cache, lm=lm, positions=manifest.positions, policy_state=policy_state)
 

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from .signals import Signal
 
-class SurprisalLog:
-    """The surprisal of every token read, in reading order: `values` [B, tokens read] in nats."""
+
+class SurprisalLog(Signal):
+    """The surprisal of every token read, in reading order: `values` [B, tokens read] in nats.
+    As a signal it fills `UpdateContext.surprisal` and `.token_ids` (the ids, for word views)."""
+
+    name = "surprisal"
+    needs_logits = True
 
     def __init__(self):
         self.values: torch.Tensor | None = None
@@ -28,6 +34,12 @@ class SurprisalLog:
         self.values = s if self.values is None else torch.cat([self.values, s], dim=1)
         self.ids = ids if self.ids is None else torch.cat([self.ids, ids], dim=1)
 
+    def observe_forward(self, input_ids: torch.Tensor, logits: torch.Tensor) -> None:
+        self.record(input_ids, logits)
+
+    def read(self, layer, ctx) -> dict[str, torch.Tensor | None]:
+        return {"surprisal": self.values, "token_ids": self.ids}
+
     def copy(self) -> "SurprisalLog":
         new = SurprisalLog()
         for name in ("values", "ids", "_last_logits"):
@@ -40,11 +52,8 @@ class SurprisalLog:
         out = {"values": self.values, "ids": self.ids, "last_logits": self._last_logits}
         return {k: v for k, v in out.items() if v is not None}
 
-    @classmethod
-    def from_state(cls, state: dict[str, torch.Tensor]) -> "SurprisalLog":
-        log = cls()
-        log.values, log.ids, log._last_logits = state.get("values"), state.get("ids"), state.get("last_logits")
-        return log
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.values, self.ids, self._last_logits = state.get("values"), state.get("ids"), state.get("last_logits")
 
     def truncate(self, tokens: int) -> None:
         """Forget the tokens read after the first `tokens` (a cache restored from a snapshot)."""

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..signals import Signal, WindowAttention
 from ..spec import Budget
+from ..surprisal import SurprisalLog
 
 
 @dataclass
@@ -22,9 +24,10 @@ class UpdateContext:
     valid: torch.Tensor       # [B, H, S] False for padding / evicted slots
     seen: int                 # logical length: tokens read so far, the new ones included
     n_new: int                # tokens since the previous update
-    attn: torch.Tensor | None = None  # [B, H, R, S] attention of the last R window queries, GQA-averaged
     state: dict[str, torch.Tensor] = field(default_factory=dict)  # per-slot policy state, slot axis 2
-    surprisal: torch.Tensor | None = None  # [B, seen] nats per token read, for policies with needs_surprisal
+    # filled by the policy's signals (namm/signals.py, Policy.make_signals); None when not read
+    attn: torch.Tensor | None = None  # [B, H, R, S] attention of the last R window queries, GQA-averaged
+    surprisal: torch.Tensor | None = None  # [B, seen] nats per token read
     token_ids: torch.Tensor | None = None  # [B, seen] the ids of the tokens read (with the surprisal)
 
     def slot_state(self, name: str, trailing: tuple[int, ...] = (), fill: float = 0.0) -> torch.Tensor:
@@ -72,6 +75,20 @@ class Policy:
 
     def scores(self, ctx: UpdateContext) -> torch.Tensor:
         raise NotImplementedError
+
+    def make_signals(self, n_up: int) -> list[Signal]:
+        """What this policy reads besides the cache (namm/signals.py), built once per cache:
+        the window's attention (`needs_attention`, `attention_rows`) and each token's surprisal
+        (`needs_surprisal`). A policy that reads something else returns its own signal here.
+        A policy that never evicts reads nothing."""
+        if not self.evicts:
+            return []
+        signals: list[Signal] = []
+        if self.needs_attention:
+            signals.append(WindowAttention(self.attention_rows, n_up))
+        if self.needs_surprisal:
+            signals.append(SurprisalLog())
+        return signals
 
     def threshold(self, ctx: UpdateContext, scores: torch.Tensor) -> torch.Tensor | None:
         """Optional keep-mask from the scores alone (NAMM keeps score >= 0); None = no threshold."""

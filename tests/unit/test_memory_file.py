@@ -72,7 +72,9 @@ def test_round_trip_is_exact(tiny, tmp_path, policy, budget, positions):
         assert (a.rope_pos is None) == (b.rope_pos is None)
         if a.rope_pos is not None:
             assert torch.equal(a.rope_pos, b.rope_pos)
-    assert memory.cache.surprisal_log.state().keys() == loaded.cache.surprisal_log.state().keys()
+    signals = lambda cache: {(s.name, k): t for s in cache.signals for k, t in s.state().items()}  # noqa: E731
+    saved, back = signals(memory.cache), signals(loaded.cache)
+    assert saved.keys() == back.keys() and all(torch.equal(t, back[k]) for k, t in saved.items())
     for q in QUESTIONS[:2]:
         logits_a, ids_a = _answer_ids(tiny, memory, q)
         logits_b, ids_b = _answer_ids(tiny, loaded, q)
@@ -83,10 +85,10 @@ def test_round_trip_is_exact(tiny, tmp_path, policy, budget, positions):
 def test_namm_keeps_its_surprisal_record(tiny, tmp_path):
     memory = _read(tiny, "surprisal", 0.3)
     assert memory.policy.needs_surprisal  # the shipped checkpoint weighs surprisal
-    state = memory.cache.surprisal_log.state()
+    state = memory.cache.signal("surprisal").state()
     assert state["values"].shape[1] == memory.tokens and "last_logits" in state
     loaded = namm.load_memory(tiny, namm.save_memory(memory, tmp_path / "doc.mem", storage="float32"))
-    assert all(torch.equal(v, loaded.cache.surprisal_log.state()[k]) for k, v in state.items())
+    assert all(torch.equal(v, loaded.cache.signal("surprisal").state()[k]) for k, v in state.items())
 
 
 def test_ask_answers_from_copies_and_generate_is_read_then_ask(tiny, tmp_path):

@@ -154,8 +154,8 @@ def test_round_trip_of_each_storage(tiny, memory, files, storage):
                 assert torch.allclose(y, x, rtol=RTOL[storage], atol=ATOL[storage])
             moved = max(moved, float((x - y).abs().max()))
     assert (moved == 0) == (storage == "float32")  # the compact ones really rounded
-    for k, t in memory.cache.surprisal_log.state().items():
-        assert torch.equal(t, loaded.cache.surprisal_log.state()[k])
+    # the signals' records (none for snapkv, whose attention buffer lives in the layers) come back exactly
+    assert [s.name for s in loaded.cache.signals] == [s.name for s in memory.cache.signals] == ["attention"]
     # it answers, and close to the exact memory: same first-token logits up to the rounding
     res_a = namm.ask(tiny, memory, "Where does crate 9 wait?", max_new_tokens=4)
     res_b = namm.ask(tiny, loaded, "Where does crate 9 wait?", max_new_tokens=4)

@@ -34,9 +34,9 @@ def test_recorded_surprisal_is_the_models_negative_log_likelihood(tiny):
         prefill(tiny, cache, ids)
         logp = torch.log_softmax(tiny.model(input_ids=ids).logits[0].float(), -1)
     expected = -logp[:-1].gather(1, ids[0, 1:, None])[:, 0]
-    assert cache.surprisal.shape == ids.shape
-    assert cache.surprisal[0, 0] == 0  # nothing came before the first token
-    torch.testing.assert_close(cache.surprisal[0, 1:], expected, atol=1e-4, rtol=1e-4)
+    assert cache.signal("surprisal").values.shape == ids.shape
+    assert cache.signal("surprisal").values[0, 0] == 0  # nothing came before the first token
+    torch.testing.assert_close(cache.signal("surprisal").values[0, 1:], expected, atol=1e-4, rtol=1e-4)
 
 
 def test_deferred_updates_keep_what_in_forward_updates_keep(tiny):
@@ -71,9 +71,9 @@ def test_restore_forgets_the_surprisal_of_tokens_read_after_the_snapshot(tiny):
         prefill(tiny, cache, random_ids(2 * N_UP, seed=2))
         snap = cache.snapshot()
         prefill(tiny, cache, random_ids(N_UP + 5, seed=3))
-    assert cache.surprisal.shape[1] == 3 * N_UP + 5 and cache.n_updates >= 3
+    assert cache.signal("surprisal").values.shape[1] == 3 * N_UP + 5 and cache.n_updates >= 3
     cache.restore(snap)
-    assert cache.surprisal.shape[1] == 2 * N_UP == cache.tokens_read()
+    assert cache.signal("surprisal").values.shape[1] == 2 * N_UP == cache.tokens_read()
 
 
 def test_an_idle_scorer_skips_the_attention_and_keeps_the_same_tokens(tiny):
@@ -117,7 +117,7 @@ def test_a_caller_that_never_hands_over_logits_still_gets_a_bounded_cache(tiny):
     with torch.no_grad():
         for start in range(0, ids.shape[1], N_UP):  # plain forwards, no after_forward
             tiny.model(input_ids=ids[:, start:start + N_UP], past_key_values=cache, use_cache=True)
-    assert cache.n_updates > 0 and cache.surprisal is None
+    assert cache.n_updates > 0 and cache.signal("surprisal").values is None
     assert max(cache.kept_per_layer()) <= 0.25 * 8 * N_UP + 2 * N_UP
 
 
@@ -206,9 +206,9 @@ def test_the_cache_hands_the_token_ids_with_the_surprisal_and_forgets_them_on_re
         prefill(tiny, cache, ids[:, : 2 * N_UP])
         snap = cache.snapshot()
         prefill(tiny, cache, ids[:, 2 * N_UP:])
-    assert torch.equal(cache.surprisal_log.ids, ids) and len(rec.kept_positions) >= 2
+    assert torch.equal(cache.signal("surprisal").ids, ids) and len(rec.kept_positions) >= 2
     cache.restore(snap)
-    assert torch.equal(cache.surprisal_log.ids, ids[:, : 2 * N_UP])
+    assert torch.equal(cache.signal("surprisal").ids, ids[:, : 2 * N_UP])
 
 
 def test_a_word_profile_is_stored_with_its_table_and_falls_back_on_another_model(tmp_path):

@@ -57,7 +57,7 @@ def test_replay_equals_the_cache_when_the_document_is_read_before_the_only_evict
     prefill(tiny, cache, ids)
     cache.flush()
     _, surprisal = full_pass(tiny, ids, n_up=192)
-    assert torch.allclose(surprisal, cache.surprisal[0], atol=1e-5)
+    assert torch.allclose(surprisal, cache.signal("surprisal").values[0], atol=1e-5)
     want = replay_keep(pol, surprisal, n_up=192).nonzero().flatten()
     assert 0 < len(want) < 192
     for layer in cache.layers:
