@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 import namm
-from namm.evaluation.references import ReferenceCache, reference_key
+from namm.evaluation.references import ReferenceCache, reference_key, reference_model_name
 from namm.evaluation.results import SampleResult, aggregate
 from namm.evaluation.runner import DEFAULT_MAX_NEW_TOKENS
 from namm.memory_file import STORAGES
@@ -50,7 +50,7 @@ def _reference(lm, sample, mnt: int, refs: ReferenceCache):
     """The full cache's answer and score on `sample`, as the suite computes and caches it."""
     from namm.evaluation.runner import _generate
 
-    key = reference_key(lm.name, sample, mnt, False, N_UP)
+    key = reference_key(reference_model_name(lm), sample, mnt, False, N_UP)
     ref = refs.get(key)
     if ref is None:
         ref = _generate(lm, sample, "full", None, mnt, False, N_UP, False)

@@ -27,7 +27,7 @@ import numpy as np
 
 from namm.tasks import make_samples, parse_lengths
 
-from .references import ReferenceCache, _Reference, reference_key
+from .references import ReferenceCache, _Reference, reference_key, reference_model_name
 from .runner import DEFAULT_MAX_NEW_TOKENS, evaluate
 
 
@@ -106,12 +106,12 @@ def report(results: dict[tuple, dict], reference: str = "surprisal") -> str:
     return "\n".join(lines)
 
 
-def _reuse_full_row(refs: ReferenceCache, lm, sample, row: dict | None) -> None:
+def _reuse_full_row(refs: ReferenceCache, lm, sample, row: dict | None, query_aware: bool) -> None:
     """Hand a full-cache result already in the results file to `evaluate` (no second full run)."""
     if row is None:
         return
     mnt = sample.meta.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS
-    key = reference_key(lm.name, sample, mnt, False, 512)
+    key = reference_key(reference_model_name(lm), sample, mnt, query_aware, 512)
     if refs.get(key) is None:
         refs.put(key, _Reference(prediction=row["prediction"], score=row["score"], kept_fraction=1.0,
                                  kv_bytes_peak=None, kv_bytes_full_peak=None, tokens_in=None,
@@ -134,9 +134,18 @@ def main(argv=None) -> int:
     p.add_argument("--reference-cache", default=None)
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--query-aware", action="store_true",
+                   help="show each question before the document too (rows say query_aware; one mode per file)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="the model's weights and activations (rows other than float32 say dtype; one per file)")
     args = p.parse_args(argv)
     out = Path(args.out)
     results = load_results(out)
+    mode = (args.query_aware, args.dtype)
+    modes = {(bool(r.get("query_aware", False)), r.get("dtype", "float32")) for r in results.values()}
+    if modes and modes != {mode}:
+        raise SystemExit(f"{out} holds rows of another mode (query_aware, dtype) {sorted(modes)}, not {mode}: "
+                         "write this one to another file")
     if not args.report_only:
         import torch
 
@@ -149,7 +158,7 @@ def main(argv=None) -> int:
                                start=args.start)
         # interleaved (index, length, task): a stopped run has covered every task alike
         samples.sort(key=lambda s: (s.meta["index"], s.meta["length"], s.task))
-        lm = load_model()
+        lm = load_model(dtype=getattr(torch, args.dtype))
         refs = ReferenceCache(args.reference_cache)
         out.parent.mkdir(parents=True, exist_ok=True)
         budgets = [float(b) for b in args.budgets.split(",")]
@@ -169,12 +178,16 @@ def main(argv=None) -> int:
                                              parse_variant(policy), budget=budget, model_name=lm.name)
                 elif policy == "namm" and args.namm_checkpoint:
                     pol = NammPolicy.from_checkpoint(args.namm_checkpoint, budget=budget, model_name=lm.name)
-                _reuse_full_row(refs, lm, sample, results.get(("full", None, key)))
-                rec = evaluate(lm, [sample], pol, budget, reference_cache=refs)
+                _reuse_full_row(refs, lm, sample, results.get(("full", None, key)), args.query_aware)
+                rec = evaluate(lm, [sample], pol, budget, reference_cache=refs, query_aware=args.query_aware)
                 r = rec.samples[0]
                 row = {"policy": policy, "budget": budget, "sample": key, "task": sample.task,
                        "length": sample.meta.get("length"), "score": r.score, "full_score": r.full_score,
                        "prediction": r.prediction, "kept_fraction": r.kept_fraction, "seconds": r.seconds}
+                if args.query_aware:
+                    row["query_aware"] = True
+                if args.dtype != "float32":
+                    row["dtype"] = args.dtype
                 results[(policy, budget, key)] = row
                 with out.open("a") as f:
                     f.write(json.dumps(row) + "\n")

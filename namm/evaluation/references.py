@@ -53,6 +53,15 @@ class ReferenceCache:
 _DEFAULT_REFERENCES = ReferenceCache()
 
 
+def reference_model_name(lm) -> str:
+    """The model a full-cache result belongs to: its name, and its dtype when that is not float32
+    (the same weights in bfloat16 answer differently, under the same name)."""
+    name = getattr(lm, "name", "model")
+    model = getattr(lm, "model", None)
+    dtype = str(getattr(model, "dtype", "torch.float32")).removeprefix("torch.")
+    return name if dtype == "float32" else f"{name}@{dtype}"
+
+
 def reference_key(model_name: str, sample: Sample, max_new_tokens: int, query_aware: bool, n_up: int) -> str:
     blob = json.dumps([model_name, sample.context, sample.question, sample.answer, sample.metric,
                        max_new_tokens, query_aware, n_up])

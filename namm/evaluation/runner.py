@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 from namm.spec import DEFAULT_POLICY
 from namm.tasks import Sample, score_answer
 
-from .references import _DEFAULT_REFERENCES, ReferenceCache, _Reference, reference_key
+from .references import _DEFAULT_REFERENCES, ReferenceCache, _Reference, reference_key, reference_model_name
 from .results import EvalRecord, SampleResult, aggregate
 
 
@@ -86,7 +86,7 @@ def evaluate(lm, samples: Sequence[Sample], policy=DEFAULT_POLICY, budget=None, 
     process-wide one by default) and are computed only when missing.
     """
     refs = reference_cache if reference_cache is not None else _DEFAULT_REFERENCES
-    model_name = getattr(lm, "name", "model")
+    model_name = reference_model_name(lm)
     full = _is_full(policy)
     results: list[SampleResult] = []
     for sample in samples:

@@ -38,3 +38,33 @@ def test_a_prompt_still_running_is_left_out_of_every_policy():
     text = report(_results(rows))
     assert text.splitlines()[0].startswith("1 of 1 prompts answered right")
     assert next(line for line in text.splitlines() if line.startswith("surprisal")).split()[3] == "1.000"
+
+
+def test_a_results_file_holds_one_mode(tmp_path):
+    """Query-aware or bfloat16 rows beside query-agnostic float32 ones would pair answers read
+    differently as if they were the same prompt's: the command refuses to mix them."""
+    import json
+
+    import pytest
+
+    from namm.evaluation.compare import main
+
+    out = tmp_path / "qa.jsonl"
+    out.write_text(json.dumps({**_row("full", None, "a1", "a", 1.0), "query_aware": True}) + "\n")
+    with pytest.raises(SystemExit, match="another mode"):
+        main(["--tasks", "passkey", "--out", str(out), "--report-only"])
+    with pytest.raises(SystemExit, match="another mode"):
+        main(["--tasks", "passkey", "--out", str(out), "--report-only", "--query-aware", "--dtype", "bfloat16"])
+    assert main(["--tasks", "passkey", "--out", str(out), "--report-only", "--query-aware"]) == 0
+
+
+def test_full_cache_references_of_another_dtype_are_kept_apart():
+    import torch
+
+    from namm.evaluation.references import reference_model_name
+    from tiny_llama import tiny_llama3
+
+    lm = tiny_llama3(layers=1)
+    assert reference_model_name(lm) == lm.name
+    lm.model.to(torch.bfloat16)
+    assert reference_model_name(lm) == f"{lm.name}@bfloat16"
