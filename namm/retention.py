@@ -110,15 +110,17 @@ class RetentionMap:
                            "kept_fraction": self.kept_fraction, "tokens": self.to_json()})
 
 
-def document_retention(memory, document: str) -> RetentionMap:
+def document_retention(memory, document: str, question: str | None = None) -> RetentionMap:
     """The `RetentionMap` of `memory` (a `DocumentMemory` that `read_document` made from
-    `document`, not yet handed to a single question). The prompt is encoded again as
-    `read_document` encoded it; only the document's tokens are mapped (the chat template's
-    header and trailer are left out, and a token straddling them is cut to the document's text)."""
-    from .prompts import document_prompt, encode_text
+    `document`, not yet handed to a single question; `question`: the one shown before the
+    document when it was read query-aware). The prompt is encoded again as it was read; only the
+    document's tokens are mapped (the chat template's header, the question shown first and the
+    trailer are left out, and a token straddling them is cut to the document's text)."""
+    from .prompts import document_prompt, encode_text, split_prompt
 
     tok = memory.lm.tokenizer
-    prompt = document_prompt(tok, document)
+    prompt = (document_prompt(tok, document) if question is None
+              else split_prompt(tok, document, question, query_aware=True).context)
     ids = encode_text(tok, prompt)[0].tolist()
     if len(ids) != memory.tokens:
         raise ValueError(f"the memory read {memory.tokens} tokens but this document's prompt has {len(ids)}: "

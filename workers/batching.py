@@ -160,7 +160,7 @@ def run_batch(jobs: list[ClaimedJob], lm, generate_batch: Callable,
     requests = []
     for job in jobs:
         try:
-            requests.append(generation_request(job, settings.model.n_up))
+            requests.append(generation_request(job, settings.model))
         except Exception as exc:  # a bad request fails alone
             outcomes[job.id] = finish(job, None, exc)
             requests.append(None)

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from namm.errors import InputError
 from namm.spec import NON_EVICTING_POLICIES, GenerationRequest
 from service.core.db import session_scope
-from service.core.settings import get_settings
+from service.core.settings import ModelSettings, get_settings
 from service.jobs.repository import ClaimedJob, ClaimOutcome, JobRepository
 from workers.memories import StoreFailed
 
@@ -29,8 +29,15 @@ class JobStopped(Exception):
     """Raised from the progress callback to abort generation (the job was cancelled)."""
 
 
-def generation_request(job: ClaimedJob, n_up: int) -> GenerationRequest:
-    """What namm.generate is asked for each kind of job (validated by namm.spec)."""
+def reads_question_first(questions, model: ModelSettings) -> bool:
+    """Whether a job with these questions reads its document with each question in view
+    (`model.query_aware_max_questions`, see service/core/settings.py)."""
+    return 0 < len(questions) <= model.query_aware_max_questions
+
+
+def generation_request(job: ClaimedJob, model: ModelSettings) -> GenerationRequest:
+    """What namm.generate is asked for each kind of job (validated by namm.spec), with the
+    deployment's update interval and query-aware reading (`reads_question_first`)."""
     if job.kind == "answer":
         questions, instruction = job.questions, job.instruction
     elif job.kind == "summarize":  # the instruction, else namm.spec.SUMMARIZE_INSTRUCTION
@@ -40,17 +47,18 @@ def generation_request(job: ClaimedJob, n_up: int) -> GenerationRequest:
     return GenerationRequest(
         context=job.text, questions=tuple(questions), instruction=instruction, policy=job.policy,
         budget=None if job.policy in NON_EVICTING_POLICIES else job.budget,
-        max_new_tokens=job.max_new_tokens, n_up=n_up, truncate=job.truncate,
+        max_new_tokens=job.max_new_tokens, n_up=model.n_up, truncate=job.truncate,
+        query_aware=reads_question_first(questions, model),
     )
 
 
-def retention_of(memory, text: str) -> list | None:
+def retention_of(memory, text: str, question: str | None = None) -> list | None:
     """[[text, share], ...] per document token; None where the memory did not read this text
-    as is (a document cut to the model's context)."""
+    as is (a document cut to the model's context). `question`: the question it was read with."""
     from namm.retention import document_retention
 
     try:
-        return document_retention(memory, text).to_json()
+        return document_retention(memory, text, question=question).to_json()
     except ValueError as exc:
         logger.info("no retention map: %s", exc)
         return None
@@ -168,11 +176,12 @@ def run_job(job_id: str, *, load_model: Callable | None = None,
 
                 output = run_question(lm, job)
             else:
-                request = generation_request(job, settings.model.n_up)
+                request = generation_request(job, settings.model)
                 if job.retention:  # the map of the memory as reading left it (namm.retention)
                     maps: list = []
-                    output = generate(lm, request, progress=progress,
-                                      on_read=lambda memory: maps.append(retention_of(memory, job.text))).to_dict()
+                    lead = request.questions[0] if request.query_aware else None
+                    output = generate(lm, request, progress=progress, on_read=lambda memory: maps.append(
+                        retention_of(memory, job.text, question=lead))).to_dict()
                     output["retention"] = maps[0] if maps else None
                 else:
                     output = generate(lm, request, progress=progress).to_dict()

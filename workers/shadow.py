@@ -18,6 +18,7 @@ from service.jobs.pricing import job_cost
 from service.jobs.shadow import answers_agree, claim, draw_shadow, finish
 from service.jobs.usage import work_from_output
 from workers.celery_app import app
+from workers.runner import reads_question_first
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +49,10 @@ def run_shadow(job_id: str, *, load_model: Callable | None = None,
         job = session.get(Job, job_id)
         usage = session.scalar(select(UsageRecord).where(UsageRecord.job_id == job_id))
         result = session.scalar(select(Result).where(Result.job_id == job_id))
-        request = GenerationRequest(
+        request = GenerationRequest(  # the full cache, reading as the job read (workers/runner.py)
             context=job.document.text, questions=tuple(job.questions), instruction=job.instruction,
             policy="full", budget=None, max_new_tokens=job.max_new_tokens, n_up=settings.model.n_up,
-            truncate=job.truncate)
+            truncate=job.truncate, query_aware=reads_question_first(job.questions, settings.model))
         answers = list(result.answers) if result is not None else []
         run = {"seconds": usage.seconds_prefill + usage.seconds_decode + usage.seconds_policy,
                "cost": usage.cost_micro_usd, "steps": usage.kv_token_steps}

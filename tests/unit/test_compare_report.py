@@ -68,3 +68,23 @@ def test_full_cache_references_of_another_dtype_are_kept_apart():
     assert reference_model_name(lm) == lm.name
     lm.model.to(torch.bfloat16)
     assert reference_model_name(lm) == f"{lm.name}@bfloat16"
+
+
+def test_modes_compare_each_policy_on_the_prompts_both_files_ran():
+    from namm.evaluation.modes import mode_report, renamed
+
+    agnostic = renamed(_results([
+        _row("full", None, "a1", "a", 1.0), _row("namm", 0.3, "a1", "a", 0.0),
+        _row("full", None, "a2", "a", 1.0), _row("namm", 0.3, "a2", "a", 1.0),
+        _row("full", None, "b1", "b", 0.0),  # wrong here: no memory row
+    ]), {"namm": "surprisal"})
+    aware = _results([
+        _row("full", None, "a1", "a", 1.0), _row("surprisal", 0.3, "a1", "a", 1.0),
+        _row("full", None, "a2", "a", 0.0),  # wrong in this mode: no memory row
+        _row("full", None, "b1", "b", 1.0), _row("surprisal", 0.3, "b1", "b", 1.0),
+    ])
+    lines = mode_report(agnostic, aware, ("agnostic", "aware")).splitlines()
+    full = next(line for line in lines if line.startswith("full")).split()
+    memory = next(line for line in lines if line.startswith("surprisal")).split()
+    assert full[2:6] == ["3", "0.500", "0.750", "+0.250"]  # tasks a (1, 1 -> 1, 0) and b (0 -> 1)
+    assert memory[2:6] == ["1", "0.000", "1.000", "+1.000"]  # only a1 was run in both

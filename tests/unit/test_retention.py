@@ -123,3 +123,21 @@ def test_cli_refuses_retention_html_with_a_saved_memory(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--memory", str(mem), "--retention-html", str(tmp_path / "m.html"), "--question", "q"])
     assert "--retention-html" in capsys.readouterr().err
+
+
+def test_a_memory_read_with_its_question_first_maps_the_document_alone(tiny):
+    """A job whose question is known reads `Question: ...` before the document (query-aware):
+    its map covers the document's text exactly, the question left out, and a map of the
+    question-agnostic prompt is refused as another text."""
+    maps = []
+    request = namm.GenerationRequest(DOC, questions=("What is on line two?",), policy="streaming_llm",
+                                     budget=40, n_up=16, query_aware=True, max_new_tokens=2)
+    namm.generate(tiny, request, on_read=lambda memory: maps.append(
+        document_retention(memory, DOC, question="What is on line two?")))
+    r = maps[0]
+    assert r.text == DOC.strip()
+    # the sinks are the chat header and the question now: the document's first bytes are gone,
+    # its last ones (the recent window) kept
+    assert r.shares[0] == 0.0 and r.shares[-1] == 1.0
+    with pytest.raises(ValueError, match="not the document it was read from"):
+        namm.generate(tiny, request, on_read=lambda memory: document_retention(memory, DOC))

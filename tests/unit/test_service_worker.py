@@ -231,13 +231,37 @@ def test_generation_request_per_kind():
     from service.jobs.repository import ClaimedJob
     from workers.runner import generation_request
 
+    from service.core.settings import ModelSettings
+
+    model = ModelSettings(n_up=256)
+    assert model.query_aware_max_questions == 1  # the default: one known question reads it first
     summary = generation_request(ClaimedJob(id="1", tenant_id=1, text="d", kind="summarize",
-                                            instruction=None), n_up=512)
-    assert summary.prompts() == ([SUMMARIZE_INSTRUCTION], None)
+                                            instruction=None), model)
+    assert summary.prompts() == ([SUMMARIZE_INSTRUCTION], None) and not summary.query_aware
     full = generation_request(ClaimedJob(id="1", tenant_id=1, text="d", kind="answer",
                                          instruction=None, questions=["q"], policy="full",
-                                         budget=Budget.fraction(0.5)), n_up=256)
+                                         budget=Budget.fraction(0.5)), model)
     assert full.questions == ("q",) and full.budget is None and full.n_up == 256
+    assert full.query_aware  # its question is known: the memory reads with it in view
+
+
+def test_query_aware_reading_follows_the_number_of_known_questions():
+    from service.core.settings import ModelSettings
+    from service.jobs.repository import ClaimedJob
+    from workers.runner import generation_request
+
+    def job(kind, questions):
+        return ClaimedJob(id="1", tenant_id=1, text="d", kind=kind, instruction="Extract.", questions=questions)
+
+    one, three = ModelSettings(), ModelSettings(query_aware_max_questions=3)
+    assert generation_request(job("extract", ["a"]), one).query_aware  # questions known: extract too
+    # two questions would read the document twice: once, question-agnostic, unless allowed
+    assert not generation_request(job("answer", ["a", "b"]), one).query_aware
+    assert generation_request(job("answer", ["a", "b"]), three).query_aware
+    assert not generation_request(job("extract", []), three).query_aware  # nothing to show first
+    assert not generation_request(job("answer", ["a"]), ModelSettings(query_aware_max_questions=0)).query_aware
+    with pytest.raises(ValueError):
+        ModelSettings(query_aware_max_questions=-1)
 
 
 def test_sweeper_requeues_stale_running_jobs(db, monkeypatch):
