@@ -1,4 +1,5 @@
-"""CMA-ES training of a NAMM (``namm evolve --config FILE``, or ``python -m namm.evolve``).
+"""CMA-ES training of a NAMM (``namm evolve --config FILE``, ``python -m namm.evolution evolve``, or
+``python -m namm.evolve``): the pipeline's closed-loop stage.
 
 What it does, following the paper (Sakana AI, arXiv 2410.13166) where it can on 2 CPU cores:
 
@@ -76,8 +77,8 @@ def add_evolve_subparser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m namm.evolve", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "python -m namm.evolve") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(p)
     return cmd_evolve(p.parse_args(argv))

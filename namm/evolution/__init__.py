@@ -1,5 +1,9 @@
-"""CMA-ES training of a NAMM; `namm.evolve` is its command line. One job per module:
-config, optimizer, fitness, records (checkpoint, logs, exports), loop."""
+"""CMA-ES training of a NAMM. `python -m namm.evolution <command>` runs every stage of the pipeline
+(record a pool -> surrogate fitness -> CMA-ES -> closed-loop validation -> export; see __main__).
+The closed-loop run (`namm.evolve`, `namm evolve`): config, optimizer, fitness, records
+(checkpoint, logs, exports), loop. The surrogate searches (refine, surprisal_search,
+scorer_search) share one generation loop (cma_loop); checkpoint editors and the selection
+harness are `tools`."""
 from .config import ConfigError, EvolveConfig, Stage, config_from_dict, load_config
 from .fitness import CandidateResult, SyntheticFitness, TaskFitness
 from .loop import export_solution, run

@@ -1,4 +1,4 @@
-"""Build a pool of recorded prompts: `python -m namm.evolution.pool --split train --n 500 ...`.
+"""Build a pool of recorded prompts: `python -m namm.evolution pool --split train --n 500 ...`.
 
 Prompts are drawn round-robin over tasks and lengths (deterministic per split and index), each
 recorded once under the full cache (see `recording`), one file per prompt, so the pool grows

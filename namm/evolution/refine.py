@@ -1,7 +1,7 @@
 """CMA-ES refinement of a warm-started NAMM on the open-loop surrogate fitness.
 
-    python -m namm.evolution.refine --init runs/warmstart/namm.pt --out runs/refine --generations 20
-    python -m namm.evolution.refine --init runs/warmstart/namm.pt --correlation 32 --prompts 6
+    python -m namm.evolution refine --init runs/warmstart/namm.pt --out runs/refine --generations 20
+    python -m namm.evolution refine --init runs/warmstart/namm.pt --correlation 32 --prompts 6
 
 Each generation draws a fresh mini-batch of recorded prompts (so no small set is memorised),
 scores every candidate and the mean with the surrogate, and writes the optimiser state, the
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from namm.evolution.optimizer import append_log_row, checkpoint_optimizer, resume_or_start, save_run_state
+from namm.evolution.cma_loop import Scored, run_generations
 from namm.evolution.surrogate import Surrogate, closed_loop_fitness
 from namm.evolution.warmstart import load_pool
 from namm.policies.namm import NammPolicy
@@ -55,33 +55,28 @@ def correlation(sur: Surrogate, init: NammPolicy, n: int, prompts: list[int], si
 
 def evolve(sur: Surrogate, init: NammPolicy, out: Path, generations: int, population: int, batch: int,
            sigma: float, seed: int) -> None:
+    """SepCMA from the warm start; each generation's prompts are the next draw of one
+    random.Random(seed), replayed after a resume. The mean is scored after the update."""
     from cmaes import SepCMA
 
-    out.mkdir(parents=True, exist_ok=True)
-    state_path, log_path = out / "state.pt", out / "log.csv"
-    opt, gen = resume_or_start(state_path, lambda: SepCMA(
-        mean=init.params.numpy().astype(np.float64), sigma=sigma, seed=seed, population_size=population),
-        log_path=log_path)
-    rng = random.Random(seed)
-    for _ in range(gen):  # the same mini-batches after a resume
-        rng.sample(range(len(sur.recs)), batch)
-    while gen < generations:
-        t0 = time.perf_counter()
-        prompts = rng.sample(range(len(sur.recs)), min(batch, len(sur.recs)))
-        xs = [opt.ask() for _ in range(opt.population_size)]
-        fits = [sur.fitness(x, prompts) for x in xs]
-        opt.tell([(x, -f) for x, f in zip(xs, fits)])
-        mean_fit = sur.fitness(opt.mean, prompts)
-        gen += 1
-        row = {"generation": gen, "best": max(fits), "population_mean": float(np.mean(fits)), "mean": mean_fit,
-               "sigma": opt._sigma, "seconds": round(time.perf_counter() - t0, 1)}
-        append_log_row(log_path, row)
-        blob, opt = checkpoint_optimizer(opt)  # go on from what is saved: exact resume
-        save_run_state(state_path, {"optimizer": blob, "generation": gen})
+    rng, drawn = random.Random(seed), 0
+    n = len(sur.recs)
+
+    def score(xs, mean, generation):
+        nonlocal drawn
+        while drawn <= generation:  # the same mini-batches after a resume
+            prompts = rng.sample(range(n), min(batch, n))
+            drawn += 1
+        return Scored([sur.fitness(x, prompts) for x in xs], {"mean": lambda opt: sur.fitness(opt.mean, prompts)})
+
+    def save_mean(opt, generation):
         NammPolicy(params=opt.mean.astype(np.float32), budget=sur.budget, norm=init.norm, threshold=False,
                    rows=init.attention_rows, block=init.block, sinks=init.sinks, recent=init.recent).save(
-            out / "mean.pt", training={"method": "warmstart+cma-es surrogate", "generation": gen})
-        print(json.dumps(row), flush=True)
+            out / "mean.pt", training={"method": "warmstart+cma-es surrogate", "generation": generation})
+
+    run_generations(out, generations, lambda: SepCMA(
+        mean=init.params.numpy().astype(np.float64), sigma=sigma, seed=seed, population_size=population),
+        score, digits=None, after_save=save_mean, log=lambda m: print(m, flush=True))
 
 
 def main(argv=None) -> int:

@@ -9,15 +9,15 @@ zero the score is a linear function of the 17 spectrogram bins and the recency e
 `--params all` evolves all 4,172 (diagonal CMA-ES).
 
     # the pool: surprisal_search's (the full cache's surprisal, answers and gold log-probs)
-    python -m namm.evolution.surprisal_search unpack --pool runs/spool/train
+    python -m namm.evolution surprisal unpack --pool runs/spool/train
     # trust check: open-loop surrogate against the real closed loop on random candidates
-    python -m namm.evolution.scorer_search correlation --pool runs/spool/train --params head
+    python -m namm.evolution scorer correlation --pool runs/spool/train --params head
     # CMA-ES, a fresh mini-batch of solved prompts per generation, state written every generation
-    python -m namm.evolution.scorer_search evolve --pool runs/spool/train --params head --out docs/results/scorer-cma-head
+    python -m namm.evolution scorer evolve --pool runs/spool/train --params head --out docs/results/scorer-cma-head
     # the mean as a NAMM file (the shipped file's settings, the evolved scorer), validated closed loop
-    python -m namm.evolution.scorer_search export --state docs/results/scorer-cma-head/state.pt --out runs/namm-head.pt
+    python -m namm.evolution scorer export --state docs/results/scorer-cma-head/state.pt --out runs/namm-head.pt
     # or a candidate the correlation run scored closed loop
-    python -m namm.evolution.scorer_search export --correlation docs/results/scorer-cma-head/correlation.json --candidate 1 --out runs/namm-c1.pt
+    python -m namm.evolution scorer export --correlation docs/results/scorer-cma-head/correlation.json --candidate 1 --out runs/namm-c1.pt
 
 Fitness is surprisal_search's open-loop teacher-forced surrogate with a keep-mask per layer and
 KV head: each prompt's document is read once per generation by the full cache while the window
@@ -46,7 +46,8 @@ from namm.policies.base import UpdateContext
 from namm.policies.namm import NammPolicy
 from namm.policies.surprisal import SurprisalPolicy
 
-from .optimizer import append_log_row, checkpoint_optimizer, load_optimizer, resume_or_start, save_run_state
+from .cma_loop import Scored, run_generations
+from .optimizer import load_optimizer
 from .recording import RecordingNamm
 from .refine import spearman
 from .surprisal_search import PoolPrompt, load_pool
@@ -200,32 +201,22 @@ def evolve(lm, checkpoint, pool: Path, out: Path, subspace: str, generations: in
     from cmaes import CMA, SepCMA
 
     indices = subspace_indices(subspace)
-    out.mkdir(parents=True, exist_ok=True)
-    state_path, log_path = out / "state.pt", out / "log.csv"
     make = SepCMA if len(indices) > 200 else CMA  # full covariance is out of reach at 4,172 dims (docs/evolution.md)
-    opt, gen = resume_or_start(state_path, lambda: make(mean=np.zeros(len(indices)), sigma=sigma, seed=seed,
-                                                        population_size=population), log, log_path=log_path)
     policy = base_policy(checkpoint, budget)
     prompts = load_pool(pool)
     if not prompts:
         raise SystemExit(f"{pool}: no prompt the full cache answers right (record them with surprisal_search)")
-    while gen < generations:
-        t0 = time.perf_counter()
-        picked = random.Random(f"{seed}/{gen}").sample(prompts, min(batch, len(prompts)))
-        xs = [opt.ask() for _ in range(opt.population_size)]
-        fits = surrogate_fitness(lm, picked, [full_params(x, indices) for x in xs + [opt.mean.copy()]]
-                                 + [full_params(np.zeros(len(indices)), indices)], policy, n_up)
-        opt.tell([(x, -f) for x, f in zip(xs, fits)])
-        gen += 1
-        best = int(np.argmax(fits[:-2]))
-        row = {"generation": gen, "best": round(fits[best], 4), "population_mean": round(float(np.mean(fits[:-2])), 4),
-               "mean_before": round(fits[-2], 4), "surprisal": round(fits[-1], 4), "sigma": round(float(opt._sigma), 4),
-               "seconds": round(time.perf_counter() - t0, 1), "prompts": len(picked), "pool_solved": len(prompts)}
-        append_log_row(log_path, row)
-        blob, opt = checkpoint_optimizer(opt)  # go on from what is saved: exact resume
-        save_run_state(state_path, {"optimizer": blob, "generation": gen, "params": subspace, "budget": budget,
-                                    "indices": indices})
-        log(json.dumps(row))
+    zero = full_params(np.zeros(len(indices)), indices)
+
+    def score(xs, mean, generation):
+        picked = random.Random(f"{seed}/{generation}").sample(prompts, min(batch, len(prompts)))
+        fits = surrogate_fitness(lm, picked, [full_params(x, indices) for x in xs + [mean]] + [zero], policy, n_up)
+        return Scored(fits[:-2], {"mean_before": fits[-2], "surprisal": fits[-1]},
+                      {"prompts": len(picked), "pool_solved": len(prompts)})
+
+    run_generations(out, generations, lambda: make(mean=np.zeros(len(indices)), sigma=sigma, seed=seed,
+                                                   population_size=population),
+                    score, state={"params": subspace, "budget": budget, "indices": indices}, log=log)
 
 
 def export(checkpoint, state_path: Path, out: Path) -> NammPolicy:

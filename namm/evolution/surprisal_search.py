@@ -4,17 +4,17 @@ weights, and which recent share keep the answers, scored on an open-loop teacher
     # 1. the candidate-independent full-cache pass of every prompt, once (resumable, one small
     #    file per prompt: token ids, the surprisal of every document token, whether the full
     #    cache answers right, the full cache's log-probability of the gold answer)
-    python -m namm.evolution.surprisal_search pool --split train --n 500 --out runs/spool/train
+    python -m namm.evolution surprisal pool --split train --n 500 --out runs/spool/train
     # 2. trust check: the surrogate against the real closed-loop fitness on random candidates
-    python -m namm.evolution.surprisal_search correlation --pool runs/spool/train --candidates 32 --prompts 12
+    python -m namm.evolution surprisal correlation --pool runs/spool/train --candidates 32 --prompts 12
     # 3. CMA-ES, a fresh mini-batch of solved prompts per generation, state written every generation
-    python -m namm.evolution.surprisal_search evolve --pool runs/spool/train --out docs/results/surprisal-cma
+    python -m namm.evolution surprisal evolve --pool runs/spool/train --out docs/results/surprisal-cma
     # 4. the optimiser's mean as a checkpoint, to be validated closed-loop before it ships
-    python -m namm.evolution.surprisal_search export --state docs/results/surprisal-cma/state.pt --out runs/cma.pt
+    python -m namm.evolution surprisal export --state docs/results/surprisal-cma/state.pt --out runs/cma.pt
     # the pool without token ids, to commit (`unpack` writes the per-prompt files again)
-    python -m namm.evolution.surprisal_search pack --pool runs/spool/train --packed docs/results/surprisal-pool/train.pt
+    python -m namm.evolution surprisal pack --pool runs/spool/train --packed docs/results/surprisal-pool/train.pt
     # open-loop evidence retention of channel settings (a diagnostic: it did not predict closed loop)
-    python -m namm.evolution.surprisal_search retention --budgets 0.5 --mixes '[{"max:33": 1}]'
+    python -m namm.evolution surprisal retention --budgets 0.5 --mixes '[{"max:33": 1}]'
 
 A candidate is a vector: one weight per view of `BANK` (namm/surprisal.py SURPRISAL_VIEWS) and the
 recent share. With a zero spectrogram scorer NAMM's decisions depend on the surprisal alone, the
@@ -47,7 +47,8 @@ from namm.policies.namm import NammPolicy
 from namm.prompts import encode_text, split_prompt, stop_token_ids
 from namm.surprisal import SurprisalLog
 
-from .optimizer import append_log_row, checkpoint_optimizer, load_optimizer, resume_or_start, save_run_state
+from .cma_loop import Scored, run_generations
+from .optimizer import load_optimizer
 from .refine import spearman
 from .surrogate import PromptRefs, answer_log_prob, closed_loop_fitness, masked_answer_log_probs, relative
 
@@ -291,31 +292,21 @@ def evolve(lm, pool: Path, out: Path, generations: int, population: int, batch: 
     did not grow meanwhile)."""
     from cmaes import CMA
 
-    out.mkdir(parents=True, exist_ok=True)
-    state_path, log_path = out / "state.pt", out / "log.csv"
     x0 = start_vector() if start is None else start
-    opt, gen = resume_or_start(state_path, lambda: CMA(mean=x0, sigma=sigma, seed=seed, population_size=population),
-                               log, log_path=log_path)
-    while gen < generations:
-        t0 = time.perf_counter()
+
+    def score(xs, mean, generation):
         prompts = load_pool(pool)
         if not prompts:
             raise SystemExit(f"{pool}: no prompt the full cache answers right (record them with `pool` or `unpack`)")
-        g = random.Random(f"{seed}/{gen}")  # this generation's batch, whatever ran before
+        g = random.Random(f"{seed}/{generation}")  # this generation's batch, whatever ran before
         picked = g.sample(prompts, min(batch, len(prompts)))
-        xs = [opt.ask() for _ in range(opt.population_size)]
-        fits = surrogate_fitness(lm, picked, xs + [opt.mean.copy()], budgets)
-        opt.tell([(x, -f) for x, f in zip(xs, fits)])
-        gen += 1
-        best = int(np.argmax(fits[:-1]))
-        row = {"generation": gen, "best": round(fits[best], 4), "population_mean": round(float(np.mean(fits[:-1])), 4),
-               "mean_before": round(fits[-1], 4), "sigma": round(float(opt._sigma), 4),
-               "seconds": round(time.perf_counter() - t0, 1), "prompts": len(picked), "pool_solved": len(prompts),
-               "new_mean": json.dumps([round(float(v), 4) for v in opt.mean])}
-        append_log_row(log_path, row)
-        blob, opt = checkpoint_optimizer(opt)  # go on from what is saved: exact resume
-        save_run_state(state_path, {"optimizer": blob, "generation": gen, "bank": BANK, "budgets": budgets})
-        log(json.dumps(row))
+        fits = surrogate_fitness(lm, picked, xs + [mean], budgets)
+        return Scored(fits[:-1], {"mean_before": fits[-1]}, {
+            "prompts": len(picked), "pool_solved": len(prompts),
+            "new_mean": lambda opt: json.dumps([round(float(v), 4) for v in opt.mean])})
+
+    run_generations(out, generations, lambda: CMA(mean=x0, sigma=sigma, seed=seed, population_size=population),
+                    score, state={"bank": BANK, "budgets": budgets}, log=log)
 
 
 def state_mean(state_path: Path) -> np.ndarray:

@@ -8,7 +8,7 @@ that matters in rank-only mode (the budget cap keeps the top-scoring tokens), so
 the scorer what to keep, query-agnostically: it never sees the question. CMA-ES can refine it;
 the shipping choice is always made closed-loop on validation prompts.
 
-    python -m namm.evolution.warmstart --pool runs/pool/train --out runs/warmstart/params.pt
+    python -m namm.evolution warmstart --pool runs/pool/train --out runs/warmstart/params.pt
 """
 from __future__ import annotations
 

@@ -97,7 +97,10 @@ def test_an_idle_scorer_skips_the_attention_and_keeps_the_same_tokens(tiny):
 
 def test_a_variant_checkpoint_round_trips(tmp_path):
     from namm.checkpoints import default_checkpoint
-    from namm.evolution.variant import main as write_variant
+    from namm.evolution.tools import main as tools
+
+    def write_variant(args):
+        return tools(["variant", *args])
 
     out = tmp_path / "v.pt"
     write_variant(["--base", str(default_checkpoint(None)), "--set",
@@ -213,7 +216,7 @@ def test_the_cache_hands_the_token_ids_with_the_surprisal_and_forgets_them_on_re
 
 def test_a_word_profile_is_stored_with_its_table_and_falls_back_on_another_model(tmp_path):
     from namm.checkpoints import default_checkpoint
-    from namm.evolution.profile import set_profile
+    from namm.evolution.tools import set_profile
 
     base = {**torch.load(default_checkpoint(None), weights_only=False), "surprise_mix": {"max:65": 1.0}}
     table = torch.zeros(16, dtype=torch.bool)
@@ -243,8 +246,8 @@ def test_a_word_profile_is_stored_with_its_table_and_falls_back_on_another_model
     (["--mix", '{"max:9": 1}'], "no such checkpoint file"),
 ])
 def test_bad_profile_arguments_are_clear_errors(argv, message, tmp_path):
-    from namm.evolution.profile import main
+    from namm.evolution.tools import main
 
-    args = ["--base", "unused.pt", "--out", str(tmp_path / "o.pt"), "--from-budget", "0.4"] + argv
+    args = ["profile", "--base", "unused.pt", "--out", str(tmp_path / "o.pt"), "--from-budget", "0.4"] + argv
     with pytest.raises(SystemExit, match=message):
         main(args)
