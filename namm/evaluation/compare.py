@@ -5,7 +5,10 @@
         --namm-checkpoint runs/warmstart/namm.pt --out runs/compare/test.jsonl
 
 A policy `namm:key=value[:key=value...]` is the NAMM checkpoint with settings replaced
-(`NammPolicy.TUNABLE`, and `scorer=zero`), e.g. `namm:scorer=zero:surprise=1:recent=0.25`.
+(`NammPolicy.TUNABLE`, and `scorer=zero`), e.g. `namm:scorer=zero:surprise=1:recent=0.25`;
+`surprisal:key=value[...]` the same for the shipped memory (`SurprisalPolicy.TUNABLE`), where
+`file=PATH` reads another checkpoint (e.g. one evolved at another precision:
+`surprisal:file=runs/bf16.pt`).
 
 Every (policy, budget, prompt) result is appended to `--out` as one JSON line and skipped when
 the command is run again, so a long comparison can be stopped, extended with more prompts or
@@ -153,6 +156,7 @@ def main(argv=None) -> int:
         from namm import load_model
         from namm.checkpoints import default_checkpoint
         from namm.policies.namm import NammPolicy
+        from namm.policies.surprisal import SurprisalPolicy
 
         samples = make_samples(args.tasks.split(","), parse_lengths(args.lengths), args.n_per_task, args.split,
                                start=args.start)
@@ -176,6 +180,10 @@ def main(argv=None) -> int:
                 if policy.startswith("namm:"):  # a variant: namm:recent=0.25:surprise=1:scorer=zero
                     pol = NammPolicy.variant(args.namm_checkpoint or default_checkpoint(None),
                                              parse_variant(policy), budget=budget, model_name=lm.name)
+                elif policy.startswith("surprisal:"):  # surprisal:file=runs/bf16.pt:recent=0.2
+                    overrides = parse_variant(policy)
+                    base = overrides.pop("file", None) or default_checkpoint(None)
+                    pol = SurprisalPolicy.variant(base, overrides, budget=budget, model_name=lm.name)
                 elif policy == "namm" and args.namm_checkpoint:
                     pol = NammPolicy.from_checkpoint(args.namm_checkpoint, budget=budget, model_name=lm.name)
                 _reuse_full_row(refs, lm, sample, results.get(("full", None, key)), args.query_aware)

@@ -339,6 +339,8 @@ def main(argv=None) -> int:
         s.add_argument("--pool", default="runs/spool/train")
         s.add_argument("--budgets", default="0.28,0.5")
         s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                       help="the model's weights and activations (a pool and a run at another precision)")
         if name == "pool":
             from .pool import DEFAULT_TASKS
             s.add_argument("--split", default="train")
@@ -391,7 +393,7 @@ def main(argv=None) -> int:
     from namm import load_model
     from namm.tasks import parse_lengths
 
-    lm = load_model()
+    lm = load_model(dtype=getattr(torch, args.dtype))
     if args.cmd == "retention":
         prompts = [(p, evidence_spans(lm.tokenizer, p, args.split)) for p in load_pool(Path(args.pool))]
         prompts = [(p, spans) for p, spans in prompts if spans]
