@@ -11,11 +11,12 @@ PROG = "python -m namm.evolution"
 
 # (command, module, argv before the user's, one line), in pipeline order
 COMMANDS = [
-    ("pool", "namm.evolution.pool", [], "record a pool: prompts read by the full cache, attention recorded"),
+    ("pool", "namm.evolution.pool", [],
+     "record a pool: prompts read once by the full cache (surprisal; --attention), pack/unpack"),
     ("warmstart", "namm.evolution.warmstart", [], "fit the scorer to the pool by gradient descent (refine's start)"),
     ("refine", "namm.evolution.refine", [], "CMA-ES of a warm-started NAMM on the open-loop surrogate fitness"),
     ("surprisal", "namm.evolution.surprisal_search", [],
-     "the surprisal channel: pool, pack/unpack, correlation, evolve (CMA-ES), export, retention"),
+     "the surprisal channel: correlation, evolve (CMA-ES), export, retention"),
     ("scorer", "namm.evolution.scorer_search", [],
      "the attention scorer on top of the channel: correlation, evolve (CMA-ES), export"),
     ("evolve", "namm.evolve", [], "closed-loop CMA-ES from a JSON config (= namm evolve), --export"),

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from namm.evolution.cma_loop import Scored, run_generations
+from namm.evolution.pool import load_pool
 from namm.evolution.surrogate import Surrogate, closed_loop_fitness
-from namm.evolution.warmstart import load_pool
 from namm.policies.namm import NammPolicy
 
 
@@ -97,8 +97,10 @@ def main(argv=None) -> int:
     from namm import load_model
 
     init = NammPolicy.from_checkpoint(args.init)
-    recs = load_pool(Path(args.pool))
-    sur = Surrogate(load_model(), recs, init.norm, init.budget, init.block, init.sinks, init.recent)
+    lm = load_model()
+    # every prompt, solved or not; the tokenizer re-makes the token ids of an old-format file
+    recs = load_pool(Path(args.pool), solved_only=False, tokenizer=lm.tokenizer, need=("ids", "attention"))
+    sur = Surrogate(lm, recs, init.norm, init.budget, init.block, init.sinks, init.recent)
     if args.correlation:
         prompts = random.Random(args.seed + 1).sample(range(len(recs)), min(args.prompts, len(recs)))
         res = correlation(sur, init, args.correlation, prompts, args.sigma, args.seed)

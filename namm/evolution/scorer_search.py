@@ -8,12 +8,12 @@ vector *is* the `surprisal` policy, so the search starts from it (warm start: no
 zero the score is a linear function of the 17 spectrogram bins and the recency embedding);
 `--params all` evolves all 4,172 (diagonal CMA-ES).
 
-    # the pool: surprisal_search's (the full cache's surprisal, answers and gold log-probs)
-    python -m namm.evolution surprisal unpack --pool runs/spool/train
+    # the pool (namm/evolution/pool.py: the full cache's surprisal, answers and gold log-probs)
+    python -m namm.evolution pool unpack --pool runs/pool/train
     # trust check: open-loop surrogate against the real closed loop on random candidates
-    python -m namm.evolution scorer correlation --pool runs/spool/train --params head
+    python -m namm.evolution scorer correlation --pool runs/pool/train --params head
     # CMA-ES, a fresh mini-batch of solved prompts per generation, state written every generation
-    python -m namm.evolution scorer evolve --pool runs/spool/train --params head --out docs/results/scorer-cma-head
+    python -m namm.evolution scorer evolve --pool runs/pool/train --params head --out docs/results/scorer-cma-head
     # the mean as a NAMM file (the shipped file's settings, the evolved scorer), validated closed loop
     python -m namm.evolution scorer export --state docs/results/scorer-cma-head/state.pt --out runs/namm-head.pt
     # or a candidate the correlation run scored closed loop
@@ -21,7 +21,7 @@ zero the score is a linear function of the 17 spectrogram bins and the recency e
 
 Fitness is surprisal_search's open-loop teacher-forced surrogate with a keep-mask per layer and
 KV head: each prompt's document is read once per generation by the full cache while the window
-attention spectrograms are recorded (`recording.RecordingNamm`, what any NAMM computes before
+attention spectrograms are recorded (`pool.RecordingNamm`, what any NAMM computes before
 its first eviction), every candidate's decisions are `NammPolicy.select` replayed update after
 update over those features and the full cache's surprisal, and all candidates answer in one
 batched forward over the document's KV with their masks.
@@ -48,9 +48,8 @@ from namm.policies.surprisal import SurprisalPolicy
 
 from .cma_loop import Scored, run_generations
 from .optimizer import load_optimizer
-from .recording import RecordingNamm
+from .pool import PoolPrompt, RecordingNamm, load_pool
 from .refine import spearman
-from .surprisal_search import PoolPrompt, load_pool
 from .surrogate import closed_loop_fitness, masked_answer_log_probs, relative
 
 SUBSPACES = ("head", "all")
@@ -203,9 +202,9 @@ def evolve(lm, checkpoint, pool: Path, out: Path, subspace: str, generations: in
     indices = subspace_indices(subspace)
     make = SepCMA if len(indices) > 200 else CMA  # full covariance is out of reach at 4,172 dims (docs/evolution.md)
     policy = base_policy(checkpoint, budget)
-    prompts = load_pool(pool)
+    prompts = load_pool(pool, need=("surprisal",))
     if not prompts:
-        raise SystemExit(f"{pool}: no prompt the full cache answers right (record them with surprisal_search)")
+        raise SystemExit(f"{pool}: no prompt the full cache answers right (record them with `pool` or `pool unpack`)")
     zero = full_params(np.zeros(len(indices)), indices)
 
     def score(xs, mean, generation):
@@ -265,7 +264,7 @@ def main(argv=None) -> int:
             s.add_argument("--out", required=True)
             continue
         s.add_argument("--threads", type=int, default=1)
-        s.add_argument("--pool", default="runs/spool/train")
+        s.add_argument("--pool", default="runs/pool/train")
         s.add_argument("--params", default="head", choices=SUBSPACES)
         s.add_argument("--budget", type=float, default=0.28)
         s.add_argument("--seed", type=int, default=0)
@@ -299,7 +298,7 @@ def main(argv=None) -> int:
 
     lm = load_model()
     if args.cmd == "correlation":
-        prompts = load_pool(Path(args.pool))
+        prompts = load_pool(Path(args.pool), need=("surprisal",))
         picked = random.Random(args.seed + 1).sample(prompts, min(args.prompts, len(prompts)))
         res = correlation(lm, checkpoint, picked, args.candidates, args.sigma, args.budget,
                           subspace_indices(args.params), args.seed)

@@ -1,18 +1,16 @@
 """CMA-ES over NAMM's surprisal channel: which pooled views of each token's surprisal, with which
 weights, and which recent share keep the answers, scored on an open-loop teacher-forced surrogate.
 
-    # 1. the candidate-independent full-cache pass of every prompt, once (resumable, one small
-    #    file per prompt: token ids, the surprisal of every document token, whether the full
-    #    cache answers right, the full cache's log-probability of the gold answer)
-    python -m namm.evolution surprisal pool --split train --n 500 --out runs/spool/train
+    # 1. the pool (namm/evolution/pool.py): the candidate-independent full-cache pass of every
+    #    prompt, once (token ids, the surprisal of every document token, whether the full cache
+    #    answers right, its log-probability of the gold answer); or `pool unpack` the committed one
+    python -m namm.evolution pool --split train --n 500 --out runs/pool/train
     # 2. trust check: the surrogate against the real closed-loop fitness on random candidates
-    python -m namm.evolution surprisal correlation --pool runs/spool/train --candidates 32 --prompts 12
+    python -m namm.evolution surprisal correlation --pool runs/pool/train --candidates 32 --prompts 12
     # 3. CMA-ES, a fresh mini-batch of solved prompts per generation, state written every generation
-    python -m namm.evolution surprisal evolve --pool runs/spool/train --out docs/results/surprisal-cma
+    python -m namm.evolution surprisal evolve --pool runs/pool/train --out docs/results/surprisal-cma
     # 4. the optimiser's mean as a checkpoint, to be validated closed-loop before it ships
     python -m namm.evolution surprisal export --state docs/results/surprisal-cma/state.pt --out runs/cma.pt
-    # the pool without token ids, to commit (`unpack` writes the per-prompt files again)
-    python -m namm.evolution surprisal pack --pool runs/spool/train --packed docs/results/surprisal-pool/train.pt
     # open-loop evidence retention of channel settings (a diagnostic: it did not predict closed loop)
     python -m namm.evolution surprisal retention --budgets 0.5 --mixes '[{"max:33": 1}]'
 
@@ -33,24 +31,19 @@ import itertools
 import json
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from namm.generate import greedy_decode
-from namm.memory import NammCache
-from namm.policies import make_policy
 from namm.policies.base import UpdateContext
 from namm.policies.namm import NammPolicy
-from namm.prompts import encode_text, split_prompt, stop_token_ids
-from namm.surprisal import SurprisalLog
 
 from .cma_loop import Scored, run_generations
 from .optimizer import load_optimizer
+from .pool import PoolPrompt, full_pass, load_pool
 from .refine import spearman
-from .surrogate import PromptRefs, answer_log_prob, closed_loop_fitness, masked_answer_log_probs, relative
+from .surrogate import closed_loop_fitness, masked_answer_log_probs, relative
 
 BANK = ("max:1", "max:9", "max:33", "max:65", "max:129", "mean:33", "ahead:17", "behind:17")
 START = {"max:65": 1.0}  # session 5's hand-chosen closed-loop winner (the shipped base until session 8)
@@ -89,123 +82,6 @@ def replay_keep(policy: NammPolicy, surprisal: torch.Tensor, n_up: int = 512,
         alive[:end] &= policy.select(ctx)[0, 0]
         prev = end
     return alive
-
-
-# ---- the pool: the full cache's pass of each prompt, once ------------------------------------
-@dataclass
-class PoolPrompt:
-    task: str
-    length: int
-    index: int
-    ctx_ids: torch.Tensor     # [1, T]
-    q_ids: torch.Tensor       # [1, Q]
-    gold_ids: torch.Tensor    # [1, A]
-    surprisal: torch.Tensor   # [T] float16, nats, under the full cache
-    correct: float
-    prediction: str
-    full_log_prob: float      # mean log-prob of the gold answer under the full cache
-
-    def refs(self) -> PromptRefs:
-        return PromptRefs(self.ctx_ids, self.q_ids, [self.gold_ids], [self.full_log_prob])
-
-
-@torch.no_grad()
-def full_pass(lm, ctx_ids: torch.Tensor, n_up: int = 512,
-              surprisal: bool = True) -> tuple[NammCache, torch.Tensor | None]:
-    """The document read by the full cache in n_up chunks: (cache, surprisal [T]). With
-    `surprisal=False` (the pool holds it already) the LM head runs for no token: the KV only."""
-    cache = NammCache(lm.model.config, make_policy("full"), n_up=n_up)
-    log = SurprisalLog()
-    for start in range(0, ctx_ids.shape[1], n_up):
-        chunk = ctx_ids[:, start: start + n_up].to(lm.device)
-        out = lm.model(input_ids=chunk, past_key_values=cache, use_cache=True,
-                       logits_to_keep=0 if surprisal else 1)
-        if surprisal:
-            log.record(chunk, out.logits)
-    return cache, log.values[0].cpu() if surprisal else None
-
-
-def prompt_ids(tok, task: str, length: int, split: str, index: int):
-    """(sample, document ids [1, T], question ids [1, Q], gold answer ids [1, A]): the prompt as
-    every run tokenises it (query-agnostic: the document is read before the question)."""
-    from namm.tasks import make_sample
-
-    sample = make_sample(task, length, split, index)
-    parts = split_prompt(tok, sample.context, sample.question, None, query_aware=False)
-    gold_ids = torch.tensor([tok.encode(sample.gold_text, add_special_tokens=False)[:32]])
-    return sample, encode_text(tok, parts.context), encode_text(tok, parts.question), gold_ids
-
-
-@torch.no_grad()
-def record(lm, task: str, length: int, split: str, index: int) -> PoolPrompt:
-    from namm.tasks import get_task, score_answer
-
-    tok = lm.tokenizer
-    sample, ctx_ids, q_ids, gold_ids = prompt_ids(tok, task, length, split, index)
-    spec = get_task(task)
-    cache, surprisal = full_pass(lm, ctx_ids)
-    snap = cache.snapshot()
-    cont = torch.cat([q_ids, gold_ids], 1).to(lm.device)
-    logits = lm.model(input_ids=cont, past_key_values=cache, use_cache=True).logits[0]
-    full_lp = answer_log_prob(logits[-gold_ids.shape[1] - 1:-1], gold_ids)  # row i predicts token i
-    cache.restore(snap)
-    first = lm.model(input_ids=q_ids.to(lm.device), past_key_values=cache, use_cache=True).logits[:, -1]
-    out = greedy_decode(lm, cache, first, spec.max_new_tokens, stop_token_ids(tok))
-    prediction = tok.decode(out, skip_special_tokens=True).strip()
-    return PoolPrompt(task, length, index, ctx_ids, q_ids, gold_ids, surprisal.to(torch.float16),
-                      float(score_answer(prediction, sample.answers, sample.metric)), prediction, full_lp)
-
-
-def build_pool(lm, out: Path, split: str, tasks: list[str], lengths: list[int], n: int, shard: tuple[int, int] = (0, 1),
-               log=print) -> None:
-    """Record the first `n` prompts of the plan; shard (i, k) records every k-th from the i-th, so
-    k processes with one thread each fill the same folder side by side."""
-    from .pool import plan
-
-    out.mkdir(parents=True, exist_ok=True)
-    i, k = shard
-    for task, length, index in plan(tasks, lengths, n)[i::k]:
-        path = out / f"{task}-{length}-{index:05d}.pt"
-        if path.exists():
-            continue
-        t0 = time.perf_counter()
-        p = record(lm, task, length, split, index)
-        tmp = path.with_suffix(".tmp")
-        torch.save(p.__dict__, tmp)
-        tmp.rename(path)  # a killed run leaves no half-written prompt
-        log(f"{path.name}: {p.ctx_ids.shape[1]} tokens, correct {p.correct:.2f}, {time.perf_counter() - t0:.1f} s")
-
-
-def load_pool(path: Path, solved_only: bool = True) -> list[PoolPrompt]:
-    prompts = [PoolPrompt(**torch.load(f, weights_only=False)) for f in sorted(path.glob("*.pt"))]
-    return [p for p in prompts if p.correct >= 1.0 or not solved_only]
-
-
-PACKED_FIELDS = ("task", "length", "index", "surprisal", "correct", "prediction", "full_log_prob")
-
-
-def pack_pool(pool: Path, out: Path, split: str) -> int:
-    """The pool without its token ids (the task generators and the tokenizer give them back): one
-    small file to commit, so that a later session or another machine goes on from the same pool."""
-    prompts = load_pool(pool, solved_only=False)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"split": split, "prompts": [{k: getattr(p, k) for k in PACKED_FIELDS} for p in prompts]}, out)
-    return len(prompts)
-
-
-def unpack_pool(tok, packed: Path, pool: Path) -> int:
-    """Write the per-prompt files of a packed pool again (token ids re-made and checked against
-    the recorded surprisal: a changed generator or tokenizer is an error, not a silent mismatch)."""
-    data = torch.load(packed, weights_only=False)
-    pool.mkdir(parents=True, exist_ok=True)
-    for row in data["prompts"]:
-        _, ctx_ids, q_ids, gold_ids = prompt_ids(tok, row["task"], row["length"], data["split"], row["index"])
-        if ctx_ids.shape[1] != row["surprisal"].shape[0]:
-            raise ValueError(f"{row['task']}-{row['length']}-{row['index']}: {ctx_ids.shape[1]} document tokens now, "
-                             f"{row['surprisal'].shape[0]} when recorded (generator or tokenizer changed)")
-        p = PoolPrompt(ctx_ids=ctx_ids, q_ids=q_ids, gold_ids=gold_ids, **row)
-        torch.save(p.__dict__, pool / f"{p.task}-{p.length}-{p.index:05d}.pt")
-    return len(data["prompts"])
 
 
 # ---- the surrogate ---------------------------------------------------------------------------
@@ -295,9 +171,10 @@ def evolve(lm, pool: Path, out: Path, generations: int, population: int, batch: 
     x0 = start_vector() if start is None else start
 
     def score(xs, mean, generation):
-        prompts = load_pool(pool)
+        prompts = load_pool(pool, need=("surprisal",))
         if not prompts:
-            raise SystemExit(f"{pool}: no prompt the full cache answers right (record them with `pool` or `unpack`)")
+            raise SystemExit(f"{pool}: no prompt the full cache answers right "
+                             "(record them with `pool` or `pool unpack`)")
         g = random.Random(f"{seed}/{generation}")  # this generation's batch, whatever ran before
         picked = g.sample(prompts, min(batch, len(prompts)))
         fits = surrogate_fitness(lm, picked, xs + [mean], budgets)
@@ -323,31 +200,25 @@ def export(state_path: Path, out: Path, budget: float) -> NammPolicy:
     return pol
 
 
-def _shard(text: str) -> tuple[int, int]:
-    i, _, k = text.partition("/")
-    if not (i.isdigit() and k.isdigit() and int(i) < int(k)):
-        raise ValueError(f"--shard {text}: want i/k with 0 <= i < k, e.g. 0/2")
-    return int(i), int(k)
-
-
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (["pool"], ["pack"], ["unpack"]):  # the pool's own command (namm/evolution/pool.py)
+        from . import pool
+
+        return pool.main(argv[1:] if argv[0] == "pool" else argv)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                epilog="`surprisal pool|pack|unpack`: aliases of `pool`, `pool pack|unpack`")
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("pool", "correlation", "evolve", "export", "pack", "unpack", "retention"):
+    for name in ("correlation", "evolve", "export", "retention"):
         s = sub.add_parser(name)
         s.add_argument("--threads", type=int, default=1)
-        s.add_argument("--pool", default="runs/spool/train")
+        s.add_argument("--pool", default="runs/pool/train")
         s.add_argument("--budgets", default="0.28,0.5")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                        help="the model's weights and activations (a pool and a run at another precision)")
-        if name == "pool":
-            from .pool import DEFAULT_TASKS
-            s.add_argument("--split", default="train")
-            s.add_argument("--tasks", default=DEFAULT_TASKS)
-            s.add_argument("--lengths", default="1024,1536,2048")
-            s.add_argument("--n", type=int, default=500)
-            s.add_argument("--shard", default="0/1", help="i/k: this process records every k-th prompt from the i-th")
         if name == "correlation":
             s.add_argument("--candidates", type=int, default=32)
             s.add_argument("--prompts", type=int, default=12)
@@ -360,9 +231,6 @@ def main(argv=None) -> int:
             s.add_argument("--batch", type=int, default=24, help="prompts per generation")
             s.add_argument("--sigma", type=float, default=0.3)
             s.add_argument("--start-state", help="start from the mean of this run's state.pt (a new run)")
-        if name in ("pack", "unpack"):
-            s.add_argument("--packed", default="docs/results/surprisal-pool/train.pt")
-            s.add_argument("--split", default="train")
         if name == "retention":
             s.add_argument("--split", default="train")
             s.add_argument("--mixes", default='[{"max:65": 1}, {"max:33": 1}]', help="JSON list of surprise_mix")
@@ -376,7 +244,6 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     try:  # bad arguments are a usage error before anything loads, not a traceback
         budgets = [float(b) for b in args.budgets.split(",")]
-        shard = _shard(args.shard) if args.cmd == "pool" else (0, 1)
         mixes = json.loads(args.mixes) if args.cmd == "retention" else []
         for mix in mixes:
             NammPolicy(budget=0.5, surprise_mix=mix)
@@ -386,16 +253,12 @@ def main(argv=None) -> int:
         pol = export(Path(args.state), Path(args.out), args.budget)
         print(json.dumps({"surprise_mix": pol.surprise_mix, "recent": pol.recent, "out": args.out}))
         return 0
-    if args.cmd == "pack":
-        n = pack_pool(Path(args.pool), Path(args.packed), args.split)
-        print(f"{n} prompts from {args.pool} packed into {args.packed}")
-        return 0
     from namm import load_model
-    from namm.tasks import parse_lengths
 
     lm = load_model(dtype=getattr(torch, args.dtype))
     if args.cmd == "retention":
-        prompts = [(p, evidence_spans(lm.tokenizer, p, args.split)) for p in load_pool(Path(args.pool))]
+        prompts = [(p, evidence_spans(lm.tokenizer, p, args.split))
+                   for p in load_pool(Path(args.pool), need=("surprisal",))]
         prompts = [(p, spans) for p, spans in prompts if spans]
         budget = budgets[0]  # the first of --budgets
         policies = {f"{json.dumps(mix)} recent {r}": NammPolicy(budget=budget, threshold=False, sinks=SINKS,
@@ -408,17 +271,8 @@ def main(argv=None) -> int:
             by = evidence_retention(prompts, pol)
             print(f"{name}: {np.mean(list(by.values())):.3f} (task mean) {json.dumps({t: round(v, 2) for t, v in by.items()})}")
         return 0
-    if args.cmd == "unpack":
-        n = unpack_pool(lm.tokenizer, Path(args.packed), Path(args.pool))
-        print(f"{n} prompts from {args.packed} written to {args.pool}")
-        return 0
-    if args.cmd == "pool":
-        build_pool(lm, Path(args.pool), args.split, args.tasks.split(","), parse_lengths(args.lengths), args.n, shard)
-        print(f"{len(load_pool(Path(args.pool), False))} prompts in {args.pool}, "
-              f"{len(load_pool(Path(args.pool)))} answered right by the full cache")
-        return 0
     if args.cmd == "correlation":
-        prompts = load_pool(Path(args.pool))
+        prompts = load_pool(Path(args.pool), need=("surprisal",))
         picked = random.Random(args.seed + 1).sample(prompts, min(args.prompts, len(prompts)))
         res = correlation(lm, picked, args.candidates, args.sigma, budgets, args.seed)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

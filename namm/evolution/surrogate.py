@@ -7,7 +7,7 @@ the prompts. 1.0 = as good as the full cache; a continuous signal, one short for
 
 - `closed_loop_fitness`: the candidate really reads the document (eviction every update).
 - `Surrogate`: the full-cache pass of every prompt is done once (recorded features, see
-  `recording`, and the document's KV recomputed once per prompt and kept); a candidate's keep /
+  `pool --attention`, and the document's KV recomputed once per prompt and kept); a candidate's keep /
   evict decisions are computed from the recorded features, update after update, and its score is
   one forward of the question and answers over the stored KV with the candidate's keep-mask.
   Masking a slot equals evicting it (same attention, same positions; exact when the document
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -29,10 +30,9 @@ from namm.memory import NammCache
 from namm.policies import make_policy
 from namm.policies.base import UpdateContext
 from namm.policies.namm import NammPolicy
-from namm.prompts import encode_text, split_prompt
-from namm.tasks import Sample
 
-from .recording import Recording
+if TYPE_CHECKING:
+    from .pool import PoolPrompt
 
 
 class ReplayNamm(NammPolicy):
@@ -54,17 +54,14 @@ class PromptRefs:
     full_log_probs: list[float]         # their mean log-prob under the full cache
 
 
-def prompt_refs(lm, rec: Recording) -> PromptRefs:
-    sample = Sample.from_dict(rec.sample)
-    tok = lm.tokenizer
-    parts = split_prompt(tok, sample.context, sample.question, None, query_aware=False)
-    gold = sample.gold_text
-    answers = []
-    for text in dict.fromkeys([gold, rec.prediction]):  # the full cache's answer, when it differs
-        ids = tok.encode(text, add_special_tokens=False)[:32]
-        if ids:
-            answers.append(torch.tensor([ids]))
-    return PromptRefs(encode_text(tok, parts.context), encode_text(tok, parts.question), answers, [])
+def prompt_refs(lm, rec: PoolPrompt) -> PromptRefs:
+    """The gold answer and, when it differs, the full cache's own answer (first 32 tokens each)."""
+    rec._need("ids")
+    answers = [rec.gold_ids]
+    ids = lm.tokenizer.encode(rec.prediction, add_special_tokens=False)[:32]
+    if ids and ids != rec.gold_ids[0].tolist():
+        answers.append(torch.tensor([ids]))
+    return PromptRefs(rec.ctx_ids, rec.q_ids, answers, [])
 
 
 def answer_log_prob(logits: torch.Tensor, answer: torch.Tensor) -> float:
@@ -121,7 +118,7 @@ def closed_loop_fitness(lm, refs: list[PromptRefs], policy: NammPolicy, n_up: in
 class Surrogate:
     """Open-loop fitness over recorded prompts; the document KV is computed once per prompt."""
 
-    def __init__(self, lm, recs: list[Recording], norm: RunningNorm, budget: float, block: int | None,
+    def __init__(self, lm, recs: list[PoolPrompt], norm: RunningNorm, budget: float, block: int | None,
                  sinks: int, recent: float = 0.0, n_up: int = 512):
         self.lm, self.recs, self.norm, self.n_up = lm, recs, norm, n_up
         self.policy = ReplayNamm(budget=budget, norm=norm, threshold=False, block=block, sinks=sinks, recent=recent)

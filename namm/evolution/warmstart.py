@@ -1,6 +1,6 @@
 """Supervised warm start: fit the BAM scorer by gradient descent to rank tokens by future use.
 
-From the recorded full-cache passes (see `recording`), at every update of every layer and KV
+From the recorded full-cache passes (a pool recorded with `pool --attention`), at every update of every layer and KV
 head, the scorer sees the same features a NAMM would (normalised EMA spectrogram + recency) and
 is trained so that the softmax of its scores over the cached tokens matches the attention the
 question and the answer later pay to those tokens (a listwise cross-entropy). The ranking is all
@@ -24,19 +24,11 @@ import torch
 
 from namm import scorer
 from namm.features import RunningNorm, scorer_inputs
-from namm.evolution.pool import read_index
-from namm.evolution.recording import Recording
+from namm.evolution.pool import PoolPrompt, load_pool
 from namm.policies.namm import NammPolicy
 
 
-def load_pool(pool: Path, solved_only: bool = False, limit: int | None = None) -> list[Recording]:
-    """Recorded prompts; unsolved ones too by default: the gold answer's attention still points
-    at the evidence, which is what the scorer learns to keep."""
-    entries = [e for e in read_index(pool) if e["correct"] >= 1.0 or not solved_only]
-    return [Recording.load(pool / e["file"]) for e in entries[:limit]]
-
-
-def fit_norm(recs: list[Recording]) -> RunningNorm:
+def fit_norm(recs: list[PoolPrompt]) -> RunningNorm:
     norm = RunningNorm()
     for rec in recs:
         for u in rec.updates:
@@ -55,7 +47,7 @@ def protected(pos: torch.Tensor, seen: int, sinks: int, recent: float, fraction:
     return _keep_rule(sinks, recent, fraction).protected(pos, seen)
 
 
-def example(rec: Recording, update: dict, norm: RunningNorm, sinks: int = 0, recent: float = 0.0,
+def example(rec: PoolPrompt, update: dict, norm: RunningNorm, sinks: int = 0, recent: float = 0.0,
             fraction: float = 0.28) -> tuple[torch.Tensor, torch.Tensor]:
     """One update of one layer: features [H, S, 25] as NAMM sees them, target distribution [H, S].
 
@@ -75,7 +67,7 @@ def topk_recall(scores: torch.Tensor, y: torch.Tensor, fraction: float) -> float
     return float(y.gather(-1, top).sum(-1).mean())
 
 
-def evaluate_recall(params: torch.Tensor, recs: list[Recording], norm: RunningNorm, block: int | None,
+def evaluate_recall(params: torch.Tensor, recs: list[PoolPrompt], norm: RunningNorm, block: int | None,
                     fraction: float, sinks: int = 0, recent: float = 0.0) -> dict:
     w = scorer.unflatten(params)
     got, oracle, newest, streaming = [], [], [], []
@@ -95,9 +87,9 @@ def evaluate_recall(params: torch.Tensor, recs: list[Recording], norm: RunningNo
             "recency": round(float(np.mean(newest)), 4), "sinks+recent": round(float(np.mean(streaming)), 4)}
 
 
-def train(recs: list[Recording], norm: RunningNorm, *, block: int | None = 256, epochs: int = 3,
+def train(recs: list[PoolPrompt], norm: RunningNorm, *, block: int | None = 256, epochs: int = 3,
           lr: float = 3e-3, init_std: float = 0.05, seed: int = 0, accumulate: int = 16,
-          val: list[Recording] | None = None, fraction: float = 0.28, sinks: int = 0, recent: float = 0.0,
+          val: list[PoolPrompt] | None = None, fraction: float = 0.28, sinks: int = 0, recent: float = 0.0,
           limit_updates: int | None = None, log=print) -> torch.Tensor:
     torch.manual_seed(seed)
     params = (torch.randn(scorer.num_params()) * init_std).requires_grad_()
@@ -143,7 +135,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    recs = load_pool(Path(args.pool))
+    # unsolved prompts too: the gold answer's attention still points at the evidence, which is
+    # what the scorer learns to keep
+    recs = load_pool(Path(args.pool), solved_only=False, need=("attention",))
     random.Random(args.seed).shuffle(recs)
     n_val = max(1, int(len(recs) * args.val_share))
     val, fit = recs[:n_val], recs[n_val:]

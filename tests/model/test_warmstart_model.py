@@ -1,22 +1,20 @@
-"""Recording, warm start and the open-loop surrogate on the real default model."""
+"""Recording a pool with attention, warm start and the open-loop surrogate on the real default model."""
 import math
 
 import numpy as np
 import pytest
-import torch
 
-from namm.evolution.recording import record_prompt
+from namm.evolution.pool import record
 from namm.evolution.surrogate import Surrogate, closed_loop_fitness
 from namm.evolution.warmstart import evaluate_recall, fit_norm, train
 from namm.policies.namm import NammPolicy
-from namm.tasks import make_sample
 
 pytestmark = pytest.mark.model
 
 
 @pytest.fixture(scope="module")
 def rec(lm):
-    return record_prompt(lm, make_sample("niah_single", 700, "train", 0), rows=128)
+    return record(lm, "niah_single", 700, "train", 0, attention=True, rows=128)
 
 
 def test_recording_holds_every_layers_updates_and_answer_attention(rec, lm):
@@ -29,7 +27,7 @@ def test_recording_holds_every_layers_updates_and_answer_attention(rec, lm):
     mass = rec.importance.float().sum(-1)
     # the rest of each row goes to the question and answer tokens themselves
     assert bool((rec.importance >= 0).all()) and bool((mass <= 1.01).all()) and float(mass.min()) > 0.05
-    assert math.isfinite(rec.answer_log_prob) and rec.answer_log_prob < 0
+    assert math.isfinite(rec.full_log_prob) and rec.full_log_prob < 0
 
 
 def test_warm_start_learns_to_rank_the_recorded_target(rec):
@@ -54,7 +52,7 @@ def test_surrogate_is_exact_when_the_document_is_read_before_the_only_eviction(l
     # a zero scorer keeps sinks + the newest tokens whatever the features say, so the open-loop
     # decisions are the closed-loop ones; under 512 tokens the only update is after the whole
     # document, so every key was computed with the full cache and masking must equal eviction
-    rec = record_prompt(lm, make_sample("niah_single", 400, "train", 1), rows=128)
+    rec = record(lm, "niah_single", 400, "train", 1, attention=True, rows=128)
     assert rec.context_len < 512
     open_loop, closed = _zero_scorer_fitness(lm, rec)
     assert 0 < closed <= 1 and abs(open_loop - closed) < 1e-4

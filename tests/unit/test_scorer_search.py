@@ -11,7 +11,8 @@ import torch
 from namm import scorer
 from namm.evolution import scorer_search as ss
 from namm.features import N_BINS, RunningNorm
-from namm.evolution.surprisal_search import PoolPrompt, full_pass, replay_keep
+from namm.evolution.pool import PoolPrompt, full_pass
+from namm.evolution.surprisal_search import replay_keep
 from namm.evolution.surrogate import answer_log_prob, masked_answer_log_probs, relative
 from namm.generate import continuation_logits, prefill
 from namm.memory import NammCache
@@ -43,7 +44,8 @@ def _prompt(tiny, seed: int) -> PoolPrompt:
     cache, surprisal = full_pass(tiny, ids, n_up=N)
     kv = [(layer.keys[:, :, : layer.length], layer.values[:, :, : layer.length]) for layer in cache.layers]
     full_lp = masked_answer_log_probs(tiny, kv, None, q, gold)[0]
-    return PoolPrompt("passkey", N, seed, ids, q, gold, surprisal.to(torch.float16), 1.0, "", full_lp)
+    return PoolPrompt("passkey", N, seed, "train", ids, q, gold, correct=1.0, prediction="", full_log_prob=full_lp,
+                      surprisal=surprisal.to(torch.float16))
 
 
 def _candidate(seed: int) -> np.ndarray:
@@ -112,7 +114,7 @@ def test_a_run_resumes_and_exports_a_namm_file(tiny, channel, tmp_path):
     pool.mkdir()
     for seed in (50, 60, 70):
         p = _prompt(tiny, seed)
-        torch.save(p.__dict__, pool / f"passkey-{N}-{seed:05d}.pt")
+        p.save(pool / p.name)
     args = dict(subspace="head", population=4, batch=2, sigma=0.5, budget=0.3, seed=0, n_up=N, log=lambda _: None)
     ss.evolve(tiny, channel, pool, tmp_path / "a", generations=2, **args)
     ss.evolve(tiny, channel, pool, tmp_path / "b", generations=1, **args)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from namm.evolution.surprisal_search import BANK, candidate_policy, full_pass, replay_keep, start_vector
+from namm.evolution.pool import full_pass
+from namm.evolution.surprisal_search import BANK, candidate_policy, replay_keep, start_vector
 from namm.evolution.surrogate import answer_log_prob, masked_answer_log_probs
 from namm.generate import continuation_logits, prefill
 from namm.memory import NammCache
