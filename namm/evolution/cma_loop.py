@@ -1,4 +1,7 @@
-"""The one CMA-ES generation loop of the surrogate searches (refine, surprisal, scorer).
+"""The one CMA-ES generation: `step` (ask a population, score it, tell), used by every search;
+and the generation loop of the surrogate searches (refine, surprisal, scorer), `run_generations`.
+The closed-loop run (`namm evolve`, loop.py) takes `step` too, inside its own loop: it has stages,
+validation and a resume format of its own.
 
 Every generation: ask the optimiser for a population, score it (and whatever else the search
 scores beside it, such as the mean) on that generation's mini-batch, tell, append a row to
@@ -38,6 +41,15 @@ class Scored:
     tail: dict[str, Any] = field(default_factory=dict)
 
 
+def step(opt, score: Callable[[list[np.ndarray]], list[float]]) -> tuple[list[np.ndarray], list[float]]:
+    """One CMA-ES generation: ask `opt` for its population, score it (higher is better), tell.
+    Returns the population and its fitness, in ask order."""
+    xs = [opt.ask() for _ in range(opt.population_size)]
+    fits = list(score(xs))
+    opt.tell([(x, -f) for x, f in zip(xs, fits)])  # cmaes minimises
+    return xs, fits
+
+
 def _resolve(values: dict, opt) -> dict:
     return {k: (v(opt) if callable(v) else v) for k, v in values.items()}
 
@@ -63,10 +75,14 @@ def run_generations(out: Path, generations: int, start: Callable[[], Any],
 
     while gen < generations:
         t0 = time.perf_counter()
-        xs = [opt.ask() for _ in range(opt.population_size)]
-        scored = score(xs, opt.mean.copy(), gen)
-        fits = scored.fitness
-        opt.tell([(x, -f) for x, f in zip(xs, fits)])  # cmaes minimises
+        mean, scored = opt.mean.copy(), []
+
+        def score_population(xs):
+            scored.append(score(xs, mean, gen))
+            return scored[0].fitness
+
+        _, fits = step(opt, score_population)
+        scored = scored[0]
         gen += 1
         fields = _resolve(scored.fields, opt)
         row = {"generation": gen, "best": rnd(fits[int(np.argmax(fits))]),

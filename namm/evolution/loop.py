@@ -10,6 +10,7 @@ import numpy as np
 
 from .config import EvolveConfig, config_from_dict
 from .fitness import SyntheticFitness, TaskFitness
+from .cma_loop import step
 from .optimizer import checkpoint_optimizer, load_optimizer, make_optimizer
 from .records import CHECKPOINT, RunState, load_state, save_policy, save_state, write_logs
 
@@ -70,17 +71,19 @@ def run(cfg: EvolveConfig, resume: bool = False, fitness=None, log: Callable[[st
             return state
         fitness.set_stage(stage.tasks)
         t0 = time.perf_counter()
-        results, cands = [], []
+        results = []
         bar = tqdm(total=cfg.population + 1, desc=f"gen {state.generation + 1} stage {state.stage + 1}",
                    unit="cand", file=sys.stderr, disable=not progress, leave=False, dynamic_ncols=True)
-        for _ in range(cfg.population):
-            x = opt.ask()
-            r = fitness(x)
-            cands.append(x)
-            results.append(r)
-            bar.update(1)
-            bar.set_postfix_str(f"fit {r.fitness:.3f} kept {r.kept_fraction:.2f}")
-        opt.tell([(x, -r.fitness) for x, r in zip(cands, results)])  # cmaes minimises
+
+        def score_population(xs):
+            for x in xs:
+                r = fitness(x)
+                results.append(r)
+                bar.update(1)
+                bar.set_postfix_str(f"fit {r.fitness:.3f} kept {r.kept_fraction:.2f}")
+            return [r.fitness for r in results]
+
+        step(opt, score_population)
         mean = np.array(opt.mean, copy=True)
         m = fitness(mean)
         bar.update(1)

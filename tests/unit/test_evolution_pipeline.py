@@ -198,3 +198,25 @@ def test_select_writes_rows_and_a_rerun_skips_them(tmp_path):
     assert 0 < rows[0]["kept"] < 1 and [json.loads(x) for x in logged] == rows
     run_selection(lm, args, ["streaming_llm"], log=logged.append)  # resumed: nothing left to run
     assert len(out.read_text().splitlines()) == 3 and len(logged) == 2
+
+
+def test_one_step_is_one_cma_generation_for_every_search():
+    """`step` (the one ask-score-tell of every search, the closed-loop run's included) is a plain
+    CMA-ES generation: the same population and update as asking and telling by hand, and on a
+    sphere it walks the mean to the optimum."""
+    import numpy as np
+    from cmaes import CMA
+
+    from namm.evolution.cma_loop import step
+
+    def sphere(xs):
+        return [-float(np.sum((x - 1.0) ** 2)) for x in xs]
+
+    by_step, by_hand = CMA(mean=np.zeros(3), sigma=0.5, seed=3), CMA(mean=np.zeros(3), sigma=0.5, seed=3)
+    for _ in range(40):
+        xs, fits = step(by_step, sphere)
+        hand = [by_hand.ask() for _ in range(by_hand.population_size)]
+        by_hand.tell([(x, -f) for x, f in zip(hand, sphere(hand))])
+        assert all(np.array_equal(a, b) for a, b in zip(xs, hand)) and fits == sphere(hand)
+    assert np.array_equal(by_step.mean, by_hand.mean)
+    assert np.allclose(by_step.mean, 1.0, atol=0.05)
