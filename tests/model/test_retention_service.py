@@ -58,8 +58,12 @@ def test_the_worker_stores_the_map_of_the_memory_as_read(env, lm):
         assert run_job(job_id, load_model=lambda: lm, generate=namm.generate) == "done"
     result, _ = _result(with_map)
     plain, _ = _result(without)
-    expected = namm.retention.document_retention(
-        namm.read_document(lm, DOC, policy="surprisal", budget=namm.Budget.tokens(96), n_up=128), DOC)
+    # a one-question job reads its document with the question first (NAMM_MODEL__QUERY_AWARE_MAX_QUESTIONS)
+    question, maps = "What is the vault code?", []
+    namm.generate(lm, namm.GenerationRequest(DOC, questions=(question,), policy="surprisal", max_new_tokens=8,
+                                             budget=namm.Budget.tokens(96), n_up=128, query_aware=True),
+                  on_read=lambda memory: maps.append(namm.retention.document_retention(memory, DOC, question=question)))
+    expected = maps[0]
     assert result.retention == expected.to_json()
     assert "".join(p for p, _ in result.retention) == DOC.strip()
     assert 0 < expected.mean_share < 1  # the memory forgot some of it

@@ -65,8 +65,10 @@ def test_queued_jobs_run_together_each_as_alone(env, lm):
     assert [j.status for j in jobs] == ["done", "done", "done", "failed"]
     assert "ContextTooLongError" in jobs[3].error  # the bad input failed alone
     for job, (doc, policy) in zip(jobs[:3], ((DOCS[0], "surprisal"), (DOCS[1], "full"), (DOCS[2], "streaming_llm"))):
+        # alone as the worker runs a one-question job: the question read before the document
         alone = namm.generate(lm, doc, "What is the password?", policy=policy, max_new_tokens=8,
-                              budget=None if policy == "full" else namm.Budget.tokens(96), n_up=128)
+                              budget=None if policy == "full" else namm.Budget.tokens(96), n_up=128,
+                              query_aware=True)
         assert job.result.answers == alone.answers, policy
         # billed by its own counted work, as alone
         assert job.usage.tokens_in == alone.stats.tokens_in and job.usage.tokens_out == alone.stats.tokens_out
