@@ -181,7 +181,7 @@ class _Batch:
         pol = make_policy(policy, request.budget, model_name=lm.name)
         questions, instruction = request.prompts()
         max_new = request.max_new_tokens
-        stats = GenerationStats()
+        stats = GenerationStats(query_aware=request.query_aware)
         parts = [split_prompt(tok, request.context, q, instruction, query_aware=request.query_aware)
                  for q in questions]
         shared = not request.query_aware

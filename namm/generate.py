@@ -39,6 +39,7 @@ class GenerationStats:
       the run and of the full cache, exactly, in token units.
     kv_updates: one row per policy update round, [tokens read, entries before, entries after]
       (entries per layer and KV head, averaged).
+    query_aware: the document was read with the question shown first (tokens_in counts it).
     """
 
     tokens_in: int = 0
@@ -57,6 +58,7 @@ class GenerationStats:
     seconds: float = 0.0
     truncated: bool = False
     policy_updates: int = 0
+    query_aware: bool = False
 
 
 @dataclass
@@ -164,7 +166,7 @@ def generate(lm: LoadedModel, context: str | GenerationRequest, questions: str |
     pol = make_policy(request.policy, request.budget, model_name=lm.name)
     started = time.perf_counter()
     tok = lm.tokenizer
-    stats = GenerationStats()
+    stats = GenerationStats(query_aware=query_aware)
 
     parts = [split_prompt(tok, context, q, instruction, query_aware=query_aware) for q in questions]
     # query-agnostic: one context for every question, read and compressed once;

@@ -73,7 +73,7 @@ def read_output(memory, seconds: float) -> dict:
         "kv_token_steps": work["kv_token_steps"], "kv_token_steps_full": work["kv_token_steps_full"],
         "kv_updates": work["kv_updates"], "seconds_prefill": seconds, "seconds_decode": 0.0,
         "seconds_policy": work["policy_seconds"], "seconds": seconds, "truncated": False,
-        "policy_updates": work["policy_updates"],
+        "policy_updates": work["policy_updates"], "query_aware": False,  # a stored document is read for any question
     }
 
 

@@ -68,6 +68,7 @@ def test_the_worker_stores_the_map_of_the_memory_as_read(env, lm):
     assert "".join(p for p, _ in result.retention) == DOC.strip()
     assert 0 < expected.mean_share < 1  # the memory forgot some of it
     assert plain.retention is None
+    assert result.stats["query_aware"] is True  # the job says how its document was read
     assert result.answers == plain.answers  # the map changes nothing about the job
     for key in ("tokens_in", "tokens_out", "kv_token_steps", "kv_bytes_peak"):
         assert result.stats[key] == plain.stats[key], key

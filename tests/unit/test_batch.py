@@ -99,6 +99,7 @@ def test_query_aware_reindexed_and_truncated_requests_equal_generate(tiny):
     for request, outcome in zip(requests, out):
         _same_as_generate(tiny, request, outcome, positions="reindexed")
     assert out[1].stats.truncated
+    assert [o.stats.query_aware for o in out] == [True, False, False]  # each says how it read
 
 
 class _FailsWhileDecoding(StreamingLLM):
