@@ -75,14 +75,14 @@ def run_generations(out: Path, generations: int, start: Callable[[], Any],
 
     while gen < generations:
         t0 = time.perf_counter()
-        mean, scored = opt.mean.copy(), []
+        mean, scored = opt.mean.copy(), None
 
         def score_population(xs):
-            scored.append(score(xs, mean, gen))
-            return scored[0].fitness
+            nonlocal scored
+            scored = score(xs, mean, gen)
+            return scored.fitness
 
         _, fits = step(opt, score_population)
-        scored = scored[0]
         gen += 1
         fields = _resolve(scored.fields, opt)
         row = {"generation": gen, "best": rnd(fits[int(np.argmax(fits))]),
