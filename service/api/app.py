@@ -1,11 +1,13 @@
 """The LitServe application: POST /v1/jobs is a LitAPI; the other routes join its FastAPI app.
 
 Request path of a submission:
-  uvicorn process: X-API-Key -> tenant (cached, on the event loop), body read into a plain dict
-  (submission.read_body), put on a pipe-backed queue to the inference worker
-  LitServe inference worker: decode_request = validate + extract text, predict = INSERT the
-  batch's jobs, COMMIT, then enqueue the Celery tasks by name, job ids only, in one Redis
-  pipeline (docs/benchmarks-service.md has the profile behind these choices).
+  uvicorn process: X-API-Key present and not known to be bad (auth.require_submitter; no
+  database for a small body), body read into a plain dict (submission.read_body), put on a
+  pipe-backed queue to the inference worker
+  LitServe inference worker, per batch (intake.admit): the keys checked (one query), then each
+  submission validated + its text extracted, the batch's jobs INSERTed, COMMIT, then the Celery
+  tasks enqueued by name, job ids only, in one Redis pipeline (docs/benchmarks-service.md has
+  the profile behind these choices).
 No torch here: the model lives in the Celery GPU workers. LitServe's private methods are
 overridden only in service/api/litserve.py.
 """
@@ -18,7 +20,8 @@ import litserve as ls
 from fastapi import Request, Security
 
 from namm.spec import DEFAULT_POLICY
-from service.api.auth import api_key_header, require_tenant
+from service.api.auth import (api_key_header, confirm_submitter, remember_unknown_key,
+                              require_submitter, require_tenant)
 from service.api.intake import Refusal  # noqa: F401  (re-exported: the refusal type of this API)
 from service.api.litserve import GreedyBatchLoop, JobServer, RouteSpec
 from service.api.schemas import JobSubmitted, JsonJobRequest
@@ -50,16 +53,14 @@ class SubmitJobAPI(ls.LitAPI):
         await require_tenant(request, x_api_key)
 
     def decode_request(self, request, **kwargs):
-        from service.api.intake import decode
+        return request  # validated in predict, once its key is known (intake.admit)
 
-        return decode(request, self.settings)
+    def predict(self, payloads, **kwargs) -> list[dict]:
+        """Authenticate, validate and store a batch of submissions, each item answered on its
+        own (service/api/intake.py), then enqueue the new jobs."""
+        from service.api.intake import admit
 
-    def predict(self, specs, **kwargs) -> list[dict]:
-        """Store a batch of submissions, each item answered on its own (service/api/intake.py),
-        then enqueue the new jobs."""
-        from service.api.intake import store
-
-        return store(specs, self.settings)
+        return admit(payloads, self.settings)
 
     def encode_response(self, output, **kwargs):
         return output
@@ -97,9 +98,20 @@ def _submit_openapi() -> dict:
 
 
 async def _read_body(request: Request) -> dict:
+    from fastapi import HTTPException
+
     from service.api.submission import read_body
 
-    return await read_body(request, get_settings())
+    try:
+        return await read_body(request, get_settings())
+    except HTTPException:
+        await confirm_submitter(request)  # an unknown key hears 401, not a verdict on its body
+        raise
+
+
+def _refused(request: Request, status_code: int) -> None:
+    if status_code == 401:  # the inference worker did not know the key
+        remember_unknown_key(request)
 
 
 def build_server() -> JobServer:
@@ -112,7 +124,8 @@ def build_server() -> JobServer:
     server = JobServer(
         SubmitJobAPI(max_batch_size=settings.api.max_batch_size),
         route=RouteSpec(
-            read_body=_read_body, response_model=JobSubmitted, status_code=202,
+            read_body=_read_body, authorize=require_submitter, refused=_refused,
+            response_model=JobSubmitted, status_code=202,
             summary="Submit a document (JSON text or multipart file) for a job", tags=["jobs"],
             openapi_extra=_submit_openapi(),
             responses={400: {"description": "unreadable body"}, 401: {"description": "bad key"},

@@ -14,6 +14,10 @@ Now:
 - a new job over its tenant's quota (service/jobs/quotas.py) is a 429 with Retry-After; the
   quota is counted in the transaction that stores the jobs, under the tenant's quota lock.
 Only a database that cannot be reached answers 503 for the whole batch.
+
+Before any of that, `admit` authenticates the batch: a small submission reaches the inference
+worker with its key's sha256 rather than a tenant (service/api/auth.py), and one query finds
+the tenants of all of them. An unknown or revoked key is a 401 before its body is validated.
 """
 
 from __future__ import annotations
@@ -106,6 +110,41 @@ def decode(payload: dict[str, Any], settings: Settings) -> Submission | Refusal:
     except Exception:  # a bug here is ours: a 500 for this request alone, never a 4xx
         logger.exception("could not parse a submission")
         return Refusal.status(500, "internal error; see the API log")
+
+
+def authenticate(payloads: list[dict[str, Any]]) -> list[dict[str, Any] | Refusal]:
+    """Each payload with its tenant, or a Refusal (401: unknown or revoked key; 503: no
+    database). One query for every key the API process left to this batch."""
+    from service.api.auth import INVALID_KEY
+    from service.api.keys import tenants_for_key_hashes
+    from service.core.db import session_scope
+
+    digests = [p["key_sha256"] for p in payloads if p.get("tenant_id") is None]
+    if not digests:
+        return list(payloads)
+    try:
+        with session_scope() as session:
+            tenants = tenants_for_key_hashes(session, digests)
+    except UNAVAILABLE as exc:
+        logger.error("could not check API keys: %s", type(exc).__name__)
+        tenants = None
+    out: list[dict[str, Any] | Refusal] = []
+    for payload in payloads:
+        if payload.get("tenant_id") is not None:
+            out.append(payload)
+        elif tenants is None:
+            out.append(_unavailable())
+        elif payload["key_sha256"] in tenants:
+            out.append({**payload, "tenant_id": tenants[payload["key_sha256"]]})
+        else:
+            out.append(Refusal.of(INVALID_KEY))
+    return out
+
+
+def admit(payloads: list[dict[str, Any]], settings: Settings) -> list[dict]:
+    """The answer to each submission of a batch: authenticated, validated, stored, enqueued."""
+    return store([item if isinstance(item, Refusal) else decode(item, settings)
+                  for item in authenticate(payloads)], settings)
 
 
 def _accepted(job_id: str, status: str = "queued") -> dict:

@@ -10,6 +10,7 @@ import argparse
 import hashlib
 import secrets
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
@@ -62,13 +63,19 @@ def revoke_keys(session: Session, tenant: Tenant, label: str | None = None) -> i
     return session.execute(query.values(revoked_at=utcnow())).rowcount or 0
 
 
-def tenant_for_key(session: Session, raw_key: str) -> int | None:
-    """The tenant id owning an active key, or None."""
-    return session.scalar(
-        select(ApiKey.tenant_id).where(
-            ApiKey.key_hash == hash_key(raw_key), ApiKey.revoked_at.is_(None)
-        )
-    )
+def tenant_for_key_hash(session: Session, key_hash: str) -> int | None:
+    """The tenant id owning the active key with this sha256, or None."""
+    return tenants_for_key_hashes(session, [key_hash]).get(key_hash)
+
+
+def tenants_for_key_hashes(session: Session, key_hashes: Iterable[str]) -> dict[str, int]:
+    """{key hash: tenant id} for the active keys among `key_hashes` (one query)."""
+    wanted = sorted(set(key_hashes))
+    if not wanted:
+        return {}
+    rows = session.execute(select(ApiKey.key_hash, ApiKey.tenant_id).where(
+        ApiKey.key_hash.in_(wanted), ApiKey.revoked_at.is_(None)))
+    return {key_hash: tenant_id for key_hash, tenant_id in rows}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,8 @@ an upgrade (`make upgrade`) is a deliberate re-check of each override below:
   goes straight through; under load, many submissions share one database commit.
 - `JobServer._init_manager`: plain pipe-backed queues instead of multiprocessing.Manager
   proxies (docs/benchmarks-service.md has the profile).
-- `JobServer._register_api_endpoints`: POST /v1/jobs answers 202 with its own OpenAPI body.
+- `JobServer._register_api_endpoints`: POST /v1/jobs answers 202 with its own OpenAPI body and
+  its own auth dependency (the key of a small submission is checked in the inference worker).
 - `SubmissionHandler._prepare_request`: read the body without turning bad input into a 500.
 - `JobServer.inference_workers_ready`: reads LitServe's worker status for /health.
 - `JobServer._start_server` / `_perform_graceful_shutdown` and `DrainingUvicornServer`: a clean
@@ -76,11 +77,12 @@ class GreedyBatchLoop(BatchedLoop):
 
 class SubmissionHandler(RegularRequestHandler):
     """LitServe's handler with our body reader; a refusal from the inference worker (a dict
-    with "error") becomes the HTTP error it describes."""
+    with "error") becomes the HTTP error it describes, after `refused(request, status)`."""
 
-    def __init__(self, lit_api, server, read_body: Callable):
+    def __init__(self, lit_api, server, read_body: Callable, refused: Callable):
         super().__init__(lit_api, server)
         self._read_body = read_body
+        self._refused = refused
 
     async def _prepare_request(self, request, request_type) -> dict:
         return await self._read_body(request)
@@ -88,6 +90,7 @@ class SubmissionHandler(RegularRequestHandler):
     async def handle_request(self, request, request_type):
         response = await super().handle_request(request, request_type)
         if isinstance(response, dict) and "error" in response:
+            self._refused(request, response["error"]["status_code"])
             raise HTTPException(**response["error"])
         return response
 
@@ -166,8 +169,8 @@ class JobServer(ls.LitServer):
     # queues, workers and responses are LitServe's own.
     def _register_api_endpoints(self, lit_api, request_type, response_type):
         self._callback_runner.trigger_event(EventTypes.ON_SERVER_START.value, litserver=self)
-        handler = SubmissionHandler(lit_api, self, self._route.read_body)
         route = self._route
+        handler = SubmissionHandler(lit_api, self, route.read_body, route.refused)
 
         async def endpoint(request: Request):
             return await handler.handle_request(request, Request)
@@ -175,7 +178,7 @@ class JobServer(ls.LitServer):
         endpoint.__annotations__["return"] = route.response_model
         self.app.add_api_route(
             lit_api.api_path, endpoint, methods=["POST"], status_code=route.status_code,
-            response_model=route.response_model, dependencies=[Depends(self.setup_auth(lit_api))],
+            response_model=route.response_model, dependencies=[Depends(route.authorize)],
             summary=route.summary, tags=route.tags, openapi_extra=route.openapi_extra,
             responses=route.responses,
         )
@@ -190,10 +193,14 @@ class JobServer(ls.LitServer):
 
 @dataclass(frozen=True)
 class RouteSpec:
-    """How JobServer registers the LitAPI's route: read_body(request) -> the payload handed to
-    decode_request in the inference worker (runs in the uvicorn process)."""
+    """How JobServer registers the LitAPI's route: authorize (its FastAPI dependency; the
+    LitAPI's own `authorize` still guards LitServe's /info and /health/workers), read_body(request)
+    -> the payload handed to decode_request in the inference worker (both run in the uvicorn
+    process), refused(request, status) when the inference worker refuses a request."""
 
     read_body: Callable
+    authorize: Callable
+    refused: Callable
     response_model: Any
     status_code: int
     summary: str

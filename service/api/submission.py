@@ -40,9 +40,13 @@ def _body_limit(settings: Settings) -> int:
 
 
 async def read_body(request: Request, settings: Settings) -> dict[str, Any]:
+    # the auth dependency (service/api/auth.py require_submitter) ran first: it left the tenant,
+    # or the key's sha256 for the inference worker to check in its batch
     tenant_id = getattr(request.state, "tenant_id", None)
-    if tenant_id is None:  # the auth dependency runs first; this is a wiring error
+    key_sha256 = getattr(request.state, "key_sha256", None)
+    if tenant_id is None and key_sha256 is None:  # a wiring error, never a client's
         raise HTTPException(401, "missing X-API-Key header")
+    submitter = {"tenant_id": tenant_id} if tenant_id is not None else {"key_sha256": key_sha256}
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
     declared = request.headers.get("content-length")
@@ -52,7 +56,7 @@ async def read_body(request: Request, settings: Settings) -> dict[str, Any]:
     # the Idempotency-Key is checked with the rest in the inference worker (service/api/intake.py)
     key = request.headers.get("idempotency-key")
     if media_type == "application/json":
-        return {"tenant_id": tenant_id, "format": "json", "idempotency_key": key,
+        return {**submitter, "format": "json", "idempotency_key": key,
                 "body": await _read_limited(request, _body_limit(settings))}
     if media_type == "multipart/form-data":
         try:
@@ -77,7 +81,7 @@ async def read_body(request: Request, settings: Settings) -> dict[str, Any]:
                     fields.setdefault(name, []).append(value)
         finally:
             await form.close()
-        return {"tenant_id": tenant_id, "format": "multipart", "idempotency_key": key,
+        return {**submitter, "format": "multipart", "idempotency_key": key,
                 "fields": fields, "file": upload}
     if not media_type:
         raise HTTPException(415, "missing Content-Type: send application/json or "

@@ -38,6 +38,8 @@ def test_revoke_and_rotate_then_the_next_request_on_another_process_is_401(tmp_p
                 old = {"X-API-Key": key["raw_key"]}
                 for url in (a, b, a, b):  # used on both processes just before
                     assert httpx.get(f"{url}/v1/jobs", headers=old, timeout=30).status_code == 200
+                r = httpx.post(f"{b}/v1/jobs", json={"document": "x"}, headers=old, timeout=30)
+                assert r.status_code == 202, r.text
                 if round_ % 2:
                     r = httpx.post(f"{a}/v1/admin/keys/{key['id']}/revoke", headers=admin,
                                    timeout=30)
@@ -48,8 +50,13 @@ def test_revoke_and_rotate_then_the_next_request_on_another_process_is_401(tmp_p
                     assert r.status_code == 201, r.text
                     new = {"X-API-Key": r.json()["raw_key"]}
                     assert httpx.get(f"{b}/v1/jobs", headers=new, timeout=30).status_code == 200
-                # the very next request, on the other process and on the same one
+                # the very next request, on the other process and on the same one; a
+                # submission's key is checked by the inference worker of its process
                 assert httpx.get(f"{b}/v1/jobs", headers=old, timeout=30).status_code == 401
                 assert httpx.get(f"{a}/v1/jobs", headers=old, timeout=30).status_code == 401
+                for url in (b, a):
+                    r = httpx.post(f"{url}/v1/jobs", json={"document": "x"}, headers=old,
+                                   timeout=30)
+                    assert r.status_code == 401, r.text
         finally:
             first.procs.stop()

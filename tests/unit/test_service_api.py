@@ -64,6 +64,34 @@ def test_missing_and_bad_keys_are_401(client):
     assert client.get("/v1/jobs/abc", headers={"X-API-Key": "wrong"}).status_code == 401
 
 
+def test_a_submission_with_an_unknown_key_hears_401_whatever_its_body(client, keys):
+    """A small body's key is checked by the inference worker in its batch, a large one's before
+    the body is read (service/api/auth.py); an unknown key hears 401 either way, also where a
+    known key would hear 415, 400 or 413. The worker's verdict is remembered in the API
+    process, so the same key is refused there next time."""
+    import uuid
+
+    from service.api.auth import key_cache
+    from service.api.keys import hash_key
+
+    def post(key: str, body: bytes, content_type: str = "application/json"):
+        return client.post("/v1/jobs", content=body,
+                           headers={"X-API-Key": key, "Content-Type": content_type})
+
+    small = json.dumps({"document": "The vault code is 4711."}).encode()
+    large = json.dumps({"document": "a" * 400_000}).encode()  # over the deferred-auth size
+    cases = [(small, "application/json", 202), (small, "text/plain", 415),
+             (b"{not json", "application/json", 400), (large, "application/json", 413)]
+    for body, content_type, known_key_status in cases:
+        unknown = f"namm_{uuid.uuid4().hex}"
+        r = post(unknown, body, content_type)
+        assert r.status_code == 401, (content_type, len(body), r.text)
+        assert r.headers["www-authenticate"] == "APIKey"
+        assert "invalid or revoked" in r.json()["detail"]
+        assert key_cache().get(hash_key(unknown)) == (True, None)
+        assert post(keys[0], body, content_type).status_code == known_key_status
+
+
 def test_submit_json_stores_job_and_enqueues(client, keys):
     from service.core.queue import queue_depths
 

@@ -94,6 +94,43 @@ def test_a_row_the_database_refuses_fails_alone(database):
         assert s.scalar(select(func.count()).select_from(Job)) == 4
 
 
+def test_a_batch_is_authenticated_before_its_bodies_are_read(database):
+    """A small submission reaches the inference worker with its key's sha256 (service/api/
+    auth.py); `admit` finds every tenant of the batch at once, and an unknown or revoked key is
+    a 401 whatever its body, before anything is validated or stored."""
+    import json
+
+    from sqlalchemy import func, select
+
+    from service.api.intake import Refusal, admit
+    from service.api.keys import get_or_create_tenant, hash_key, issue_key, revoke_keys
+    from service.core.db import session_scope
+    from service.core.settings import get_settings
+    from service.models import Job
+
+    with session_scope() as s:
+        valid = issue_key(s, get_or_create_tenant(s, "acme")).raw_key
+        revoked = issue_key(s, get_or_create_tenant(s, "gone")).raw_key
+        revoke_keys(s, get_or_create_tenant(s, "gone"))
+
+    def payload(key: str | None, body: bytes = b'{"document": "The code is 4711."}') -> dict:
+        who = {"tenant_id": database} if key is None else {"key_sha256": hash_key(key)}
+        return {**who, "format": "json", "idempotency_key": None, "body": body}
+
+    answers = admit([payload(valid), payload("namm_unknown"), payload(revoked),
+                     payload(None), payload("namm_unknown", b"{not json"),
+                     payload(valid, b"{not json")], get_settings())
+    statuses = [a["error"]["status_code"] if isinstance(a, Refusal) else a["status"]
+                for a in answers]
+    assert statuses == ["queued", 401, 401, "queued", 401, 400]
+    assert answers[1]["error"]["headers"] == {"WWW-Authenticate": "APIKey"}
+    with session_scope() as s:
+        jobs = s.scalars(select(Job)).all()
+        assert len(jobs) == 2 and {j.tenant_id for j in jobs} == {database}
+        assert s.scalar(select(func.count()).select_from(Job)) == 2
+    assert json.dumps(answers).count("invalid or revoked API key") == 3
+
+
 def test_idempotency_keys_expire(database):
     from service.api.intake import Submission, store
     from service.core.db import session_scope

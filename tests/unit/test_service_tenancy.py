@@ -91,6 +91,9 @@ def test_tenant_keys_rotation_and_immediate_revocation(client, keys):
         s.execute(update(ApiKey).where(ApiKey.id == rotated.json()["id"])
                   .values(revoked_at=utcnow()))
     assert client.get("/v1/jobs", headers=_h(new)).status_code == 401
+    # a submission's key is checked by the inference worker, after the request arrived
+    submitted = client.post("/v1/jobs", json={"document": "x"}, headers=_h(new))
+    assert submitted.status_code == 401, submitted.text
     extra = client.post(f"/v1/admin/tenants/{first['tenant_id']}/keys", headers=admin,
                         json={"label": "ci"}).json()
     assert client.get("/v1/jobs", headers=_h(extra["raw_key"])).status_code == 200
