@@ -4,8 +4,10 @@ Starts PostgreSQL + Redis, a real Celery worker (the default model, on this mach
 beat (the sweeper) and the API; warms the worker with one job; then N clients submit for
 `--duration` seconds while the worker runs jobs. Afterwards it checks the books: every 202
 is a stored job, and every stored job is done, running, or has its message waiting in
-Redis (`service/core/broker_scan.py`): accepted = stored = done + running + waiting, no
-queued job without a message, no job twice. Prints one table row.
+Redis (`service/core/broker_scan.py`) or taken by the worker and not yet acknowledged (kombu's
+`unacked` hash: the worker has the message and has not marked the job running yet): accepted =
+stored = done + running + waiting + taken, no queued job without a message, no job twice.
+Prints one table row.
 
   .venv/bin/python bench/load_with_workers.py --concurrency 20 --duration 60
 """
@@ -86,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                                            .group_by(Job.status)).all())
                 queued = set(s.scalars(select(Job.id).where(Job.status == "queued")))
             waiting = waiting_job_ids("gpu") or set()
+            taken = taken_job_ids(prefix)
         finally:
             procs.stop()
             import redis
@@ -98,18 +101,35 @@ def main(argv: list[str] | None = None) -> int:
             drop()
 
     stored = sum(by_status.values()) - 1  # less the warm-up job
-    lost = len(queued - waiting)
+    done, running = by_status.get("done", 1) - 1, by_status.get("running", 0)
+    in_queue, in_worker = queued & waiting, (queued - waiting) & taken
+    lost = len(queued - waiting - taken)
     print(f"\nPostgreSQL + Redis, 1 worker (-c 1, default model on CPU, busy throughout), "
           f"{args.concurrency} clients, {args.duration:.0f} s, cpus {os.cpu_count()}")
     print("| accepted (202) | errors | submissions/s | p50 ms | p99 ms | stored | done "
-          "| running | queued, message waiting | queued, no message |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| running | queued, message waiting | queued, message taken by the worker "
+          "| queued, no message |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| {stats['ok']} | {stats['errors']} | {stats['rate']:.0f} | {stats['p50']:.1f} | "
-          f"{stats['p99']:.1f} | {stored} | {by_status.get('done', 1) - 1} | "
-          f"{by_status.get('running', 0)} | {len(queued & waiting)} | {lost} |")
+          f"{stats['p99']:.1f} | {stored} | {done} | {running} | {len(in_queue)} | "
+          f"{len(in_worker)} | {lost} |")
+    balanced = stored == done + running + len(in_queue) + len(in_worker)
     print(f"(wall {elapsed:.0f} s) accepted == stored: {stats['ok'] == stored}; stored == done + "
-          f"running + waiting: {stored == by_status.get('done', 1) - 1 + by_status.get('running', 0) + len(queued & waiting)}")
+          f"running + waiting + taken: {balanced}")
     return 0 if stats["errors"] == 0 and lost == 0 and stats["ok"] == stored else 1
+
+
+def taken_job_ids(key_prefix: str) -> set[str]:
+    """Jobs whose message a worker holds unacknowledged (kombu's Redis `unacked` hash)."""
+    import json
+
+    import redis
+
+    from service.core.broker_scan import job_id_of
+
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    ids = {job_id_of(json.loads(raw)[0]) for raw in client.hvals(key_prefix + "unacked")}
+    return {job_id for job_id in ids if job_id is not None}
 
 
 if __name__ == "__main__":
