@@ -7,9 +7,9 @@ without, side by side on the same test prompts.
 For each prompt the document part is read once under the full cache in each mode; the table
 gives, per mode, the needle sentence's key words (the sentence without its answer) and answer
 tokens: mean surprisal (nats), mean percentile of their pooled score among the document's
-tokens (100 = the most surprising), and the share of them one update of the shipped memory at
-its budget keeps over the whole document read at once (the memory itself updates every 512
-tokens; this isolates the score).
+tokens (100 = the most surprising), and the share of them the shipped memory keeps at its
+budget, replayed on the real schedule (an update every 512 tokens and the flush at the end, as
+namm.generate reads a document: namm.evolution.surprisal_search.replay_keep).
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ def needle_spans(tok, text: str, answer: str) -> tuple[list[int], list[int]]:
 
 
 def measure(lm, policy, sample, query_aware: bool) -> dict:
+    from namm.evolution.surprisal_search import replay_keep
     from namm.policies.base import UpdateContext
     from namm.prompts import encode_text, split_prompt
     from namm.surprisal import SurprisalLog
@@ -50,8 +51,8 @@ def measure(lm, policy, sample, query_aware: bool) -> dict:
     ctx = UpdateContext(layer_idx=0, keys=None, values=None, positions=positions,
                         valid=torch.ones_like(positions, dtype=torch.bool), seen=t, n_new=t,
                         surprisal=log.values, token_ids=ids)
-    pooled = policy.pooled_surprisal(ctx)[0, 0]
-    keep = policy.select(ctx)[0, 0]
+    pooled = policy.pooled_surprisal(ctx)[0, 0]  # the score over the whole document
+    keep = replay_keep(policy, log.values[0], n_up=512, token_ids=ids)
     doc_start = context.find(sample.context.strip())
     first_doc = len(tok(context[:doc_start], add_special_tokens=False)["input_ids"])
     doc = pooled[first_doc:]
