@@ -92,6 +92,25 @@ def test_a_submission_with_an_unknown_key_hears_401_whatever_its_body(client, ke
         assert post(keys[0], body, content_type).status_code == known_key_status
 
 
+def test_a_small_submission_costs_the_api_process_no_key_lookup(client, keys, monkeypatch):
+    """The lookup per request was the largest cost of a submission under load
+    (docs/benchmarks-service.md): a small body's key is checked in the inference worker's batch
+    query, a large body's in the API process before it is read, other routes' per request."""
+    from service.api import auth
+
+    looked_up: list[str] = []
+    real = auth._lookup_tenant
+    monkeypatch.setattr(auth, "_lookup_tenant", lambda digest: looked_up.append(digest) or real(digest))
+    assert submit(client, keys[0]).status_code == 202
+    assert looked_up == []
+    large = json.dumps({"document": "a" * 300_000}).encode()  # over 256 KiB and this module's limit
+    r = client.post("/v1/jobs", content=large,
+                    headers={"X-API-Key": keys[0], "Content-Type": "application/json"})
+    assert r.status_code == 413 and len(looked_up) == 1  # looked up first, then refused
+    assert client.get("/v1/jobs", headers={"X-API-Key": keys[0]}).status_code == 200
+    assert len(looked_up) == 2
+
+
 def test_submit_json_stores_job_and_enqueues(client, keys):
     from service.core.queue import queue_depths
 
