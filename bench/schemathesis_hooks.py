@@ -13,6 +13,8 @@ import zipfile
 import schemathesis
 from hypothesis import strategies as st
 
+from service.dev.sample_pdf import text_pdf
+
 # words and text a document can hold; NUL and lone surrogates are refused (and are no text)
 WORDS = st.lists(st.from_regex(r"[A-Za-z0-9]{1,12}", fullmatch=True), min_size=1, max_size=40)
 TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
@@ -28,27 +30,8 @@ def _html(words: list[str]) -> bytes:
 
 
 def pdf(words: list[str]) -> bytes:
-    """A one-page PDF whose text layer holds `words` (Helvetica, valid xref)."""
-    stream = f"BT /F1 12 Tf 72 720 Td ({' '.join(words)}) Tj ET".encode()
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-        b"/Resources << /Font << /F1 5 0 R >> >> >>",
-        b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream",
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
-    xref = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
-    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
-    out += (f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n"
-            "%%EOF\n").encode()
-    return bytes(out)
+    """A one-page PDF whose text layer holds `words`."""
+    return text_pdf(" ".join(words))
 
 
 FILES = st.dictionaries(st.from_regex(r"[a-z]{1,8}\.(py|md|txt)", fullmatch=True),

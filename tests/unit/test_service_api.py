@@ -139,7 +139,7 @@ def test_other_tenants_get_404(client, keys):
 
 
 def test_multipart_upload_html_and_pdf(client, keys):
-    from test_service_documents import minimal_pdf
+    from service.dev.sample_pdf import text_pdf
 
     html = b"<html><body><p>The vault code is <b>4711</b>.</p><script>x()</script></body></html>"
     r = client.post("/v1/jobs", headers={"X-API-Key": keys[0]},
@@ -152,7 +152,7 @@ def test_multipart_upload_html_and_pdf(client, keys):
     assert job["max_new_tokens"] == 20
     assert job["document"]["content_type"] == "text/html"
     r = client.post("/v1/jobs", headers={"X-API-Key": keys[0]},
-                    files={"file": ("r.pdf", io.BytesIO(minimal_pdf("Revenue 5")), "application/pdf")},
+                    files={"file": ("r.pdf", io.BytesIO(text_pdf("Revenue 5")), "application/pdf")},
                     data={"questions": json.dumps(["What was the revenue?", "Which year?"])})
     assert r.status_code == 202, r.text
     job = client.get(r.json()["url"], headers={"X-API-Key": keys[0]}).json()

@@ -3,32 +3,9 @@
 import pytest
 
 from service.api.documents import DocumentError, extract_text
+from service.dev.sample_pdf import text_pdf
 
 LIMIT = 10_000
-
-
-def minimal_pdf(text: str) -> bytes:
-    """A real one-page PDF with `text` drawn in Helvetica (hand-built objects, valid xref)."""
-    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-        b"/Resources << /Font << /F1 5 0 R >> >> >>",
-        b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream",
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for i, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += f"{i} 0 obj\n".encode() + body + b"\nendobj\n"
-    xref = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
-    for off in offsets:
-        out += f"{off:010d} 00000 n \n".encode()
-    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
-    return bytes(out)
 
 
 def test_plain_text_and_markdown():
@@ -46,13 +23,13 @@ def test_html_becomes_text_without_scripts():
 
 
 def test_pdf_text_is_extracted():
-    doc = extract_text(minimal_pdf("The vault code is 4711"), "application/pdf", "a.pdf",
+    doc = extract_text(text_pdf("The vault code is 4711"), "application/pdf", "a.pdf",
                        max_bytes=LIMIT)
     assert "4711" in doc.text and doc.format == "pdf"
 
 
 def test_pdf_detected_by_magic_bytes():
-    doc = extract_text(minimal_pdf("Magic"), "application/octet-stream", None, max_bytes=LIMIT)
+    doc = extract_text(text_pdf("Magic"), "application/octet-stream", None, max_bytes=LIMIT)
     assert doc.format == "pdf"
 
 

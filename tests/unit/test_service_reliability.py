@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from fastapi import HTTPException
 from pdf_samples import NESTED_ARRAYS, UNKNOWN_FILTER
-from test_service_documents import minimal_pdf
+from service.dev.sample_pdf import text_pdf
 
 from service.api.documents import DocumentError, pdf_to_text
 from service.api.text_checks import bad_character, check_text, check_tree, normalise_extracted
@@ -34,16 +34,16 @@ def test_bad_characters_are_named_with_their_offset():
 
 
 def test_pdfs_are_parsed_in_a_bounded_child():
-    assert "Revenue 5" in pdf_to_text(minimal_pdf("Revenue 5"))
+    assert "Revenue 5" in pdf_to_text(text_pdf("Revenue 5"))
     for pdf in (UNKNOWN_FILTER, NESTED_ARRAYS):  # NotImplementedError, RecursionError in pypdf
         with pytest.raises(DocumentError) as err:
             pdf_to_text(pdf)
         assert err.value.status_code == 422
     with pytest.raises(DocumentError) as err:  # the memory limit: pypdf cannot even load
-        pdf_to_text(minimal_pdf("x"), memory_mb=16)
+        pdf_to_text(text_pdf("x"), memory_mb=16)
     assert err.value.status_code == 422
     with pytest.raises(DocumentError) as err:  # the wall-clock limit
-        pdf_to_text(minimal_pdf("x"), timeout_s=0.001)
+        pdf_to_text(text_pdf("x"), timeout_s=0.001)
     assert err.value.status_code == 422 and "within" in err.value.message
 
 
