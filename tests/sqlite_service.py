@@ -31,3 +31,18 @@ def sqlite_service(tmp: Path, **env: str) -> Iterator[Path]:
     finally:
         mp.undo()
         reset_process_state()
+
+
+@contextmanager
+def in_process_api(default_key: str | None = None):
+    """The whole API in this process (LitServe app and its real inference worker) behind a
+    TestClient; `default_key`: sent as X-API-Key unless a request sets its own."""
+    from fastapi.testclient import TestClient
+    from litserve.utils import wrap_litserve_start
+
+    from service.api.app import build_server
+
+    with wrap_litserve_start(build_server()) as server, TestClient(server.app) as client:
+        if default_key is not None:
+            client.headers["X-API-Key"] = default_key
+        yield client

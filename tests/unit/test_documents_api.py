@@ -6,10 +6,8 @@ tests/integration/test_documents_embedded.py."""
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
-from litserve.utils import wrap_litserve_start
 
-from tests.sqlite_service import sqlite_service
+from tests.sqlite_service import in_process_api, sqlite_service
 
 DOC = {"document": "The vault code is 4711. The office is in Lyon.", "filename": "memo.txt"}
 
@@ -32,10 +30,7 @@ def keys(env):
 
 @pytest.fixture(scope="module")
 def client(env, keys):
-    from service.api.app import build_server
-
-    with wrap_litserve_start(build_server()) as srv, TestClient(srv.app) as c:
-        c.headers["X-API-Key"] = keys[0]
+    with in_process_api(default_key=keys[0]) as c:
         yield c
 
 

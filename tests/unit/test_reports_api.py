@@ -8,27 +8,15 @@ import io
 from datetime import date
 
 import pytest
-from fastapi.testclient import TestClient
-from litserve.utils import wrap_litserve_start
 
 from report_seed import BATCH_ID, seed, utc
-from service.core.state import reset_process_state
+from tests.sqlite_service import in_process_api, sqlite_service
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("reports")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NAMM_DATABASE__URL", f"sqlite:///{tmp / 'namm.db'}")
-    mp.setenv("NAMM_BROKER__URL", f"sqla+sqlite:///{tmp / 'broker.db'}")
-    mp.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    reset_process_state()
-    from service.core import migrate
-
-    migrate.upgrade()
-    yield tmp
-    mp.undo()
-    reset_process_state()
+    with sqlite_service(tmp_path_factory.mktemp("reports")) as tmp:
+        yield tmp
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +34,7 @@ def keys(env):
 
 @pytest.fixture(scope="module")
 def client(env, keys):
-    from service.api.app import build_server
-
-    with wrap_litserve_start(build_server()) as srv, TestClient(srv.app) as c:
+    with in_process_api() as c:
         yield c
 
 

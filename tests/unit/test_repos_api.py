@@ -9,10 +9,8 @@ import tarfile
 import zipfile
 
 import pytest
-from fastapi.testclient import TestClient
-from litserve.utils import wrap_litserve_start
 
-from service.core.state import reset_process_state
+from tests.sqlite_service import in_process_api, sqlite_service
 
 
 @pytest.fixture(scope="module")
@@ -21,20 +19,10 @@ def env(tmp_path_factory):
     root = tmp / "repos"
     (root / "demo" / "pkg").mkdir(parents=True)
     (root / "demo" / "pkg" / "a.py").write_text("X = 1\n")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NAMM_DATABASE__URL", f"sqlite:///{tmp / 'namm.db'}")
-    mp.setenv("NAMM_BROKER__URL", f"sqla+sqlite:///{tmp / 'broker.db'}")
-    mp.setenv("NAMM_BATCHES__ALLOWED_ROOTS", f'["{root}"]')
-    mp.setenv("NAMM_BATCHES__MAX_ARCHIVE_BYTES", "200000")
-    mp.setenv("NAMM_BATCHES__MAX_UNPACKED_BYTES", "1000000")
-    mp.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    reset_process_state()
-    from service.core import migrate
-
-    migrate.upgrade()
-    yield root
-    mp.undo()
-    reset_process_state()
+    with sqlite_service(tmp, NAMM_BATCHES__ALLOWED_ROOTS=f'["{root}"]',
+                        NAMM_BATCHES__MAX_ARCHIVE_BYTES="200000",
+                        NAMM_BATCHES__MAX_UNPACKED_BYTES="1000000"):
+        yield root
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +37,7 @@ def keys(env):
 
 @pytest.fixture(scope="module")
 def client(env, keys):
-    from service.api.app import build_server
-
-    with wrap_litserve_start(build_server()) as srv, TestClient(srv.app) as c:
-        c.headers["X-API-Key"] = keys[0]
+    with in_process_api(default_key=keys[0]) as c:
         yield c
 
 

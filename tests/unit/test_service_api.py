@@ -7,28 +7,15 @@ import io
 import json
 
 import pytest
-from fastapi.testclient import TestClient
-from litserve.utils import wrap_litserve_start
 
-from service.core.state import reset_process_state
+from tests.sqlite_service import in_process_api, sqlite_service
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("api")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NAMM_DATABASE__URL", f"sqlite:///{tmp / 'namm.db'}")
-    mp.setenv("NAMM_BROKER__URL", f"sqla+sqlite:///{tmp / 'broker.db'}")
-    mp.setenv("NAMM_LIMITS__MAX_DOCUMENT_BYTES", "20000")
-    mp.setenv("NAMM_API__METRICS_KEY", "operator-secret")
-    mp.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    reset_process_state()
-    from service.core import migrate
-
-    migrate.upgrade()
-    yield tmp
-    mp.undo()
-    reset_process_state()
+    with sqlite_service(tmp_path_factory.mktemp("api"), NAMM_LIMITS__MAX_DOCUMENT_BYTES="20000",
+                        NAMM_API__METRICS_KEY="operator-secret") as tmp:
+        yield tmp
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +31,7 @@ def keys(env):
 
 @pytest.fixture(scope="module")
 def client(env, keys):
-    from service.api.app import build_server
-
-    server = build_server()
-    with wrap_litserve_start(server) as srv, TestClient(srv.app) as c:
+    with in_process_api() as c:
         yield c
 
 

@@ -7,11 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from fastapi.testclient import TestClient
-from litserve.utils import wrap_litserve_start
 from sqlalchemy import update
 
-from service.core.state import reset_process_state
+from tests.sqlite_service import in_process_api, sqlite_service
 
 
 @pytest.fixture(scope="module")
@@ -19,18 +17,8 @@ def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tenancy")
     (tmp / "repos" / "demo").mkdir(parents=True)
     (tmp / "repos" / "demo" / "a.py").write_text("X = 1\n")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NAMM_BATCHES__ALLOWED_ROOTS", f'["{tmp / "repos"}"]')
-    mp.setenv("NAMM_DATABASE__URL", f"sqlite:///{tmp / 'namm.db'}")
-    mp.setenv("NAMM_BROKER__URL", f"sqla+sqlite:///{tmp / 'broker.db'}")
-    mp.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    reset_process_state()
-    from service.core import migrate
-
-    migrate.upgrade()
-    yield tmp
-    mp.undo()
-    reset_process_state()
+    with sqlite_service(tmp, NAMM_BATCHES__ALLOWED_ROOTS=f'["{tmp / "repos"}"]'):
+        yield tmp
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +34,7 @@ def keys(env):
 
 @pytest.fixture(scope="module")
 def client(keys):
-    from service.api.app import build_server
-
-    with wrap_litserve_start(build_server()) as srv, TestClient(srv.app) as c:
+    with in_process_api() as c:
         yield c
 
 
