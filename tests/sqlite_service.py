@@ -12,8 +12,8 @@ import pytest
 
 
 @contextmanager
-def sqlite_service(tmp: Path, **env: str) -> Iterator[Path]:
-    """`env`: more NAMM_* settings for the module (name=value)."""
+def sqlite_service(tmp: Path, **env: str | None) -> Iterator[Path]:
+    """`env`: more NAMM_* settings for the module (name=value; None: unset)."""
     from service.core import migrate
     from service.core.state import reset_process_state
 
@@ -23,7 +23,10 @@ def sqlite_service(tmp: Path, **env: str) -> Iterator[Path]:
     mp.setenv("NAMM_MEMORIES__STORE_URL", str(tmp / "memories"))
     mp.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     for name, value in env.items():
-        mp.setenv(name, value)
+        if value is None:
+            mp.delenv(name, raising=False)
+        else:
+            mp.setenv(name, value)
     reset_process_state()
     try:
         migrate.upgrade()

@@ -13,19 +13,17 @@ from datetime import datetime
 
 import jsonschema_rs
 import pytest
-from fastapi.testclient import TestClient
 from hypothesis import given, settings as hypothesis_settings, strategies as st
-from litserve.utils import wrap_litserve_start
 
 from service.api.openapi_contract import complete_contract
 from service.api.openapi_inputs import CRON_PATTERN, FORM_QUESTION, REPORT_YEAR, time_zones
 from service.api.openapi_sources import GIT_REF_PATTERN, git_url_pattern
 from service.api.schemas import SOME_TEXT
 from service.core.settings import BatchSettings, Settings
-from service.core.state import reset_process_state
 from service.repos.git_source import GitAccess, check_git_source
 from service.repos.schedules import check_cron, check_timezone
 from service.reports.cost import parse_query
+from tests.sqlite_service import in_process_api, sqlite_service
 
 FEW = hypothesis_settings(max_examples=150, deadline=None)
 
@@ -35,31 +33,19 @@ def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("openapi-exact")
     root = tmp / "repos"
     (root / "demo").mkdir(parents=True)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NAMM_DATABASE__URL", f"sqlite:///{tmp / 'namm.db'}")
-    mp.setenv("NAMM_BROKER__URL", f"sqla+sqlite:///{tmp / 'broker.db'}")
-    mp.setenv("NAMM_BATCHES__ALLOWED_ROOTS", f'["{root}"]')
-    mp.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    reset_process_state()
-    from service.core import migrate
-
-    migrate.upgrade()
-    yield root
-    mp.undo()
-    reset_process_state()
+    with sqlite_service(tmp, NAMM_BATCHES__ALLOWED_ROOTS=f'["{root}"]'):
+        yield root
 
 
 @pytest.fixture(scope="module")
 def client(env):
-    from service.api.app import build_server
     from service.api.keys import get_or_create_tenant, issue_key
     from service.core.db import session_scope
 
     with session_scope() as s:
         key = issue_key(s, get_or_create_tenant(s, "acme")).raw_key
         admin = issue_key(s, get_or_create_tenant(s, "ops"), is_admin=True).raw_key
-    with wrap_litserve_start(build_server()) as srv, TestClient(srv.app) as c:
-        c.headers["X-API-Key"] = key
+    with in_process_api(default_key=key) as c:
         c.admin_key = admin
         yield c
 

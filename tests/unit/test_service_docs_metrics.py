@@ -6,34 +6,20 @@ from __future__ import annotations
 import re
 
 import pytest
-from fastapi.testclient import TestClient
-from litserve.utils import wrap_litserve_start
 
-from service.core.state import reset_process_state
+from tests.sqlite_service import in_process_api, sqlite_service
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("docs-metrics")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NAMM_DATABASE__URL", f"sqlite:///{tmp / 'namm.db'}")
-    mp.setenv("NAMM_BROKER__URL", f"sqla+sqlite:///{tmp / 'broker.db'}")
-    mp.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    mp.delenv("NAMM_API__METRICS_KEY", raising=False)
-    reset_process_state()
-    from service.api.app import build_server
     from service.api.keys import get_or_create_tenant, issue_key
-    from service.core import migrate
     from service.core.db import session_scope
 
-    migrate.upgrade()
-    with session_scope() as s:
-        key = issue_key(s, get_or_create_tenant(s, "acme")).raw_key
-    with wrap_litserve_start(build_server()) as srv, TestClient(srv.app) as c:
-        c.headers["X-API-Key"] = key
-        yield c
-    mp.undo()
-    reset_process_state()
+    with sqlite_service(tmp_path_factory.mktemp("docs-metrics"), NAMM_API__METRICS_KEY=None):
+        with session_scope() as s:
+            key = issue_key(s, get_or_create_tenant(s, "acme")).raw_key
+        with in_process_api(default_key=key) as c:
+            yield c
 
 
 def test_docs_page_loads_only_local_assets(client):

@@ -10,25 +10,19 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from service.core.state import reset_process_state
+from tests.sqlite_service import sqlite_service
+
 
 
 @pytest.fixture
-def db(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAMM_DATABASE__URL", f"sqlite:///{tmp_path / 'w.db'}")
-    monkeypatch.setenv("NAMM_BROKER__URL", f"sqla+sqlite:///{tmp_path / 'b.db'}")
-    # single-process metrics: an integration test may have left this set in os.environ
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    reset_process_state()
+def db(tmp_path):
     from service.api.keys import get_or_create_tenant
-    from service.core import migrate
     from service.core.db import session_scope
 
-    migrate.upgrade()
-    with session_scope() as s:
-        tenant = get_or_create_tenant(s, "t").id
-    yield tenant
-    reset_process_state()
+    with sqlite_service(tmp_path):
+        with session_scope() as s:
+            tenant = get_or_create_tenant(s, "t").id
+        yield tenant
 
 
 def _queued_jobs(tenant_id: int, n: int, age_s: float) -> list[str]:

@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 from fastapi import HTTPException
 from pdf_samples import NESTED_ARRAYS, UNKNOWN_FILTER
-from service.dev.sample_pdf import text_pdf
 
 from service.api.documents import DocumentError, pdf_to_text
 from service.api.text_checks import bad_character, check_text, check_tree, normalise_extracted
-from service.core.state import reset_process_state
+from service.dev.sample_pdf import text_pdf
+from tests.sqlite_service import sqlite_service
 
 
 def test_bad_characters_are_named_with_their_offset():
@@ -48,21 +48,14 @@ def test_pdfs_are_parsed_in_a_bounded_child():
 
 
 @pytest.fixture()
-def database(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAMM_DATABASE__URL", f"sqlite:///{tmp_path / 'namm.db'}")
-    monkeypatch.setenv("NAMM_BROKER__URL", f"sqla+sqlite:///{tmp_path / 'broker.db'}")
-    # single-process metrics: an integration test may have left this set in os.environ
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    reset_process_state()
+def database(tmp_path):
     from service.api.keys import get_or_create_tenant
-    from service.core import migrate
     from service.core.db import session_scope
 
-    migrate.upgrade()
-    with session_scope() as s:
-        tenant = get_or_create_tenant(s, "acme").id
-    yield tenant
-    reset_process_state()
+    with sqlite_service(tmp_path):
+        with session_scope() as s:
+            tenant = get_or_create_tenant(s, "acme").id
+        yield tenant
 
 
 def _job(tenant_id: int, **kw):

@@ -11,20 +11,13 @@ from sqlalchemy import select
 
 from namm.errors import ContextTooLongError
 from namm.spec import Budget
-from service.core.state import reset_process_state
+from tests.sqlite_service import sqlite_service
 
 
 @pytest.fixture
-def db(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAMM_DATABASE__URL", f"sqlite:///{tmp_path / 's.db'}")
-    monkeypatch.setenv("NAMM_BROKER__URL", f"sqla+sqlite:///{tmp_path / 'b.db'}")
-    monkeypatch.setenv("NAMM_WORKER__PROGRESS_INTERVAL_S", "0")
-    reset_process_state()
-    from service.core import migrate
-
-    migrate.upgrade()
-    yield
-    reset_process_state()
+def db(tmp_path):
+    with sqlite_service(tmp_path, NAMM_WORKER__PROGRESS_INTERVAL_S="0"):
+        yield
 
 
 @dataclass
