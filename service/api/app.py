@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 
 import litserve as ls
-from fastapi import Request, Security
+from fastapi import HTTPException, Request, Security
 
 from namm.spec import DEFAULT_POLICY
 from service.api.auth import (api_key_header, confirm_submitter, remember_unknown_key,
@@ -98,8 +98,6 @@ def _submit_openapi() -> dict:
 
 
 async def _read_body(request: Request) -> dict:
-    from fastapi import HTTPException
-
     from service.api.submission import read_body
 
     try:

@@ -121,14 +121,13 @@ async def require_submitter(request: Request,
     if not x_api_key:
         raise _MISSING
     digest = hash_key(x_api_key)
-    cached, _ = key_cache().get(digest)  # only unknown keys are cached
-    if cached:
-        raise INVALID_KEY
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) <= DEFERRED_AUTH_MAX_BYTES:
-        request.state.key_sha256 = digest
+    if not (declared.isdigit() and int(declared) <= DEFERRED_AUTH_MAX_BYTES):
+        await _verified_tenant(request, digest)
         return
-    await _verified_tenant(request, digest)
+    if key_cache().get(digest)[0]:  # only unknown keys are cached
+        raise INVALID_KEY
+    request.state.key_sha256 = digest
 
 
 async def confirm_submitter(request: Request) -> None:
